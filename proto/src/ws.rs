@@ -125,7 +125,9 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Ws
         }
         n => (u64::from(n), 0),
     };
-    if payload_len > max_payload as u64 {
+    // Control frames are bounded (125 bytes) above and do not count towards a data message.
+    let is_data = opcode < opcode::CLOSE;
+    if is_data && payload_len > max_payload as u64 {
         return Err(WsError::TooBig {
             len: payload_len,
             max: max_payload,

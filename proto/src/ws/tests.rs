@@ -224,3 +224,21 @@ proptest! {
         prop_assert_eq!(ev, vec![format!("{:?}", Event::Message(Cow::Borrowed(&msg[..])))]);
     }
 }
+
+#[test]
+fn control_frames_do_not_count_against_the_message_limit() {
+    // Regression: a ping between fragments was checked against the room left in the message
+    // (here 6 bytes), so a valid 10-byte ping near the limit was refused as TooBig.
+    let mut bytes = client_frame(false, opcode::BINARY, &[7; 4090], [1; 4]);
+    bytes.extend(client_frame(true, opcode::PING, &[1; 10], [2; 4]));
+    bytes.extend(client_frame(true, opcode::CLOSE, &[0x03, 0xe8], [3; 4]));
+    bytes.extend(client_frame(true, opcode::CONTINUATION, &[7; 6], [4; 4]));
+    let ev = events(bytes).unwrap();
+    assert_eq!(ev.len(), 3);
+    assert_eq!(ev[0], "Ping([1, 1, 1, 1, 1, 1, 1, 1, 1, 1])");
+    assert_eq!(ev[1], "Close(Some(1000))");
+    assert_eq!(
+        ev[2],
+        format!("{:?}", Event::Message(Cow::Borrowed(&[7u8; 4096][..])))
+    );
+}
