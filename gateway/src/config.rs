@@ -1,0 +1,205 @@
+//! Settings: command-line flags with `HERALD_*` environment overrides, validated once at start.
+//! Components receive only their slice ([`ConnLimits`], [`JournalConfig`]), never the whole.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Heartbeat bounds from PROTOCOL.md.
+pub const HEARTBEAT_MS_RANGE: std::ops::RangeInclusive<u64> = 15_000..=900_000;
+
+/// The `herald-gateway` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-gateway",
+    version,
+    about = "Herald notification gateway"
+)]
+pub struct Cli {
+    /// What to do; without a subcommand the gateway serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Gateway settings (used when serving).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a new Ed25519 key pair: NAME.key.pem (private, for the metaserver) and NAME.pub.pem.
+    GenKey {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "herald")]
+        out: PathBuf,
+    },
+    /// Print a signed token.
+    MintToken(MintArgs),
+}
+
+/// `mint-token` arguments.
+#[derive(Debug, Args)]
+pub struct MintArgs {
+    /// PKCS#8 PEM private key (from gen-key).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Key id to put in the token header.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// Subject (user id).
+    #[arg(long, default_value = "dev")]
+    pub sub: String,
+    /// Namespaces: `*` or a comma-separated list of ids.
+    #[arg(long, default_value = "*")]
+    pub ns: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_s: u64,
+    /// Issuer claim.
+    #[arg(long)]
+    pub iss: Option<String>,
+    /// Audience claim.
+    #[arg(long)]
+    pub aud: Option<String>,
+}
+
+/// Settings of a serving gateway.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Client listener (WebSocket `/v1/connect`).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener (publish, health, metrics). Keep it on loopback or a private network.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Bearer token required on `POST /v1/publish` (none: open, for loopback use).
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Directory of the embedded journal.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "herald-data")]
+    pub data_dir: PathBuf,
+    /// Skip fdatasync on publish (faster, but a power loss may lose acknowledged changes).
+    #[arg(long, env = "HERALD_JOURNAL_NO_SYNC")]
+    pub journal_no_sync: bool,
+    /// Token public keys, `kid=path.pem` or `path.pem` (repeat or comma-separate). None: a
+    /// throwaway dev key is generated and a dev token printed.
+    #[arg(long = "auth-key", env = "HERALD_AUTH_KEYS", value_delimiter = ',')]
+    pub auth_keys: Vec<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "HERALD_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Worker threads, each with its own listener socket (0: one per CPU).
+    #[arg(long, env = "HERALD_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Heartbeat interval announced in WELCOME (15000–900000).
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 60_000)]
+    pub heartbeat_ms: u64,
+    /// Time from TCP accept to HELLO.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Live subscriptions per connection.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: u64,
+    /// Connection cap for the process (0: the open-files limit less a reserve).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Bytes queued for a socket that does not take writes before it is a slow consumer.
+    #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub outbox_limit_bytes: usize,
+    /// Seconds live clients are given to leave on SIGTERM.
+    #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 5)]
+    pub drain_s: u64,
+    /// Lifetime of the printed dev token, when no auth key is configured.
+    #[arg(long, env = "HERALD_DEV_TOKEN_TTL_S", default_value_t = 86_400)]
+    pub dev_token_ttl_s: u64,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Per-connection limits and timings, the slice a worker and its connections need.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Announced in WELCOME; silence for 2.5× this closes the connection.
+    pub heartbeat: Duration,
+    /// From accept to HELLO.
+    pub handshake_timeout: Duration,
+    /// Live subscriptions per connection.
+    pub max_subscriptions: u64,
+    /// Process-wide connection cap.
+    pub max_connections: usize,
+    /// Queued bytes before `slow_consumer`.
+    pub outbox_limit_bytes: usize,
+}
+
+/// The embedded journal's settings.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Where the log lives.
+    pub dir: PathBuf,
+    /// fdatasync before acknowledging.
+    pub sync: bool,
+}
+
+impl ServeArgs {
+    /// Checks every setting, naming the one that is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !HEARTBEAT_MS_RANGE.contains(&self.heartbeat_ms) {
+            anyhow::bail!(
+                "--heartbeat-ms {} is outside {}..={} (PROTOCOL.md)",
+                self.heartbeat_ms,
+                HEARTBEAT_MS_RANGE.start(),
+                HEARTBEAT_MS_RANGE.end()
+            );
+        }
+        if !(100..=600_000).contains(&self.handshake_timeout_ms) {
+            anyhow::bail!("--handshake-timeout-ms must be within 100..=600000");
+        }
+        if self.max_subscriptions == 0 {
+            anyhow::bail!("--max-subscriptions must be at least 1");
+        }
+        if self.outbox_limit_bytes < 4096 {
+            anyhow::bail!("--outbox-limit-bytes must be at least 4096");
+        }
+        Ok(())
+    }
+
+    /// Worker count after resolving 0.
+    #[must_use]
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The connection slice.
+    #[must_use]
+    pub fn conn_limits(&self, open_files_limit: u64) -> ConnLimits {
+        // Keep a reserve of descriptors for the journal, admin connections and logs.
+        let by_files = open_files_limit.saturating_sub(64).max(1) as usize;
+        ConnLimits {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_subscriptions: self.max_subscriptions,
+            max_connections: match self.max_connections {
+                0 => by_files,
+                n => n.min(by_files),
+            },
+            outbox_limit_bytes: self.outbox_limit_bytes,
+        }
+    }
+
+    /// The journal slice.
+    #[must_use]
+    pub fn journal(&self) -> JournalConfig {
+        JournalConfig {
+            dir: self.data_dir.clone(),
+            sync: !self.journal_no_sync,
+        }
+    }
+}

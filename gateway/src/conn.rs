@@ -1,0 +1,308 @@
+//! One client connection: its socket, its protocol phase, and the few bytes it keeps between
+//! events. No read buffer while idle (reads go to the worker's scratch buffer; only a partial
+//! frame is carried), no writer task or channel (the fan-out writes straight to the socket and
+//! queues only what the socket refuses), no timer (the worker's sweep checks deadlines).
+
+use bytes::Bytes;
+use herald_proto::{Code, NsGrant, ServerFrame, ws};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::task::{Context, Poll, Waker};
+use tokio::net::TcpStream;
+
+use crate::session::Subscriptions;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Http,
+    /// Upgraded; waiting for HELLO.
+    AwaitHello,
+    /// WELCOME sent; subscriptions allowed.
+    Open,
+    /// A close is under way: nothing more is processed; the socket is dropped once the client
+    /// answers the close, or the outbox is flushed (`exit_when_flushed`), or the deadline passes.
+    Closing,
+}
+
+/// What woke the connection task.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    /// Bytes (or EOF) to read.
+    pub readable: bool,
+    /// Room to flush the outbox.
+    pub writable: bool,
+    /// The task should end.
+    pub exit: bool,
+}
+
+/// A connection, shared (single-threaded `Rc`) by its task, the fan-out and the sweep.
+pub struct Conn {
+    /// The socket. Readiness is polled by the task; writes may come from the fan-out.
+    pub stream: TcpStream,
+    /// Slot in the worker's connection table (also the id in the interest table).
+    pub key: u32,
+    /// Everything mutable. Borrowed only in synchronous sections, never across an await.
+    pub state: RefCell<ConnState>,
+    /// The task's waker, so the fan-out and the sweep can wake it.
+    waker: RefCell<Option<Waker>>,
+}
+
+/// The mutable part of a connection.
+pub struct ConnState {
+    /// Protocol phase.
+    pub phase: Phase,
+    /// Bytes of an incomplete frame (or HTTP head) carried to the next read. Empty (no
+    /// allocation) whenever the client is between frames.
+    pub partial: Vec<u8>,
+    /// Reassembly of fragmented WebSocket messages (empty unless one is in progress).
+    pub assembler: ws::Assembler,
+    /// Frames the socket did not take yet. Empty (no allocation) while the socket keeps up.
+    pub outbox: VecDeque<Bytes>,
+    /// Bytes in `outbox`.
+    pub outbox_bytes: usize,
+    /// The front of `outbox` is partly written, so it must be finished before anything else.
+    pub front_started: bool,
+    /// Tick of the last bytes received (heartbeat).
+    pub last_rx: u32,
+    /// Tick by which the handshake must finish, or (Closing) by which the socket is dropped.
+    pub deadline: u32,
+    /// Tick at which the token's `exp` plus leeway passes (Open only; `u32::MAX`: never).
+    pub token_expires: u32,
+    /// Leave as soon as the outbox is empty.
+    pub exit_when_flushed: bool,
+    /// Leave now.
+    pub exit: bool,
+    /// Counted in the process's connection total (set at the upgrade).
+    pub counted: bool,
+    /// Random id, sent in WELCOME and written in logs.
+    pub session_id: u64,
+    /// What the token grants (Open only).
+    pub grant: Option<Box<NsGrant>>,
+    /// Live subscriptions.
+    pub subs: Subscriptions,
+}
+
+impl Conn {
+    /// A new connection in the HTTP phase, with its handshake deadline.
+    #[must_use]
+    pub fn new(
+        stream: TcpStream,
+        key: u32,
+        now: u32,
+        handshake_deadline: u32,
+        session_id: u64,
+    ) -> Self {
+        Conn {
+            stream,
+            key,
+            state: RefCell::new(ConnState {
+                phase: Phase::Http,
+                partial: Vec::new(),
+                assembler: ws::Assembler::default(),
+                outbox: VecDeque::new(),
+                outbox_bytes: 0,
+                front_started: false,
+                last_rx: now,
+                deadline: handshake_deadline,
+                token_expires: u32::MAX,
+                exit_when_flushed: false,
+                exit: false,
+                counted: false,
+                session_id,
+                grant: None,
+                subs: Subscriptions::default(),
+            }),
+            waker: RefCell::new(None),
+        }
+    }
+
+    /// Polls for anything the task must act on, remembering the waker for [`Conn::wake`].
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Ready> {
+        let st = self.state.borrow();
+        if st.exit {
+            return Poll::Ready(Ready {
+                exit: true,
+                ..Ready::default()
+            });
+        }
+        {
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+        }
+        let writable = !st.outbox.is_empty() && self.stream.poll_write_ready(cx).is_ready();
+        let readable = self.stream.poll_read_ready(cx).is_ready();
+        if writable || readable {
+            Poll::Ready(Ready {
+                readable,
+                writable,
+                exit: false,
+            })
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Wakes the task (after the sweep or the fan-out changed its state).
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Sends frame bytes shared with other recipients (fan-out). Writes at once when nothing is
+    /// queued; queues what the socket refuses; past `limit` queued bytes, the client is a slow
+    /// consumer. Returns true if this made it one.
+    pub fn send_shared(
+        &self,
+        frame: &Bytes,
+        limit: usize,
+        goaway_ms: impl FnOnce() -> u64,
+        now: u32,
+    ) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.phase != Phase::Open {
+            return false;
+        }
+        let was_empty = st.outbox.is_empty();
+        st.outbox_bytes += frame.len();
+        st.outbox.push_back(frame.clone());
+        if was_empty {
+            self.flush_state(&mut st);
+            if st.outbox.is_empty() {
+                return false;
+            }
+        }
+        if st.outbox_bytes > limit {
+            drop_queued(&mut st);
+            close_with(
+                &mut st,
+                Some(goaway(Code::SLOW_CONSUMER, goaway_ms())),
+                Code::SLOW_CONSUMER,
+                now,
+            );
+            drop(st);
+            self.wake();
+            return true;
+        }
+        drop(st);
+        if was_empty {
+            // The task polls write readiness only while something is queued: tell it.
+            self.wake();
+        }
+        false
+    }
+
+    /// Writes as much of the outbox as the socket takes (one vectored write per call).
+    pub fn flush_state(&self, st: &mut ConnState) {
+        while !st.outbox.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let n = st.outbox.len().min(slices.len());
+            for (slot, buf) in slices.iter_mut().zip(st.outbox.iter()) {
+                *slot = IoSlice::new(buf);
+            }
+            match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    st.exit = true;
+                    return;
+                }
+                Ok(mut written) => {
+                    st.outbox_bytes -= written;
+                    while let Some(front) = st.outbox.front_mut() {
+                        if written >= front.len() {
+                            written -= front.len();
+                            st.outbox.pop_front();
+                            st.front_started = false;
+                        } else {
+                            if written > 0 {
+                                let rest = front.slice(written..);
+                                *front = rest;
+                                st.front_started = true;
+                            }
+                            break;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    st.exit = true;
+                    return;
+                }
+            }
+        }
+        // Give back the queue's memory once the socket has caught up.
+        st.outbox = VecDeque::new();
+        if st.exit_when_flushed {
+            st.exit = true;
+        }
+    }
+}
+
+/// Appends a Herald frame, wrapped in a WebSocket binary frame, to the outbox.
+pub fn queue_frame(st: &mut ConnState, frame: &ServerFrame) {
+    let mut payload = Vec::with_capacity(32);
+    frame.encode(&mut payload);
+    let mut wire = Vec::with_capacity(payload.len() + ws::MAX_SERVER_HEADER);
+    ws::encode_frame(ws::opcode::BINARY, &payload, &mut wire);
+    queue_bytes(st, wire);
+}
+
+/// Appends raw bytes (an HTTP response, a control frame) to the outbox.
+pub fn queue_bytes(st: &mut ConnState, bytes: Vec<u8>) {
+    st.outbox_bytes += bytes.len();
+    st.outbox.push_back(Bytes::from(bytes));
+}
+
+/// A GOAWAY frame.
+#[must_use]
+pub fn goaway(code: Code, reconnect_after_ms: u64) -> ServerFrame {
+    ServerFrame::Goaway {
+        code,
+        reconnect_after_ms,
+    }
+}
+
+/// Starts closing: sends `frame` (ERROR or GOAWAY, or nothing for a timeout), then a WebSocket
+/// close with 4000 + `code`. The socket is dropped when the client answers the close or within
+/// five seconds.
+pub fn close_with(st: &mut ConnState, frame: Option<ServerFrame>, code: Code, now: u32) {
+    if st.phase == Phase::Closing {
+        return;
+    }
+    if st.phase == Phase::Http {
+        st.exit = true;
+        return;
+    }
+    if let Some(f) = frame {
+        queue_frame(st, &f);
+    }
+    let mut close = Vec::with_capacity(16);
+    ws::encode_close(
+        code.ws_close_code().unwrap_or(ws::CLOSE_NORMAL),
+        code.name(),
+        &mut close,
+    );
+    queue_bytes(st, close);
+    st.phase = Phase::Closing;
+    st.deadline = now.saturating_add(crate::worker::CLOSE_GRACE_TICKS);
+    st.partial = Vec::new();
+}
+
+/// Drops queued frames, except the rest of one partly written (the stream must stay well-framed).
+fn drop_queued(st: &mut ConnState) {
+    let keep = if st.front_started {
+        st.outbox.pop_front()
+    } else {
+        None
+    };
+    st.outbox = VecDeque::new();
+    st.outbox_bytes = 0;
+    if let Some(front) = keep {
+        st.outbox_bytes = front.len();
+        st.outbox.push_back(front);
+    }
+}

@@ -1,0 +1,43 @@
+//! # herald-gateway
+//!
+//! The edge of Herald: it holds client connections and tells each client when a namespace it
+//! subscribed to changes. In standalone mode (the default) it also embeds the journal and the
+//! latest-SJID table, so one process is a whole working Herald.
+//!
+//! ```text
+//!  POST /v1/publish ─► admin ─► journal (append + fdatasync, group commit)
+//!                                  │ merge-is-max into LatestTable, then the raised entries
+//!                                  ▼
+//!                      one bounded channel per worker thread
+//!                                  ▼
+//!  worker (one per core, current-thread runtime, own SO_REUSEPORT listener)
+//!     interest: ns → [(conn id, highest SJID known to that conn)]
+//!     fan-out: encode CHANGED once, write the shared bytes to every subscriber's socket
+//!     sweep: one coarse timer per worker for handshake, heartbeat, token and close deadlines
+//!     conn tasks: HTTP upgrade, RFC 6455 frames, session rules (no buffers while idle)
+//! ```
+//!
+//! # Layout
+//! - [`config`]: command line, environment and validated settings.
+//! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting.
+//! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table.
+//! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
+//! - [`conn`]: one client connection's state and writes; [`handler`]: its task; [`upgrade`]: its HTTP handshake;
+//!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
+//! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters.
+//! - [`server`]: wires it all together (`run`).
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod handler;
+pub mod interest;
+pub mod journal;
+pub mod keys;
+pub mod latest;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod upgrade;
+pub mod worker;

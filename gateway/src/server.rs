@@ -1,0 +1,174 @@
+//! Wires a standalone gateway together: keys, journal, workers, admin listener, signals.
+
+use crate::admin::{self, AdminState};
+use crate::auth::Verifier;
+use crate::config::ServeArgs;
+use crate::journal::Journal;
+use crate::keys::{SigningKey, claims_for};
+use crate::latest::LatestTable;
+use crate::worker::{self, Batch, Shared, WorkerSetup};
+use anyhow::Context;
+use herald_proto::NsGrant;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Fan-out batches a worker may have pending before the journal waits for it.
+const FANOUT_QUEUE: usize = 1024;
+
+/// Installs the Prometheus recorder (once per process).
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0])
+        .context("metrics buckets")?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
+    Ok(handle)
+}
+
+/// Runs a standalone gateway until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    args.validate()?;
+    let verifier = Arc::new(verifier(&args)?);
+    let limits = args.conn_limits(open_files_limit());
+    let workers = args.worker_count();
+    let latest = Arc::new(LatestTable::new());
+    let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<_>) =
+        (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
+    let journal = Journal::open(&args.journal(), latest.clone(), senders)?;
+
+    let listeners = bind_reuseport(args.listen, workers)?;
+    let ws_addr = listeners[0].local_addr()?;
+    let shared = Arc::new(Shared::default());
+    let shutdown = CancellationToken::new();
+    let mut threads = Vec::with_capacity(workers);
+    for (id, (listener, fanout)) in listeners.into_iter().zip(receivers).enumerate() {
+        threads.push(worker::spawn(WorkerSetup {
+            id,
+            listener,
+            fanout,
+            latest: latest.clone(),
+            verifier: verifier.clone(),
+            limits: limits.clone(),
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            drain: std::time::Duration::from_secs(args.drain_s),
+        })?);
+    }
+
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let state = AdminState {
+        journal,
+        shared: shared.clone(),
+        metrics,
+        token: args.admin_token.as_deref().map(Arc::from),
+    };
+    let admin_shutdown = shutdown.clone();
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, admin::router(state))
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
+            .await
+    });
+
+    shared.ready.store(true, Ordering::Relaxed);
+    tracing::info!(%ws_addr, %admin_addr, workers, max_connections = limits.max_connections, "herald gateway ready");
+    // A machine-readable line for scripts and tests (logs go to stderr).
+    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}");
+
+    wait_for_signal().await?;
+    tracing::info!(drain_s = args.drain_s, "draining");
+    shared.draining.store(true, Ordering::Relaxed);
+    shutdown.cancel();
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn verifier(args: &ServeArgs) -> anyhow::Result<Verifier> {
+    if !args.auth_keys.is_empty() {
+        let keys = Verifier::load_keys(&args.auth_keys)?;
+        return Ok(Verifier::new(
+            keys,
+            args.auth_issuer.as_deref(),
+            args.auth_audience.as_deref(),
+        ));
+    }
+    let key = SigningKey::generate(None)?;
+    let mut claims = claims_for("dev", NsGrant::All, args.dev_token_ttl_s);
+    claims.iss.clone_from(&args.auth_issuer);
+    let token = key.mint(&claims, args.auth_audience.as_deref())?;
+    tracing::warn!(
+        "no --auth-key configured: using a throwaway dev key made for this run. Anyone holding the \
+         dev token below may subscribe to every namespace. Configure --auth-key for production."
+    );
+    eprintln!(
+        "\nDev token (sub=dev, ns=*, valid {} s):\n{token}\n",
+        args.dev_token_ttl_s
+    );
+    println!("HERALD_DEV_TOKEN={token}");
+    let keys = HashMap::from([(String::new(), key.decoding_key())]);
+    Ok(Verifier::new(
+        keys,
+        args.auth_issuer.as_deref(),
+        args.auth_audience.as_deref(),
+    ))
+}
+
+/// `n` listening sockets on one address with `SO_REUSEPORT`, so the kernel spreads accepts over
+/// the workers (and over other gateway processes on the same port). Port 0 resolves once.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&addr.into())
+            .with_context(|| format!("binding the client listener {addr}"))?;
+        socket.listen(4096)?;
+        let listener: TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// The soft open-files limit (what the connection cap must stay under).
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The protocol rules of a session (PROTOCOL.md "Rules"), free of I/O: given a frame and the
+//! tables it touches, decide what to answer. The connection module does the reading and writing.
+
+use crate::auth::{AuthError, Verifier};
+use crate::interest::Interest;
+use herald_proto::{Claims, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
+
+/// What a SUBSCRIBE produced, in the order it is sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOutcome {
+    /// Refused: the token does not grant them.
+    pub forbidden: Vec<u64>,
+    /// Refused: over `max_subscriptions`.
+    pub too_many: Vec<u64>,
+    /// Cursor ahead of the latest SJID: subscription ended, client must resync.
+    pub reset: Vec<u64>,
+    /// Cursor behind: `(ns, latest)`.
+    pub changed: Vec<(u64, u64)>,
+}
+
+impl SubscribeOutcome {
+    /// The frames to send, split to fit the frame limit.
+    pub fn frames(&self) -> impl Iterator<Item = ServerFrame> + '_ {
+        ServerFrame::denied_frames(Code::FORBIDDEN_NAMESPACE, &self.forbidden)
+            .chain(ServerFrame::denied_frames(
+                Code::TOO_MANY_SUBSCRIPTIONS,
+                &self.too_many,
+            ))
+            .chain(ServerFrame::reset_frames(&self.reset))
+            .chain(ServerFrame::changed_frames(&self.changed))
+    }
+}
+
+/// A connection's live subscriptions, sorted (binary search, no per-entry allocation).
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    ns: Vec<u64>,
+}
+
+impl Subscriptions {
+    /// Live subscription count (what `max_subscriptions` limits).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ns.len()
+    }
+
+    /// True when there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ns.is_empty()
+    }
+
+    fn contains(&self, ns: u64) -> bool {
+        self.ns.binary_search(&ns).is_ok()
+    }
+
+    fn insert(&mut self, ns: u64) {
+        if let Err(i) = self.ns.binary_search(&ns) {
+            self.ns.insert(i, ns);
+        }
+    }
+
+    fn remove(&mut self, ns: u64) -> bool {
+        match self.ns.binary_search(&ns) {
+            Ok(i) => {
+                self.ns.remove(i);
+                if self.ns.is_empty() {
+                    self.ns = Vec::new();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Drops every subscription from `interest` (the connection is closing).
+    pub fn release(&mut self, conn: u32, interest: &mut Interest) {
+        for &ns in &self.ns {
+            interest.remove(ns, conn);
+        }
+        self.ns = Vec::new();
+    }
+}
+
+/// Checks a HELLO: the version, then the token. On refusal, the ERROR to send (then close).
+pub fn hello(
+    version: u64,
+    token: &str,
+    verifier: &Verifier,
+) -> Result<Claims, (ServerFrame, Option<AuthError>)> {
+    if version != PROTOCOL_VERSION {
+        return Err((
+            ServerFrame::Error {
+                code: Code::UNSUPPORTED_VERSION,
+                message: format!("this server speaks version {PROTOCOL_VERSION}"),
+            },
+            None,
+        ));
+    }
+    verifier.verify(token).map_err(|e| {
+        let frame = ServerFrame::Error {
+            code: Code::UNAUTHORIZED,
+            message: e.to_string(),
+        };
+        (frame, Some(e))
+    })
+}
+
+/// Applies a SUBSCRIBE: registers interest first, then looks up latest SJIDs ("subscribe, then
+/// look up", so a change racing with the subscribe is seen by one of the two paths).
+#[allow(clippy::too_many_arguments)]
+pub fn subscribe(
+    subs: &mut Subscriptions,
+    conn: u32,
+    pairs: &[(u64, u64)],
+    grant: &NsGrant,
+    max_subscriptions: u64,
+    interest: &mut Interest,
+    latest: impl Fn(u64) -> u64,
+) -> SubscribeOutcome {
+    let mut out = SubscribeOutcome::default();
+    let mut accepted: Vec<(u64, u64)> = Vec::with_capacity(pairs.len());
+    for (i, &(ns, _)) in pairs.iter().enumerate() {
+        // A namespace repeated in one frame counts once, at its first position, with its last cursor.
+        if pairs[..i].iter().any(|&(n, _)| n == ns) {
+            continue;
+        }
+        let cursor = pairs[i..]
+            .iter()
+            .rev()
+            .find(|&&(n, _)| n == ns)
+            .map_or(0, |&(_, c)| c);
+        if !grant.allows(ns) {
+            out.forbidden.push(ns);
+        } else if subs.contains(ns) || (subs.len() as u64) < max_subscriptions {
+            subs.insert(ns);
+            // Resubscribing forgets what was sent: the new cursor is all the client knows.
+            interest.set(ns, conn, cursor);
+            accepted.push((ns, cursor));
+        } else {
+            out.too_many.push(ns);
+        }
+    }
+    for (ns, cursor) in accepted {
+        let latest = latest(ns);
+        if cursor > latest {
+            subs.remove(ns);
+            interest.remove(ns, conn);
+            out.reset.push(ns);
+        } else if interest.raise(ns, conn, latest) {
+            out.changed.push((ns, latest));
+        }
+    }
+    out
+}
+
+/// Applies an UNSUBSCRIBE; namespaces not subscribed are ignored.
+pub fn unsubscribe(subs: &mut Subscriptions, conn: u32, ns: &[u64], interest: &mut Interest) {
+    for &n in ns {
+        if subs.remove(n) {
+            interest.remove(n, conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! The HTTP/1.1 side of the client listener: the WebSocket upgrade of `GET /v1/connect`
+//! (RFC 6455 section 4) and the plain answers around it (PROTOCOL.md "Transports").
+//!
+//! Parsed with `httparse` from the connection's read buffer; nothing is kept once the upgrade
+//! is answered, so an upgraded connection carries no HTTP state.
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+/// Largest request head accepted before answering 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const MAX_HEADERS: usize = 32;
+
+/// What to do with a request head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Switch to WebSocket: send `response` (101), then speak frames. `head_len` bytes were the
+    /// request; anything after them is already WebSocket data.
+    Upgrade {
+        /// The 101 response.
+        response: Vec<u8>,
+        /// Length of the request head.
+        head_len: usize,
+    },
+    /// Answer with `response` and close.
+    Refuse {
+        /// Status code, for metrics and logs.
+        status: u16,
+        /// The whole HTTP response.
+        response: Vec<u8>,
+    },
+}
+
+/// Admission state the listener checks after a valid upgrade request.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Over the connection cap.
+    pub full: bool,
+    /// Shutting down.
+    pub draining: bool,
+}
+
+/// Decides on a request head. `Ok(None)`: incomplete, read more (the caller enforces [`MAX_HEAD`]).
+pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => return Some(refuse(431, "too many headers", &[])),
+        Err(_) => return Some(refuse(400, "malformed HTTP request", &[])),
+    };
+    let path = req.path.unwrap_or("/");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let method = req.method.unwrap_or("");
+    match (method, path) {
+        ("GET", "/v1/connect") => {}
+        (_, "/v1/connect") => {
+            return Some(refuse(
+                405,
+                "use GET with a WebSocket upgrade",
+                &[("Allow", "GET")],
+            ));
+        }
+        ("POST", "/v1/longpoll") => {
+            return Some(refuse(
+                501,
+                "the long-poll transport is not enabled on this gateway",
+                &[],
+            ));
+        }
+        _ => {
+            return Some(refuse(
+                404,
+                "not found; WebSocket clients connect to /v1/connect",
+                &[],
+            ));
+        }
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let header = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    let has_token = |name: &'static str, token: &str| {
+        header(name).any(|h| {
+            std::str::from_utf8(h.value)
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Some(refuse(
+            426,
+            "this endpoint speaks WebSocket (subprotocol herald.v1)",
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        ));
+    }
+    if !has_token("sec-websocket-version", "13") {
+        return Some(refuse(
+            426,
+            "WebSocket version 13 required",
+            &[("Sec-WebSocket-Version", "13")],
+        ));
+    }
+    let key = header("sec-websocket-key")
+        .next()
+        .map(|h| h.value.trim_ascii());
+    let key_ok = key.is_some_and(|k| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|raw| raw.len() == 16)
+    });
+    let Some(key) = key.filter(|_| key_ok) else {
+        return Some(refuse(400, "missing or malformed Sec-WebSocket-Key", &[]));
+    };
+    if !has_token("sec-websocket-protocol", herald_proto::WS_SUBPROTOCOL) {
+        return Some(refuse(
+            400,
+            "the WebSocket subprotocol herald.v1 is required",
+            &[],
+        ));
+    }
+    if admission.draining || admission.full {
+        let why = if admission.draining {
+            "draining"
+        } else {
+            "overloaded"
+        };
+        return Some(refuse(503, why, &[("Retry-After", "5")]));
+    }
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        herald_proto::WS_SUBPROTOCOL
+    );
+    Some(Decision::Upgrade {
+        response: response.into_bytes(),
+        head_len,
+    })
+}
+
+/// A complete plain-text refusal with `Connection: close`.
+#[must_use]
+pub fn refuse(status: u16, message: &str, extra: &[(&str, &str)]) -> Decision {
+    let reason = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut head =
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
+        message.len() + 1
+    ));
+    Decision::Refuse {
+        status,
+        response: head.into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+use super::*;
+
+const OPEN: Admission = Admission {
+    full: false,
+    draining: false,
+};
+
+fn req(lines: &[&str]) -> Vec<u8> {
+    let mut s = String::new();
+    for l in lines {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+fn good() -> Vec<u8> {
+    req(&[
+        "GET /v1/connect HTTP/1.1",
+        "Host: x",
+        "Upgrade: websocket",
+        "Connection: keep-alive, Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Protocol: chat, herald.v1",
+    ])
+}
+
+fn status(d: Option<Decision>) -> u16 {
+    match d.unwrap() {
+        Decision::Upgrade { .. } => 101,
+        Decision::Refuse { status, .. } => status,
+    }
+}
+
+#[test]
+fn upgrade_accept_key_from_rfc() {
+    let mut bytes = good();
+    let head = bytes.len();
+    bytes.extend_from_slice(b"\x82\x80");
+    let Some(Decision::Upgrade { response, head_len }) = decide(&bytes, OPEN) else {
+        panic!()
+    };
+    assert_eq!(head_len, head);
+    let text = String::from_utf8(response).unwrap();
+    // The RFC 6455 section 1.3 example.
+    assert!(
+        text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("Sec-WebSocket-Protocol: herald.v1\r\n"));
+}
+
+#[test]
+fn refusals() {
+    assert_eq!(decide(&good()[..20], OPEN), None);
+    assert_eq!(
+        status(decide(&req(&["GET /v1/connect HTTP/1.1", "Host: x"]), OPEN)),
+        426
+    );
+    let no_proto: Vec<u8> = String::from_utf8(good())
+        .unwrap()
+        .replace("chat, herald.v1", "chat")
+        .into_bytes();
+    assert_eq!(status(decide(&no_proto, OPEN)), 400);
+    let bad_key = String::from_utf8(good())
+        .unwrap()
+        .replace("dGhlIHNhbXBsZSBub25jZQ==", "short")
+        .into_bytes();
+    assert_eq!(status(decide(&bad_key, OPEN)), 400);
+    let v8 = String::from_utf8(good())
+        .unwrap()
+        .replace("Version: 13", "Version: 8")
+        .into_bytes();
+    assert_eq!(status(decide(&v8, OPEN)), 426);
+    assert_eq!(status(decide(&req(&["GET /other HTTP/1.1"]), OPEN)), 404);
+    assert_eq!(
+        status(decide(&req(&["POST /v1/connect HTTP/1.1"]), OPEN)),
+        405
+    );
+    assert_eq!(status(decide(b"\x00\x01garbage\r\n\r\n", OPEN)), 400);
+    let full = Admission {
+        full: true,
+        draining: false,
+    };
+    let Some(Decision::Refuse {
+        status: 503,
+        response,
+    }) = decide(&good(), full)
+    else {
+        panic!()
+    };
+    assert!(
+        String::from_utf8(response)
+            .unwrap()
+            .contains("Retry-After: 5\r\n")
+    );
+}

@@ -1,0 +1,374 @@
+//! A worker: one thread, one current-thread runtime, its own `SO_REUSEPORT` listener, its own
+//! connections and interest table. Nothing per connection is shared across threads, so the hot
+//! paths take no locks. Each worker has three long-lived tasks: accept, fan-out and sweep.
+
+use crate::auth::{LEEWAY_S, Verifier};
+use crate::config::ConnLimits;
+use crate::conn::{Conn, Phase, close_with, goaway};
+use crate::handler;
+use crate::interest::Interest;
+use crate::latest::LatestTable;
+use crate::stats::WorkerStats;
+use bytes::Bytes;
+use herald_proto::{Code, ServerFrame, ws};
+use rand::Rng;
+use slab::Slab;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Changes handed to every worker for fan-out: `(ns, sjid)`, each one a raise of the latest table.
+pub type Batch = Arc<[(u64, u64)]>;
+
+/// Coarse time unit of deadlines: 100 ms.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long a closing connection may take to answer the close.
+pub const CLOSE_GRACE_TICKS: u32 = 50;
+/// Sweep period.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// Per-worker read buffer: one socket read at a time, plus room for a carried partial frame.
+const SCRATCH: usize = 64 * 1024 + 16 * 1024;
+
+/// State shared by all workers and the admin listener.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Upgraded connections in the process (the cap's count).
+    pub connections: AtomicUsize,
+    /// Set on SIGTERM: refuse upgrades, send GOAWAY(draining).
+    pub draining: AtomicBool,
+    /// `/readyz`.
+    pub ready: AtomicBool,
+}
+
+/// Everything a worker thread is started with.
+pub struct WorkerSetup {
+    /// Index, for names and metrics labels.
+    pub id: usize,
+    /// Its listener socket (bound, listening, non-blocking).
+    pub listener: std::net::TcpListener,
+    /// Batches from the journal.
+    pub fanout: mpsc::Receiver<Batch>,
+    /// For SUBSCRIBE look-ups.
+    pub latest: Arc<LatestTable>,
+    /// For HELLO.
+    pub verifier: Arc<Verifier>,
+    /// Connection settings.
+    pub limits: ConnLimits,
+    /// Process-wide flags and counts.
+    pub shared: Arc<Shared>,
+    /// Cancelled when the process starts draining.
+    pub shutdown: CancellationToken,
+    /// How long draining may take.
+    pub drain: Duration,
+}
+
+/// A worker's state, shared by its tasks (single-threaded).
+pub struct Worker {
+    /// Index.
+    pub id: usize,
+    /// Connections by key.
+    pub conns: RefCell<Slab<Rc<Conn>>>,
+    /// Namespace → subscribers on this worker.
+    pub interest: RefCell<Interest>,
+    /// Latest SJIDs.
+    pub latest: Arc<LatestTable>,
+    /// Token checks.
+    pub verifier: Arc<Verifier>,
+    /// Connection settings.
+    pub limits: ConnLimits,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// Where every socket read lands.
+    pub scratch: RefCell<Vec<u8>>,
+    /// Hot-path counters.
+    pub stats: WorkerStats,
+    /// Origin of ticks.
+    epoch: Instant,
+    /// Connections still to be sent GOAWAY(draining), per sweep, once draining.
+    drain_quota: Cell<Option<usize>>,
+}
+
+/// Ticks between `epoch` and `at`.
+#[must_use]
+pub fn ticks(epoch: Instant, at: Instant) -> u32 {
+    (at.saturating_duration_since(epoch).as_millis() / TICK.as_millis())
+        .min(u128::from(u32::MAX - 1)) as u32
+}
+
+fn duration_ticks(d: Duration) -> u32 {
+    d.as_millis()
+        .div_ceil(TICK.as_millis())
+        .min(u128::from(u32::MAX / 2)) as u32
+}
+
+/// Starts a worker thread.
+pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("herald-worker-{}", setup.id))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker runtime failed to start");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(setup));
+        })
+}
+
+async fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        listener,
+        mut fanout,
+        latest,
+        verifier,
+        limits,
+        shared,
+        shutdown,
+        drain,
+    } = setup;
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "listener could not join the runtime");
+            return;
+        }
+    };
+    let worker = Rc::new(Worker {
+        id,
+        conns: RefCell::new(Slab::new()),
+        interest: RefCell::new(Interest::default()),
+        latest,
+        verifier,
+        limits,
+        shared,
+        scratch: RefCell::new(vec![0; SCRATCH]),
+        stats: WorkerStats::default(),
+        epoch: Instant::now(),
+        drain_quota: Cell::new(None),
+    });
+    let w = worker.clone();
+    tokio::task::spawn_local(async move {
+        while let Some(batch) = fanout.recv().await {
+            w.fanout(&batch);
+        }
+    });
+    let w = worker.clone();
+    let drain_ticks = duration_ticks(drain).max(1);
+    tokio::task::spawn_local(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            w.sweep(drain_ticks);
+        }
+    });
+    accept_loop(&worker, &listener, &shutdown).await;
+    drop(listener);
+    // Draining: the sweep sends GOAWAY spread over the drain period; wait for the clients to go.
+    let deadline = Instant::now() + drain + TICK * CLOSE_GRACE_TICKS + SWEEP_EVERY;
+    while !worker.conns.borrow().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stats.flush();
+    tracing::info!(
+        worker = id,
+        left = worker.conns.borrow().len(),
+        "worker stopped"
+    );
+}
+
+/// Accepts until shutdown. Errors (EMFILE, ENOBUFS) are logged and backed off, never fatal.
+async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, shutdown: &CancellationToken) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(60))
+                    .with_interval(Duration::from_secs(10));
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                worker.admit(stream);
+            }
+            Err(e) => {
+                tracing::warn!(worker = worker.id, error = %e, "accept failed; backing off");
+                metrics::counter!("herald_accept_errors_total").increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Current tick.
+    #[must_use]
+    pub fn now(&self) -> u32 {
+        ticks(self.epoch, Instant::now())
+    }
+
+    /// The tick at which a token with `exp` (unix seconds) stops being honoured.
+    #[must_use]
+    pub fn token_deadline(&self, exp: u64, now: u32) -> u32 {
+        let left_s = (exp + LEEWAY_S).saturating_sub(crate::keys::unix_now());
+        now.saturating_add(duration_ticks(Duration::from_secs(left_s)))
+    }
+
+    fn admit(self: &Rc<Self>, stream: tokio::net::TcpStream) {
+        let now = self.now();
+        let deadline = now.saturating_add(duration_ticks(self.limits.handshake_timeout));
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let conn = Rc::new(Conn::new(
+            stream,
+            entry.key() as u32,
+            now,
+            deadline,
+            rand::rng().random(),
+        ));
+        entry.insert(conn.clone());
+        drop(conns);
+        tokio::task::spawn_local(handler::run(self.clone(), conn));
+    }
+
+    /// Forgets a closed connection.
+    pub fn release(&self, conn: &Conn) {
+        let mut st = conn.state.borrow_mut();
+        st.subs.release(conn.key, &mut self.interest.borrow_mut());
+        if st.counted {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.conns.borrow_mut().try_remove(conn.key as usize);
+    }
+
+    /// Delivers a batch: each change is encoded once and the same bytes go to every subscriber
+    /// that does not know it yet.
+    pub fn fanout(&self, batch: &[(u64, u64)]) {
+        let now = self.now();
+        let limit = self.limits.outbox_limit_bytes;
+        let mut interest = self.interest.borrow_mut();
+        let conns = self.conns.borrow();
+        let mut sent = 0;
+        for &(ns, sjid) in batch {
+            let Some(subs) = interest.subscribers_mut(ns) else {
+                continue;
+            };
+            let mut frame: Option<Bytes> = None;
+            for sub in subs.iter_mut().filter(|s| s.known < sjid) {
+                sub.known = sjid;
+                let Some(conn) = conns.get(sub.conn as usize) else {
+                    continue;
+                };
+                let bytes = frame.get_or_insert_with(|| encode_changed(ns, sjid));
+                if conn.send_shared(bytes, limit, || jitter_ms(1000, 5000), now) {
+                    self.stats.slow_consumers.add(1);
+                    tracing::debug!(session = %format_args!("{:016x}", conn.state.borrow().session_id), "slow consumer");
+                }
+                sent += 1;
+            }
+        }
+        self.stats.changes_in.add(batch.len() as u64);
+        self.stats.notifications_sent.add(sent);
+    }
+
+    /// The coarse timer of every connection on this worker: handshake and heartbeat timeouts,
+    /// token expiry, close deadlines, and (while draining) GOAWAY spread over the drain period.
+    fn sweep(&self, drain_ticks: u32) {
+        let now = self.now();
+        let silence = duration_ticks(self.limits.heartbeat.mul_f64(2.5));
+        let draining = self.shared.draining.load(Ordering::Relaxed);
+        let mut goaway_left = if draining {
+            let sweeps = (drain_ticks / duration_ticks(SWEEP_EVERY)).max(1) as usize;
+            let quota = self
+                .drain_quota
+                .get()
+                .unwrap_or_else(|| self.conns.borrow().len().div_ceil(sweeps).max(1));
+            self.drain_quota.set(Some(quota));
+            quota
+        } else {
+            0
+        };
+        let conns = self.conns.borrow();
+        for (_, conn) in conns.iter() {
+            let mut st = conn.state.borrow_mut();
+            let acted = match st.phase {
+                Phase::Http | Phase::AwaitHello if now >= st.deadline => {
+                    close_with(&mut st, None, Code::TIMEOUT, now);
+                    st.exit_when_flushed = true;
+                    true
+                }
+                Phase::Open if now.saturating_sub(st.last_rx) >= silence => {
+                    close_with(&mut st, None, Code::TIMEOUT, now);
+                    st.exit_when_flushed = true;
+                    true
+                }
+                Phase::Open if now >= st.token_expires => {
+                    close_with(
+                        &mut st,
+                        Some(goaway(Code::TOKEN_EXPIRED, jitter_ms(0, 1000))),
+                        Code::TOKEN_EXPIRED,
+                        now,
+                    );
+                    true
+                }
+                Phase::Closing if now >= st.deadline => {
+                    st.exit = true;
+                    true
+                }
+                Phase::AwaitHello | Phase::Open if goaway_left > 0 => {
+                    goaway_left -= 1;
+                    let after = jitter_ms(500, 5000);
+                    close_with(
+                        &mut st,
+                        Some(goaway(Code::DRAINING, after)),
+                        Code::DRAINING,
+                        now,
+                    );
+                    true
+                }
+                _ => false,
+            };
+            if acted {
+                drop(st);
+                conn.wake();
+            }
+        }
+        let interest = self.interest.borrow();
+        let worker = self.id.to_string();
+        metrics::gauge!("herald_subscriptions", "worker" => worker.clone())
+            .set(interest.subscriptions() as f64);
+        metrics::gauge!("herald_worker_connections", "worker" => worker).set(conns.len() as f64);
+        self.stats.flush();
+    }
+}
+
+/// One CHANGED frame inside a WebSocket binary frame, ready to write.
+fn encode_changed(ns: u64, sjid: u64) -> Bytes {
+    let mut payload = Vec::with_capacity(24);
+    ServerFrame::Changed(vec![(ns, sjid)]).encode(&mut payload);
+    let mut wire = Vec::with_capacity(payload.len() + 2);
+    ws::encode_frame(ws::opcode::BINARY, &payload, &mut wire);
+    Bytes::from(wire)
+}
+
+/// A uniformly random delay in `[lo, hi]` milliseconds, for `reconnect_after_ms`.
+pub fn jitter_ms(lo: u64, hi: u64) -> u64 {
+    rand::rng().random_range(lo..=hi)
+}
