@@ -1,0 +1,143 @@
+//! A child process that opens subscribed connections and keeps them idle until its parent says
+//! stop (closes stdin). One process holds at most ~19k sockets (20000 open files per process),
+//! so larger runs start several, each bound to its own source address (127.0.0.2, 127.0.0.3, …)
+//! so that none runs out of ephemeral ports.
+
+use futures_util::{SinkExt, StreamExt};
+use herald_proto::frame::decode_server;
+use herald_proto::{ClientFrame, ServerFrame};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+/// Arguments of `hold`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HoldArgs {
+    /// Gateway WebSocket address.
+    #[arg(long)]
+    ws: SocketAddr,
+    /// Token for HELLO.
+    #[arg(long)]
+    token: String,
+    /// Connections to open.
+    #[arg(long)]
+    count: usize,
+    /// Source address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    source: IpAddr,
+    /// Namespaces in the pattern (connection i subscribes to namespaces from i onwards, modulo this).
+    #[arg(long, default_value_t = 1000)]
+    namespaces: u64,
+    /// Subscriptions per connection.
+    #[arg(long, default_value_t = 1)]
+    subs_per_conn: u64,
+    /// Index of this process's first connection in the whole run (spreads namespaces evenly).
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 200)]
+    parallel: usize,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(hold(args.clone()))
+}
+
+async fn hold(args: HoldArgs) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.parallel.min(args.count).max(1) {
+        let (args, next) = (args.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.count {
+                    return Ok::<_, anyhow::Error>(held);
+                }
+                held.push(open(&args, args.first + i as u64).await?);
+            }
+        }));
+    }
+    let mut conns: Vec<Ws> = Vec::with_capacity(args.count);
+    for t in tasks {
+        conns.extend(t.await??);
+    }
+    println!("ready {}", conns.len());
+    // Hold until the parent closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    })
+    .await?;
+    drop(conns);
+    Ok(())
+}
+
+/// Connects, says HELLO, subscribes, and waits for the PONG that proves the subscription is live.
+async fn open(args: &HoldArgs, index: u64) -> anyhow::Result<Ws> {
+    let socket = if args.source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(args.source, 0))?;
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(args.ws)).await??;
+    let mut request = format!("ws://{}/v1/connect", args.ws).into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(herald_proto::WS_SUBPROTOCOL),
+    );
+    // Small buffers: this process holds thousands of these.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = client_async_with_config(request, stream, Some(config)).await?;
+    let hello = ClientFrame::Hello {
+        version: herald_proto::PROTOCOL_VERSION,
+        token: args.token.clone(),
+    };
+    ws.send(Message::binary(hello.to_vec())).await?;
+    expect(&mut ws, |f| matches!(f, ServerFrame::Welcome { .. })).await?;
+    let pairs: Vec<(u64, u64)> = (0..args.subs_per_conn)
+        .map(|k| ((index + k) % args.namespaces, 0))
+        .collect();
+    ws.send(Message::binary(ClientFrame::Subscribe(pairs).to_vec()))
+        .await?;
+    ws.send(Message::binary(ClientFrame::Ping(index).to_vec()))
+        .await?;
+    expect(&mut ws, |f| matches!(f, ServerFrame::Pong(_))).await?;
+    Ok(ws)
+}
+
+async fn expect(ws: &mut Ws, want: impl Fn(&ServerFrame) -> bool) -> anyhow::Result<()> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("connection closed during setup"))??;
+        if let Message::Binary(b) = msg {
+            let frame = decode_server(&b)?;
+            if want(&frame) {
+                return Ok(());
+            }
+            if let ServerFrame::Error { code, message } = frame {
+                anyhow::bail!("gateway refused: {code} {message}");
+            }
+        }
+    }
+}
