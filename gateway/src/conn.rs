@@ -306,3 +306,19 @@ fn drop_queued(st: &mut ConnState) {
         st.outbox.push_back(front);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection carries one `Conn` (in an `Rc`) and one task; these bounds keep a
+    /// change that grows them from slipping in unnoticed (DESIGN.md: memory is the product).
+    #[test]
+    fn idle_footprint_stays_small() {
+        let conn = std::mem::size_of::<Conn>();
+        let state = std::mem::size_of::<ConnState>();
+        println!("Conn {conn} B, ConnState {state} B");
+        assert!(state <= 160, "ConnState grew to {state} B");
+        assert!(conn <= 240, "Conn grew to {conn} B");
+    }
+}
