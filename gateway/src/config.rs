@@ -14,7 +14,9 @@ pub const HEARTBEAT_MS_RANGE: std::ops::RangeInclusive<u64> = 15_000..=900_000;
 #[command(
     name = "herald-gateway",
     version,
-    about = "Herald notification gateway"
+    about = "Herald notification gateway",
+    // A flag given twice takes its last value, so wrappers and tests can append overrides.
+    args_override_self = true
 )]
 pub struct Cli {
     /// What to do; without a subcommand the gateway serves.
