@@ -6,7 +6,7 @@
 //! transport (WebSocket, QUIC, long-poll) and the client library share one codec.
 //!
 //! ```text
-//!  socket bytes ──► ws::Deframer ──► one binary message ──► frame::decode_client ──► ClientFrame
+//!  socket bytes ──► ws::Assembler ──► one binary message ──► frame::decode_client ──► ClientFrame
 //!                   (RFC 6455)        (≤ 4096 bytes)          (typed FrameError on bad input)
 //!  ServerFrame ──► frame::encode ──► ws::encode_server_frame ──► bytes shared by every recipient
 //! ```
@@ -17,10 +17,12 @@
 //! - [`frame`]: HELLO … ERROR, encode and decode, size limits, splitting of long lists.
 //! - [`ws`]: server-side RFC 6455 framing (client frames in, server frames out).
 //! - [`claims`]: the JWT claims a token carries, with the `ns` grant rules.
+//! - [`fanout`]: the NATS messages between journal, relays and gateways (batches, look-ups).
 #![warn(missing_docs)]
 
 pub mod claims;
 pub mod code;
+pub mod fanout;
 pub mod frame;
 pub mod varint;
 pub mod ws;
