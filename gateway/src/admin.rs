@@ -1,6 +1,7 @@
 //! The admin listener: `POST /v1/publish` (standalone mode), `/healthz`, `/readyz`, `/metrics`.
 
 use crate::journal::Journal;
+use crate::source::Source;
 use crate::worker::Shared;
 use axum::Router;
 use axum::body::Bytes;
@@ -21,8 +22,10 @@ const MAX_JSON_INT: u64 = 1 << 53;
 /// What the admin handlers need.
 #[derive(Clone)]
 pub struct AdminState {
-    /// Where publishes go.
-    pub journal: Journal,
+    /// Where publishes go (standalone mode only).
+    pub journal: Option<Journal>,
+    /// Latest SJIDs (for readiness of the upstream).
+    pub source: Source,
     /// Readiness and counts.
     pub shared: Arc<Shared>,
     /// Renders `/metrics`.
@@ -64,12 +67,19 @@ async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Byte
             );
         }
     }
+    let Some(journal) = &state.journal else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this gateway follows relays over NATS; publish to the JetStream journal (herald-relay publish)",
+        );
+    };
     let changes = match parse_publish(&body) {
         Ok(c) => c,
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", msg),
     };
     let accepted = changes.len();
-    match state.journal.append(changes).await {
+    match journal.append(changes).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "accepted": accepted })),
@@ -116,7 +126,8 @@ fn json_u64(v: &Value) -> Option<u64> {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     let ready = state.shared.ready.load(Ordering::Relaxed)
-        && !state.shared.draining.load(Ordering::Relaxed);
+        && !state.shared.draining.load(Ordering::Relaxed)
+        && state.source.ready();
     if ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {

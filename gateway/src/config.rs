@@ -78,6 +78,24 @@ pub struct ServeArgs {
     /// Bearer token required on `POST /v1/publish` (none: open, for loopback use).
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// NATS URL of the relays (distributed mode). Without it the gateway is standalone, with an
+    /// embedded journal and `POST /v1/publish`.
+    #[arg(long, env = "HERALD_NATS")]
+    pub nats: Option<String>,
+    /// Journal partitions (the same on publishers, relays and gateways).
+    #[arg(long, env = "HERALD_PARTITIONS", default_value_t = herald_proto::fanout::DEFAULT_PARTITIONS)]
+    pub partitions: u64,
+    /// Time allowed for one latest look-up request to the relays.
+    #[arg(
+        long,
+        env = "HERALD_UPSTREAM_REQUEST_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub upstream_request_timeout_ms: u64,
+    /// How long a SUBSCRIBE's look-up keeps retrying before the client is sent elsewhere
+    /// (GOAWAY overloaded).
+    #[arg(long, env = "HERALD_LOOKUP_DEADLINE_MS", default_value_t = 10_000)]
+    pub lookup_deadline_ms: u64,
     /// Directory of the embedded journal.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "herald-data")]
     pub data_dir: PathBuf,
@@ -163,6 +181,16 @@ impl ServeArgs {
         }
         if self.max_subscriptions == 0 {
             anyhow::bail!("--max-subscriptions must be at least 1");
+        }
+        if self.partitions == 0 {
+            anyhow::bail!("--partitions must be at least 1");
+        }
+        if self.upstream_request_timeout_ms == 0
+            || self.lookup_deadline_ms < self.upstream_request_timeout_ms
+        {
+            anyhow::bail!(
+                "--lookup-deadline-ms must be at least --upstream-request-timeout-ms (and both above 0)"
+            );
         }
         if self.outbox_limit_bytes < 4096 {
             anyhow::bail!("--outbox-limit-bytes must be at least 4096");

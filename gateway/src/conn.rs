@@ -11,7 +11,7 @@ use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 use tokio::net::TcpStream;
 
-use crate::session::Subscriptions;
+use crate::session::{Registered, Subscriptions};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,9 @@ pub struct ConnState {
     pub grant: Option<Box<NsGrant>>,
     /// Live subscriptions.
     pub subs: Subscriptions,
+    /// A SUBSCRIBE waiting for its look-up (distributed mode). While set, no further frame is
+    /// processed, which keeps the per-connection ordering rule.
+    pub pending: Option<Box<Registered>>,
 }
 
 impl Conn {
@@ -114,6 +117,7 @@ impl Conn {
                 session_id,
                 grant: None,
                 subs: Subscriptions::default(),
+                pending: None,
             }),
             waker: RefCell::new(None),
         }
@@ -318,7 +322,7 @@ mod tests {
         let conn = std::mem::size_of::<Conn>();
         let state = std::mem::size_of::<ConnState>();
         println!("Conn {conn} B, ConnState {state} B");
-        assert!(state <= 160, "ConnState grew to {state} B");
+        assert!(state <= 168, "ConnState grew to {state} B");
         assert!(conn <= 240, "Conn grew to {conn} B");
     }
 }

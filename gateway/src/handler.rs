@@ -14,6 +14,11 @@ use std::sync::atomic::Ordering;
 /// Runs a connection until it closes, then releases everything it held.
 pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>) {
     loop {
+        let pending = conn.state.borrow_mut().pending.take();
+        if let Some(reg) = pending {
+            finish_subscribe(&worker, &conn, *reg).await;
+            continue;
+        }
         let ready = std::future::poll_fn(|cx| conn.poll_ready(cx)).await;
         if ready.exit {
             break;
@@ -50,10 +55,56 @@ fn on_readable(worker: &Worker, conn: &Conn) {
     };
     st.partial = Vec::new();
     st.last_rx = worker.now();
-    let buf = &mut scratch[..carry + n];
-    let used = process(worker, conn, &mut st, buf);
+    consume(worker, conn, &mut st, &mut scratch[..carry + n]);
+}
+
+/// Processes `buf` and keeps what was not consumed (an incomplete frame, or frames after a
+/// SUBSCRIBE that is waiting for its look-up) for later.
+fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) {
+    let used = process(worker, conn, st, buf);
     if used < buf.len() && !st.exit {
         st.partial = buf[used..].to_vec();
+    }
+}
+
+/// Completes a SUBSCRIBE whose look-up had to wait (distributed mode), then goes on with the
+/// frames that arrived behind it.
+async fn finish_subscribe(worker: &Worker, conn: &Conn, reg: session::Registered) {
+    let ns: Vec<u64> = reg.namespaces().collect();
+    let looked_up = worker.source.resolve(&reg.added, &ns).await;
+    let mut st = conn.state.borrow_mut();
+    let latest = match looked_up {
+        Ok(latest) => latest,
+        Err(e) => {
+            tracing::warn!(session = %format_args!("{:016x}", st.session_id), error = %e, "look-up failed; sending the client elsewhere");
+            metrics::counter!("herald_lookup_failures_total").increment(1);
+            let goaway =
+                crate::conn::goaway(Code::OVERLOADED, crate::worker::jitter_ms(1000, 5000));
+            close_with(&mut st, Some(goaway), Code::OVERLOADED, worker.now());
+            return;
+        }
+    };
+    let outcome = session::complete(
+        &mut st.subs,
+        conn.key,
+        reg,
+        &mut worker.interest.borrow_mut(),
+        |n| latest.get(&n).copied().unwrap_or(0),
+    );
+    worker.source.drop_interest(&outcome.reset);
+    if st.phase == Phase::Open {
+        for frame in outcome.frames() {
+            queue_frame(&mut st, &frame);
+        }
+        let carried = std::mem::take(&mut st.partial);
+        if !carried.is_empty() {
+            let mut scratch = worker.scratch.borrow_mut();
+            scratch[..carried.len()].copy_from_slice(&carried);
+            consume(worker, conn, &mut st, &mut scratch[..carried.len()]);
+        }
+    }
+    if !st.outbox.is_empty() {
+        conn.flush_state(&mut st);
     }
 }
 
@@ -66,7 +117,7 @@ fn process(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) -> 
             None => return 0,
         }
     }
-    while at < buf.len() && !st.exit {
+    while at < buf.len() && !st.exit && st.pending.is_none() {
         if matches!(st.phase, Phase::Http) || (st.phase == Phase::Closing && st.exit_when_flushed) {
             // Refused upgrade, or a close we are only flushing: ignore further input.
             return buf.len();
@@ -200,26 +251,25 @@ fn on_frame(worker: &Worker, conn: &Conn, st: &mut ConnState, frame: ClientFrame
             let Some(grant) = grant.as_deref() else {
                 return;
             };
-            let outcome = session::subscribe(
-                subs,
-                conn.key,
-                &pairs,
-                grant,
-                worker.limits.max_subscriptions,
-                &mut worker.interest.borrow_mut(),
-                |ns| worker.latest.get(ns),
-            );
-            for frame in outcome.frames() {
-                queue_frame(st, &frame);
+            let mut interest = worker.interest.borrow_mut();
+            let max = worker.limits.max_subscriptions;
+            let reg = session::register(subs, conn.key, &pairs, grant, max, &mut interest);
+            match worker.source.local() {
+                Some(latest) => {
+                    let outcome =
+                        session::complete(subs, conn.key, reg, &mut interest, |ns| latest.get(ns));
+                    for frame in outcome.frames() {
+                        queue_frame(st, &frame);
+                    }
+                }
+                // The look-up needs the network: the task finishes it before the next frame.
+                None => st.pending = Some(Box::new(reg)),
             }
         }
         (Phase::Open, ClientFrame::Unsubscribe(ns)) => {
-            session::unsubscribe(
-                &mut st.subs,
-                conn.key,
-                &ns,
-                &mut worker.interest.borrow_mut(),
-            );
+            let mut interest = worker.interest.borrow_mut();
+            let dropped = session::unsubscribe(&mut st.subs, conn.key, &ns, &mut interest);
+            worker.source.drop_interest(&dropped);
         }
         (Phase::Open, ClientFrame::Ping(nonce)) => queue_frame(st, &ServerFrame::Pong(nonce)),
         (Phase::Open, ClientFrame::Pong(_)) => {}

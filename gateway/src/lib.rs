@@ -20,7 +20,8 @@
 //! # Layout
 //! - [`config`]: command line, environment and validated settings.
 //! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting.
-//! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table.
+//! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table;
+//!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface.
 //! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
 //! - [`conn`]: one client connection's state and writes; [`handler`]: its task; [`upgrade`]: its HTTP handshake;
 //!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
@@ -38,6 +39,7 @@ pub mod keys;
 pub mod latest;
 pub mod server;
 pub mod session;
+pub mod source;
 pub mod stats;
 pub mod upgrade;
 pub mod worker;

@@ -6,9 +6,11 @@ use crate::config::ServeArgs;
 use crate::journal::Journal;
 use crate::keys::{SigningKey, claims_for};
 use crate::latest::LatestTable;
+use crate::source::Source;
 use crate::worker::{self, Batch, Shared, WorkerSetup};
 use anyhow::Context;
 use herald_proto::NsGrant;
+use herald_upstream::{Upstream, UpstreamConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -37,10 +39,16 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let verifier = Arc::new(verifier(&args)?);
     let limits = args.conn_limits(open_files_limit());
     let workers = args.worker_count();
-    let latest = Arc::new(LatestTable::new());
     let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
-    let journal = Journal::open(&args.journal(), latest.clone(), senders)?;
+    let (source, journal) = match &args.nats {
+        Some(url) => (upstream_source(&args, url, senders).await?, None),
+        None => {
+            let latest = Arc::new(LatestTable::new());
+            let journal = Journal::open(&args.journal(), latest.clone(), senders)?;
+            (Source::Embedded(latest), Some(journal))
+        }
+    };
 
     let listeners = bind_reuseport(args.listen, workers)?;
     let ws_addr = listeners[0].local_addr()?;
@@ -52,7 +60,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
             id,
             listener,
             fanout,
-            latest: latest.clone(),
+            source: source.clone(),
             verifier: verifier.clone(),
             limits: limits.clone(),
             shared: shared.clone(),
@@ -67,6 +75,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let admin_addr = admin_listener.local_addr()?;
     let state = AdminState {
         journal,
+        source,
         shared: shared.clone(),
         metrics,
         token: args.admin_token.as_deref().map(Arc::from),
@@ -93,6 +102,32 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Distributed mode: follow the relays over NATS and hand raised changes to every worker.
+async fn upstream_source(
+    args: &ServeArgs,
+    url: &str,
+    workers: Vec<mpsc::Sender<Batch>>,
+) -> anyhow::Result<Source> {
+    let mut config = UpstreamConfig::new(url);
+    config.partitions = args.partitions;
+    config.request_timeout = std::time::Duration::from_millis(args.upstream_request_timeout_ms);
+    config.lookup_deadline = std::time::Duration::from_millis(args.lookup_deadline_ms);
+    config.name = format!("herald-gateway {}", std::process::id());
+    let (upstream, mut changes) = Upstream::connect(config)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))?;
+    tokio::spawn(async move {
+        while let Some(raised) = changes.recv().await {
+            let batch: Batch = raised.into();
+            for worker in &workers {
+                // A stopped worker (shutdown) is skipped.
+                let _ = worker.send(batch.clone()).await;
+            }
+        }
+    });
+    Ok(Source::Upstream(upstream))
 }
 
 fn verifier(args: &ServeArgs) -> anyhow::Result<Verifier> {

@@ -73,12 +73,12 @@ impl Subscriptions {
         }
     }
 
-    /// Drops every subscription from `interest` (the connection is closing).
-    pub fn release(&mut self, conn: u32, interest: &mut Interest) {
+    /// Drops every subscription from `interest` (the connection is closing); returns them.
+    pub fn release(&mut self, conn: u32, interest: &mut Interest) -> Vec<u64> {
         for &ns in &self.ns {
             interest.remove(ns, conn);
         }
-        self.ns = Vec::new();
+        std::mem::take(&mut self.ns)
     }
 }
 
@@ -106,20 +106,40 @@ pub fn hello(
     })
 }
 
-/// Applies a SUBSCRIBE: registers interest first, then looks up latest SJIDs ("subscribe, then
-/// look up", so a change racing with the subscribe is seen by one of the two paths).
-#[allow(clippy::too_many_arguments)]
-pub fn subscribe(
+/// The first half of a SUBSCRIBE: checks and interest registration, before any look-up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Refused: the token does not grant them.
+    pub forbidden: Vec<u64>,
+    /// Refused: over `max_subscriptions`.
+    pub too_many: Vec<u64>,
+    /// `(ns, cursor)` now registered, in frame order; their latest SJIDs are needed next.
+    pub accepted: Vec<(u64, u64)>,
+    /// The accepted namespaces this connection did not hold before (new upstream interest).
+    pub added: Vec<u64>,
+}
+
+impl Registered {
+    /// Namespaces whose latest SJID [`complete`] needs.
+    pub fn namespaces(&self) -> impl Iterator<Item = u64> + '_ {
+        self.accepted.iter().map(|&(ns, _)| ns)
+    }
+}
+
+/// Registers a SUBSCRIBE's interest (the "subscribe" of "subscribe, then look up": a change racing
+/// with the look-up that follows is seen by one of the two paths).
+pub fn register(
     subs: &mut Subscriptions,
     conn: u32,
     pairs: &[(u64, u64)],
     grant: &NsGrant,
     max_subscriptions: u64,
     interest: &mut Interest,
-    latest: impl Fn(u64) -> u64,
-) -> SubscribeOutcome {
-    let mut out = SubscribeOutcome::default();
-    let mut accepted: Vec<(u64, u64)> = Vec::with_capacity(pairs.len());
+) -> Registered {
+    let mut reg = Registered {
+        accepted: Vec::with_capacity(pairs.len()),
+        ..Registered::default()
+    };
     for (i, &(ns, _)) in pairs.iter().enumerate() {
         // A namespace repeated in one frame counts once, at its first position, with its last cursor.
         if pairs[..i].iter().any(|&(n, _)| n == ns) {
@@ -131,17 +151,38 @@ pub fn subscribe(
             .find(|&&(n, _)| n == ns)
             .map_or(0, |&(_, c)| c);
         if !grant.allows(ns) {
-            out.forbidden.push(ns);
+            reg.forbidden.push(ns);
         } else if subs.contains(ns) || (subs.len() as u64) < max_subscriptions {
-            subs.insert(ns);
+            if !subs.contains(ns) {
+                subs.insert(ns);
+                reg.added.push(ns);
+            }
             // Resubscribing forgets what was sent: the new cursor is all the client knows.
             interest.set(ns, conn, cursor);
-            accepted.push((ns, cursor));
+            reg.accepted.push((ns, cursor));
         } else {
-            out.too_many.push(ns);
+            reg.too_many.push(ns);
         }
     }
-    for (ns, cursor) in accepted {
+    reg
+}
+
+/// The second half: compares each cursor with the latest SJID. A cursor ahead ends its
+/// subscription (RESET, listed in the outcome so upstream interest can be dropped too); one behind
+/// gets CHANGED unless the fan-out already told the connection as much.
+pub fn complete(
+    subs: &mut Subscriptions,
+    conn: u32,
+    reg: Registered,
+    interest: &mut Interest,
+    latest: impl Fn(u64) -> u64,
+) -> SubscribeOutcome {
+    let mut out = SubscribeOutcome {
+        forbidden: reg.forbidden,
+        too_many: reg.too_many,
+        ..SubscribeOutcome::default()
+    };
+    for (ns, cursor) in reg.accepted {
         let latest = latest(ns);
         if cursor > latest {
             subs.remove(ns);
@@ -154,13 +195,35 @@ pub fn subscribe(
     out
 }
 
-/// Applies an UNSUBSCRIBE; namespaces not subscribed are ignored.
-pub fn unsubscribe(subs: &mut Subscriptions, conn: u32, ns: &[u64], interest: &mut Interest) {
+/// A whole SUBSCRIBE when the latest table is at hand (standalone mode, tests).
+pub fn subscribe(
+    subs: &mut Subscriptions,
+    conn: u32,
+    pairs: &[(u64, u64)],
+    grant: &NsGrant,
+    max_subscriptions: u64,
+    interest: &mut Interest,
+    latest: impl Fn(u64) -> u64,
+) -> SubscribeOutcome {
+    let reg = register(subs, conn, pairs, grant, max_subscriptions, interest);
+    complete(subs, conn, reg, interest, latest)
+}
+
+/// Applies an UNSUBSCRIBE; namespaces not subscribed are ignored. Returns the ones dropped.
+pub fn unsubscribe(
+    subs: &mut Subscriptions,
+    conn: u32,
+    ns: &[u64],
+    interest: &mut Interest,
+) -> Vec<u64> {
+    let mut dropped = Vec::new();
     for &n in ns {
         if subs.remove(n) {
             interest.remove(n, conn);
+            dropped.push(n);
         }
     }
+    dropped
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::config::ConnLimits;
 use crate::conn::{Conn, Phase, close_with, goaway};
 use crate::handler;
 use crate::interest::Interest;
-use crate::latest::LatestTable;
+use crate::source::Source;
 use crate::stats::WorkerStats;
 use bytes::Bytes;
 use herald_proto::{Code, ServerFrame, ws};
@@ -54,7 +54,7 @@ pub struct WorkerSetup {
     /// Batches from the journal.
     pub fanout: mpsc::Receiver<Batch>,
     /// For SUBSCRIBE look-ups.
-    pub latest: Arc<LatestTable>,
+    pub source: Source,
     /// For HELLO.
     pub verifier: Arc<Verifier>,
     /// Connection settings.
@@ -75,8 +75,8 @@ pub struct Worker {
     pub conns: RefCell<Slab<Rc<Conn>>>,
     /// Namespace → subscribers on this worker.
     pub interest: RefCell<Interest>,
-    /// Latest SJIDs.
-    pub latest: Arc<LatestTable>,
+    /// Latest SJIDs and upstream interest.
+    pub source: Source,
     /// Token checks.
     pub verifier: Arc<Verifier>,
     /// Connection settings.
@@ -131,7 +131,7 @@ async fn run(setup: WorkerSetup) {
         id,
         listener,
         mut fanout,
-        latest,
+        source,
         verifier,
         limits,
         shared,
@@ -149,7 +149,7 @@ async fn run(setup: WorkerSetup) {
         id,
         conns: RefCell::new(Slab::new()),
         interest: RefCell::new(Interest::default()),
-        latest,
+        source,
         verifier,
         limits,
         shared,
@@ -228,12 +228,15 @@ impl Worker {
     #[must_use]
     pub fn token_deadline(&self, exp: u64, now: u32) -> u32 {
         let left_s = (exp + LEEWAY_S).saturating_sub(crate::keys::unix_now());
-        now.saturating_add(duration_ticks(Duration::from_secs(left_s)))
+        // `unix_now` and `now` are both floored: one tick more so it never fires before the time.
+        now.saturating_add(duration_ticks(Duration::from_secs(left_s)) + 1)
     }
 
     fn admit(self: &Rc<Self>, stream: tokio::net::TcpStream) {
         let now = self.now();
-        let deadline = now.saturating_add(duration_ticks(self.limits.handshake_timeout));
+        // Ticks are floored, so `now` may be up to one tick behind the accept: one tick more
+        // keeps the timeout from firing early (C8: late by up to 1 s, never early).
+        let deadline = now.saturating_add(duration_ticks(self.limits.handshake_timeout) + 1);
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();
         let conn = Rc::new(Conn::new(
@@ -251,7 +254,8 @@ impl Worker {
     /// Forgets a closed connection.
     pub fn release(&self, conn: &Conn) {
         let mut st = conn.state.borrow_mut();
-        st.subs.release(conn.key, &mut self.interest.borrow_mut());
+        let dropped = st.subs.release(conn.key, &mut self.interest.borrow_mut());
+        self.source.drop_interest(&dropped);
         if st.counted {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }
@@ -314,7 +318,8 @@ impl Worker {
                     st.exit_when_flushed = true;
                     true
                 }
-                Phase::Open if now.saturating_sub(st.last_rx) >= silence => {
+                // Strictly more: `last_rx` is floored like `now` (C8: never early).
+                Phase::Open if now.saturating_sub(st.last_rx) > silence => {
                     close_with(&mut st, None, Code::TIMEOUT, now);
                     st.exit_when_flushed = true;
                     true

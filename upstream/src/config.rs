@@ -1,0 +1,44 @@
+//! Settings of an [`crate::Upstream`].
+
+use std::time::Duration;
+
+/// Which partitions to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only partitions with interest, and only changes to namespaces with interest (gateways).
+    Interest,
+    /// Every partition and every change (tier-N relays, which serve a whole downstream side).
+    All,
+}
+
+/// Settings of an upstream connection.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// NATS server URL(s), comma-separated.
+    pub nats_url: String,
+    /// Partition count (the same on publishers, relays and gateways).
+    pub partitions: u64,
+    /// What to follow.
+    pub scope: Scope,
+    /// Time allowed for one `herald.latest.<p>` request.
+    pub request_timeout: Duration,
+    /// How long a look-up keeps retrying (no relay ready, timeouts) before it fails.
+    pub lookup_deadline: Duration,
+    /// Connection name shown by the NATS server.
+    pub name: String,
+}
+
+impl UpstreamConfig {
+    /// Defaults for `nats_url`: 64 partitions, interest scope, 1 s requests, 10 s look-ups.
+    #[must_use]
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        UpstreamConfig {
+            nats_url: nats_url.into(),
+            partitions: herald_proto::fanout::DEFAULT_PARTITIONS,
+            scope: Scope::Interest,
+            request_timeout: Duration::from_secs(1),
+            lookup_deadline: Duration::from_secs(10),
+            name: "herald".into(),
+        }
+    }
+}

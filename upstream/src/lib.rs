@@ -1,0 +1,37 @@
+//! # herald-upstream
+//!
+//! The subscriber side of Herald's fan-out, shared by gateways and tier-N relays (DESIGN.md:
+//! "a gateway's upstream client is the same code as a tier-N relay's source").
+//!
+//! ```text
+//!   relays ── herald.fanout.<p> (FanoutBatch{epoch, seq}) ──► partition task ─┐
+//!          ◄─ herald.latest.<p> (LatestRequest/Reply) ──── look-ups, resync ──┤ merge is max
+//!                                                                             ▼
+//!                                            local latest (per partition) ──► raised changes out
+//! ```
+//!
+//! - **Interest**: a partition is subscribed while some namespace in it has interest (or always,
+//!   in [`Scope::All`] mode), and dropped, with what was known of it, when the last interest goes.
+//! - **Subscribe, then look up**: [`Upstream::add_interest`] returns once the partition's NATS
+//!   subscription is registered with the server (SUB, then a flush), so a look-up made after it
+//!   cannot miss a change: the change is either in the answer or in a later batch.
+//! - **Numbered streams + resync**: each batch carries its relay's `epoch` and a per-partition
+//!   `seq` (relays also send empty heartbeat batches carrying their current `seq`). A gap, an
+//!   unknown epoch, our own NATS reconnect or a slow-consumer drop makes the partition resync: ask
+//!   `herald.latest.<p>` for every namespace it tracks and merge the answer.
+//!
+//! # Layout
+//! - [`config`]: [`UpstreamConfig`], [`Scope`].
+//! - [`partition`]: what is known of one partition (stream positions, latest values, interest).
+//! - [`upstream`]: [`Upstream`], the handle; connection, partition tasks, look-ups, resync.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod partition;
+pub mod upstream;
+
+pub use config::{Scope, UpstreamConfig};
+pub use upstream::{LookupError, Upstream};
+
+/// Raised `(ns, sjid)` changes, as handed to the consumer of an [`Upstream`].
+pub type Changes = Vec<(u64, u64)>;

@@ -1,0 +1,473 @@
+//! [`Upstream`]: one NATS connection, a task per subscribed partition, look-ups and resyncs.
+
+use crate::partition::{Partition, Position};
+use crate::{Changes, Scope, UpstreamConfig};
+use async_nats::{Client, Event};
+use futures_util::StreamExt;
+use herald_proto::fanout::{FanoutBatch, LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
+use herald_proto::fanout::{fanout_subject, latest_subject, partition};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Raised changes waiting for their consumer before partition tasks wait.
+const OUT_QUEUE: usize = 1024;
+
+/// Why a look-up (or the subscription it needs) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// No relay answered before the look-up deadline (none ready, or none reachable).
+    #[error("no relay answered herald.latest.{partition} in time: {last}")]
+    Unavailable {
+        /// The partition asked.
+        partition: u64,
+        /// The last failure seen.
+        last: String,
+    },
+    /// A relay answered with bytes that are not a `LatestReply`.
+    #[error("malformed latest reply: {0}")]
+    Malformed(String),
+    /// The partition subscription could not be made before the deadline.
+    #[error("could not subscribe to herald.fanout.{0} in time")]
+    Subscribe(u64),
+}
+
+/// Handle to the upstream (cheap to clone).
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: UpstreamConfig,
+    parts: Mutex<HashMap<u64, Slot>>,
+    out: mpsc::Sender<Changes>,
+    connected: AtomicBool,
+}
+
+/// A partition and the machinery of its subscription.
+struct Slot {
+    part: Partition,
+    /// Becomes true once the NATS subscription is registered with the server.
+    subscribed: watch::Receiver<bool>,
+    /// The task reading `herald.fanout.<p>`; aborted (which unsubscribes) when the slot goes.
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Upstream {
+    /// Connects (retrying in the background if NATS is not reachable yet) and returns the handle
+    /// and the stream of raised changes.
+    pub async fn connect(
+        config: UpstreamConfig,
+    ) -> Result<(Upstream, mpsc::Receiver<Changes>), async_nats::ConnectError> {
+        let (event_tx, mut events) = mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .name(&config.name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .request_timeout(Some(config.request_timeout))
+            .event_callback(move |e| {
+                let tx = event_tx.clone();
+                async move {
+                    let _ = tx.send(e);
+                }
+            })
+            .connect(config.nats_url.as_str())
+            .await?;
+        let (out, rx) = mpsc::channel(OUT_QUEUE);
+        let up = Upstream {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                parts: Mutex::new(HashMap::new()),
+                out,
+                connected: AtomicBool::new(false),
+            }),
+        };
+        let weak = Arc::downgrade(&up.inner);
+        tokio::spawn(async move {
+            let mut ever_connected = false;
+            while let Some(event) = events.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let up = Upstream { inner };
+                match event {
+                    Event::Connected => {
+                        up.inner.connected.store(true, Ordering::Relaxed);
+                        tracing::info!(url = %up.inner.config.nats_url, "upstream NATS connected");
+                        if ever_connected {
+                            // Whatever was published while we were away is lost to us.
+                            up.resync_all("NATS reconnect");
+                        }
+                        ever_connected = true;
+                    }
+                    Event::Disconnected => {
+                        up.inner.connected.store(false, Ordering::Relaxed);
+                        tracing::warn!(
+                            "upstream NATS disconnected; will resync after reconnecting"
+                        );
+                    }
+                    Event::SlowConsumer(_) => up.resync_all("slow consumer (messages dropped)"),
+                    other => tracing::debug!(event = %other, "upstream NATS event"),
+                }
+            }
+        });
+        if up.inner.config.scope == Scope::All {
+            for p in 0..up.inner.config.partitions {
+                up.ensure_partition(p);
+            }
+        }
+        Ok((up, rx))
+    }
+
+    /// True while the NATS connection is up.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// The NATS client (tier-N relays publish downstream on another one; this is for requests).
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    fn parts(&self) -> MutexGuard<'_, HashMap<u64, Slot>> {
+        self.inner.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn partition_of(&self, ns: u64) -> u64 {
+        partition(ns, self.inner.config.partitions)
+    }
+
+    /// Registers interest in `ns` and returns once every partition involved is subscribed, so a
+    /// look-up that follows cannot miss a change.
+    pub async fn add_interest(&self, ns: &[u64]) -> Result<(), LookupError> {
+        let mut waits = Vec::new();
+        {
+            let mut parts = self.parts();
+            for &n in ns {
+                let p = self.partition_of(n);
+                let slot = self.slot(&mut parts, p);
+                *slot.part.interest.entry(n).or_insert(0) += 1;
+                if !*slot.subscribed.borrow() {
+                    waits.push((p, slot.subscribed.clone()));
+                }
+            }
+        }
+        let deadline = self.inner.config.lookup_deadline;
+        for (p, mut ready) in waits {
+            let subscribed = tokio::time::timeout(deadline, ready.wait_for(|v| *v)).await;
+            if !matches!(subscribed, Ok(Ok(_))) {
+                return Err(LookupError::Subscribe(p));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops interest in `ns` (once per earlier [`Upstream::add_interest`] of it). A partition
+    /// left without interest is unsubscribed and forgotten.
+    pub fn remove_interest(&self, ns: &[u64]) {
+        let mut parts = self.parts();
+        for &n in ns {
+            let p = self.partition_of(n);
+            let Some(slot) = parts.get_mut(&p) else {
+                continue;
+            };
+            if let Some(count) = slot.part.interest.get_mut(&n) {
+                *count -= 1;
+                if *count == 0 {
+                    slot.part.interest.remove(&n);
+                    if self.inner.config.scope == Scope::Interest {
+                        slot.part.latest.remove(&n);
+                    }
+                }
+            }
+            if slot.part.interest.is_empty() && self.inner.config.scope == Scope::Interest {
+                parts.remove(&p);
+            }
+        }
+    }
+
+    fn ensure_partition(&self, p: u64) {
+        let mut parts = self.parts();
+        self.slot(&mut parts, p);
+    }
+
+    /// The slot of `p`, subscribing it if it is new.
+    fn slot<'a>(&self, parts: &'a mut HashMap<u64, Slot>, p: u64) -> &'a mut Slot {
+        parts.entry(p).or_insert_with(|| {
+            let (tx, rx) = watch::channel(false);
+            let generation = rand::random();
+            let reader = tokio::spawn(read_partition(self.clone(), p, generation, tx));
+            let part = Partition {
+                generation,
+                ..Partition::default()
+            };
+            Slot {
+                part,
+                subscribed: rx,
+                reader: Some(reader),
+            }
+        })
+    }
+
+    /// Latest SJIDs of `ns`, in order: from what this upstream tracks when it can vouch for it,
+    /// else from the relays (one request per partition, retried until the look-up deadline).
+    pub async fn lookup(&self, ns: &[u64]) -> Result<Vec<(u64, u64)>, LookupError> {
+        let mut known: HashMap<u64, u64> = HashMap::with_capacity(ns.len());
+        let mut remote: HashMap<u64, (u64, Vec<u64>)> = HashMap::new();
+        {
+            let parts = self.parts();
+            for &n in ns {
+                let p = self.partition_of(n);
+                match parts.get(&p) {
+                    Some(s)
+                        if *s.subscribed.borrow()
+                            && !s.part.resyncing
+                            && s.part.latest.contains_key(&n) =>
+                    {
+                        known.insert(n, s.part.latest[&n]);
+                    }
+                    other => {
+                        let generation = other.map_or(0, |s| s.part.generation);
+                        remote
+                            .entry(p)
+                            .or_insert_with(|| (generation, Vec::new()))
+                            .1
+                            .push(n);
+                    }
+                }
+            }
+        }
+        metrics::counter!("herald_upstream_lookups_local_total").increment(known.len() as u64);
+        let asks = remote
+            .into_iter()
+            .map(|(p, (generation, list))| async move {
+                let reply = self.request_retrying(p, &list).await?;
+                Ok::<_, LookupError>(self.merge_reply(p, generation, &reply.entries, true))
+            });
+        for merged in futures_util::future::join_all(asks).await {
+            known.extend(merged?);
+        }
+        Ok(ns
+            .iter()
+            .map(|n| (*n, known.get(n).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    /// Merges `entries` into partition `p` (if it is still the same subscription) and returns
+    /// each entry's value after the merge. With `forward`, raised ones go to the consumer.
+    fn merge_reply(
+        &self,
+        p: u64,
+        generation: u64,
+        entries: &[(u64, u64)],
+        forward: bool,
+    ) -> Vec<(u64, u64)> {
+        let mut parts = self.parts();
+        let Some(slot) = parts
+            .get_mut(&p)
+            .filter(|s| s.part.generation == generation)
+        else {
+            return entries.to_vec();
+        };
+        let all = self.inner.config.scope == Scope::All;
+        let mut raised = Vec::new();
+        let merged = entries
+            .iter()
+            .map(|&(ns, sjid)| {
+                if all || slot.part.interest.contains_key(&ns) {
+                    if slot.part.merge(ns, sjid) && forward {
+                        raised.push((ns, sjid));
+                    }
+                    (ns, slot.part.latest[&ns])
+                } else {
+                    (ns, sjid)
+                }
+            })
+            .collect();
+        drop(parts);
+        if !raised.is_empty() {
+            // The partition task and resync both feed `out`; never block while holding the lock.
+            let out = self.inner.out.clone();
+            tokio::spawn(async move {
+                let _ = out.send(raised).await;
+            });
+        }
+        merged
+    }
+
+    async fn request(&self, p: u64, ns: &[u64]) -> Result<LatestReply, String> {
+        let mut entries = Vec::with_capacity(ns.len());
+        let mut epoch = 0;
+        for chunk in ns.chunks(MAX_PAIRS_PER_MESSAGE) {
+            let body = LatestRequest { ns: chunk.to_vec() }.encode();
+            let msg = self
+                .inner
+                .client
+                .request(latest_subject(p), body.into())
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = LatestReply::decode(&msg.payload)
+                .map_err(|e| format!("malformed latest reply: {e}"))?;
+            epoch = reply.epoch;
+            entries.extend(reply.entries);
+        }
+        Ok(LatestReply { epoch, entries })
+    }
+
+    async fn request_retrying(&self, p: u64, ns: &[u64]) -> Result<LatestReply, LookupError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.lookup_deadline;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.request(p, ns).await {
+                Ok(r) => return Ok(r),
+                Err(last) => {
+                    metrics::counter!("herald_upstream_lookup_failures_total").increment(1);
+                    if tokio::time::Instant::now() + backoff >= deadline {
+                        return Err(LookupError::Unavailable { partition: p, last });
+                    }
+                    tracing::debug!(partition = p, error = %last, "latest request failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn resync_all(&self, why: &str) {
+        let ps: Vec<u64> = self.parts().keys().copied().collect();
+        tracing::info!(partitions = ps.len(), why, "resyncing every partition");
+        for p in ps {
+            self.resync(p, why);
+        }
+    }
+
+    /// Starts a resync of `p` unless one is running (then it runs once more after).
+    fn resync(&self, p: u64, why: &str) {
+        let generation = {
+            let mut parts = self.parts();
+            let Some(slot) = parts.get_mut(&p) else {
+                return;
+            };
+            if slot.part.resyncing {
+                slot.part.resync_again = true;
+                return;
+            }
+            slot.part.resyncing = true;
+            slot.part.generation
+        };
+        metrics::counter!("herald_upstream_resyncs_total").increment(1);
+        tracing::debug!(partition = p, why, "resync");
+        let up = self.clone();
+        tokio::spawn(async move { up.run_resync(p, generation).await });
+    }
+
+    async fn run_resync(&self, p: u64, generation: u64) {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let tracked = {
+                let parts = self.parts();
+                match parts.get(&p).filter(|s| s.part.generation == generation) {
+                    Some(s) => s.part.tracked(),
+                    None => return,
+                }
+            };
+            if !tracked.is_empty() {
+                match self.request(p, &tracked).await {
+                    Ok(reply) => {
+                        self.merge_reply(p, generation, &reply.entries, true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "resync request failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            }
+            let mut parts = self.parts();
+            let Some(slot) = parts
+                .get_mut(&p)
+                .filter(|s| s.part.generation == generation)
+            else {
+                return;
+            };
+            if std::mem::take(&mut slot.part.resync_again) {
+                continue;
+            }
+            slot.part.resyncing = false;
+            return;
+        }
+    }
+}
+
+/// The task of one subscribed partition: subscribe, confirm with a flush, then apply batches.
+async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch::Sender<bool>) {
+    let subject = fanout_subject(p);
+    let mut backoff = Duration::from_millis(20);
+    let mut sub = loop {
+        match up.inner.client.subscribe(subject.clone()).await {
+            Ok(s) => match up.inner.client.flush().await {
+                Ok(()) => break s,
+                Err(e) => {
+                    tracing::warn!(%subject, error = %e, "flush after subscribe failed; retrying")
+                }
+            },
+            Err(e) => tracing::warn!(%subject, error = %e, "subscribe failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    };
+    let _ = subscribed.send(true);
+    let all = up.inner.config.scope == Scope::All;
+    while let Some(msg) = sub.next().await {
+        let batch = match FanoutBatch::decode(&msg.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                metrics::counter!("herald_upstream_bad_messages_total").increment(1);
+                tracing::warn!(%subject, error = %e, "malformed fan-out batch skipped");
+                continue;
+            }
+        };
+        let (position, raised) = {
+            let mut parts = up.parts();
+            let Some(slot) = parts
+                .get_mut(&p)
+                .filter(|s| s.part.generation == generation)
+            else {
+                return;
+            };
+            let position = slot
+                .part
+                .position(batch.epoch, batch.seq, batch.changes.is_empty());
+            let raised: Changes = batch
+                .changes
+                .iter()
+                .copied()
+                .filter(|&(ns, sjid)| {
+                    (all || slot.part.interest.contains_key(&ns)) && slot.part.merge(ns, sjid)
+                })
+                .collect();
+            (position, raised)
+        };
+        if position == Position::Resync {
+            up.resync(p, "new relay epoch or a gap in its sequence");
+        }
+        if !raised.is_empty() && up.inner.out.send(raised).await.is_err() {
+            return;
+        }
+    }
+}
