@@ -46,6 +46,10 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
+        // A head over the limit is refused even when it arrived whole in one read (C4).
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Some(refuse(431, "request head too large", &[]));
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return None,
         Err(httparse::Error::TooManyHeaders) => return Some(refuse(431, "too many headers", &[])),

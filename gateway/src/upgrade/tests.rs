@@ -97,3 +97,10 @@ fn refusals() {
             .contains("Retry-After: 5\r\n")
     );
 }
+
+#[test]
+fn whole_head_over_the_limit_is_431() {
+    let filler = format!("X-Filler: {}", "a".repeat(MAX_HEAD));
+    let big = req(&["GET /v1/connect HTTP/1.1", "Host: x", &filler]);
+    assert_eq!(status(decide(&big, OPEN)), 431);
+}
