@@ -69,6 +69,10 @@ pub struct MintArgs {
 /// Settings of a serving gateway.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings (keys are these flags' long names). Precedence: file, then
+    /// `HERALD_*` environment, then flags.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Client listener (WebSocket `/v1/connect`).
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -131,7 +135,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub outbox_limit_bytes: usize,
     /// Seconds live clients are given to leave on SIGTERM.
-    #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 5)]
+    #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
     /// Lifetime of the printed dev token, when no auth key is configured.
     #[arg(long, env = "HERALD_DEV_TOKEN_TTL_S", default_value_t = 86_400)]

@@ -18,7 +18,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: command line, environment and validated settings.
+//! - [`config`]: command line, environment and validated settings; [`config_file`]: TOML.
 //! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting.
 //! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table;
 //!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface.
@@ -31,6 +31,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod handler;
 pub mod interest;

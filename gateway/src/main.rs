@@ -10,7 +10,8 @@ use herald_gateway::keys::{SigningKey, claims_for, parse_ns_list};
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args = herald_gateway::config_file::expand_args(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(args);
     match cli.command {
         Some(Command::GenKey { out }) => gen_key(&out),
         Some(Command::MintToken(args)) => mint(&args),

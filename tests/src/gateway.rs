@@ -1,0 +1,359 @@
+//! A `herald-gateway` child process: started on ephemeral loopback ports with a throwaway data
+//! directory and a test signing key, found ready by its stdout line, and killed (SIGKILL, then
+//! reaped) when dropped.
+
+use crate::http::{self, HttpResponse};
+use crate::ws::WsClient;
+use herald_gateway::keys::{SigningKey, claims_for, unix_now};
+use herald_proto::{Claims, NsGrant};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a gateway may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The `kid` of the key every test gateway trusts.
+pub const KID: &str = "test";
+
+/// Extra command-line flags for a test gateway (on top of the listeners, data dir and key).
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOptions {
+    /// Flags passed as they are, after the harness's own.
+    pub args: Vec<String>,
+}
+
+impl GatewayOptions {
+    /// No extra flags.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `flag value`, e.g. `.arg("--heartbeat-ms", "15000")`.
+    #[must_use]
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_owned());
+        self.args.push(value.to_string());
+        self
+    }
+}
+
+/// A running gateway. Dropping it kills the process (SIGKILL) and waits for it.
+pub struct GatewayProcess {
+    /// The child, `None` once killed or exited.
+    child: Option<Child>,
+    /// Holds the data dir, the public key file and the stderr log; deleted on drop.
+    dir: tempfile::TempDir,
+    /// The key whose public half the gateway trusts under [`KID`].
+    key: SigningKey,
+    /// Flags to start (and restart) with.
+    options: GatewayOptions,
+    /// Client (WebSocket) listener.
+    ws: SocketAddr,
+    /// Admin (publish, health, metrics) listener.
+    admin: SocketAddr,
+}
+
+/// `target/<profile>/herald-gateway`, beside the directory of the running test executable.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-exe> → target/<profile>/herald-gateway
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not under target/<profile>/deps");
+    let bin = profile_dir.join("herald-gateway");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p herald-gateway` (or `cargo test --workspace`, \
+         which builds every binary) before these tests",
+        bin.display()
+    );
+    bin
+}
+
+impl GatewayProcess {
+    /// Starts a gateway with `options` and waits (at most 20 s) for its ready line.
+    ///
+    /// Blocks the calling thread while waiting; call it before starting client tasks.
+    #[must_use]
+    pub fn start(options: GatewayOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let key = SigningKey::generate(Some(KID.into())).expect("generate key");
+        std::fs::write(dir.path().join("test.pub.pem"), key.public_pem()).expect("write key");
+        let mut gw = GatewayProcess {
+            child: None,
+            dir,
+            key,
+            options,
+            ws: ([127, 0, 0, 1], 0).into(),
+            admin: ([127, 0, 0, 1], 0).into(),
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// Starts a gateway with default settings.
+    #[must_use]
+    pub fn start_default() -> Self {
+        Self::start(GatewayOptions::new())
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "gateway already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open gateway log");
+        let mut child = Command::new(binary())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--auth-key")
+            .arg(format!(
+                "{KID}={}",
+                self.dir.path().join("test.pub.pem").display()
+            ))
+            .args(&self.options.args)
+            .env("HERALD_LOG", "info,herald_gateway=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald-gateway");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Set the child first so that a panic below still kills it.
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Forward every line until EOF, so the pipe never fills.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((ws, admin)) = parse_ready(&line) {
+                        self.ws = ws;
+                        self.admin = admin;
+                        return;
+                    }
+                }
+                Err(e) => panic!(
+                    "herald-gateway did not print its ready line ({e}); its stderr:\n{}",
+                    self.log_tail(40)
+                ),
+            }
+        }
+    }
+
+    /// The client listener's address.
+    #[must_use]
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws
+    }
+
+    /// The admin listener's address.
+    #[must_use]
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The process id (while running).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway not running").id()
+    }
+
+    /// The key the gateway trusts, for minting unusual tokens.
+    #[must_use]
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// A token granting `grant` for `ttl_s` seconds.
+    #[must_use]
+    pub fn token(&self, grant: NsGrant, ttl_s: u64) -> String {
+        self.key
+            .mint(&claims_for("e2e", grant, ttl_s), None)
+            .expect("mint")
+    }
+
+    /// A token granting every namespace for an hour.
+    #[must_use]
+    pub fn token_all(&self) -> String {
+        self.token(NsGrant::All, 3600)
+    }
+
+    /// A token with an explicit `exp` (unix seconds), which may be in the past.
+    #[must_use]
+    pub fn token_exp(&self, grant: NsGrant, exp: u64) -> String {
+        let claims = Claims {
+            sub: "e2e".into(),
+            ns: grant,
+            exp,
+            nbf: None,
+            iss: None,
+        };
+        self.key.mint(&claims, None).expect("mint")
+    }
+
+    /// Seconds since the Unix epoch (the clock tokens use).
+    #[must_use]
+    pub fn unix_now() -> u64 {
+        unix_now()
+    }
+
+    /// A connected client that has said HELLO with an all-namespaces token.
+    pub async fn client(&self) -> WsClient {
+        let mut c = WsClient::connect(self.ws).await;
+        c.hello(&self.token_all()).await;
+        c
+    }
+
+    /// `POST /v1/publish` of `changes`; SJIDs and namespaces above 2^53 go as decimal strings.
+    pub async fn publish(&self, changes: &[(u64, u64)]) -> HttpResponse {
+        let num = |v: u64| {
+            if v > 1 << 53 {
+                serde_json::Value::from(v.to_string())
+            } else {
+                serde_json::Value::from(v)
+            }
+        };
+        let list: Vec<_> = changes
+            .iter()
+            .map(|&(ns, sjid)| serde_json::json!({"ns": num(ns), "sjid": num(sjid)}))
+            .collect();
+        let body = serde_json::json!({ "changes": list }).to_string();
+        self.publish_raw(body.as_bytes()).await
+    }
+
+    /// Publishes and asserts `202 {"accepted": n}`.
+    pub async fn publish_ok(&self, changes: &[(u64, u64)]) {
+        let r = self.publish(changes).await;
+        assert_eq!(r.status, 202, "publish refused: {}", r.text());
+        assert_eq!(r.json()["accepted"], changes.len(), "{}", r.text());
+    }
+
+    /// `POST /v1/publish` with `body` as it is.
+    pub async fn publish_raw(&self, body: &[u8]) -> HttpResponse {
+        http::request(self.admin, "POST", "/v1/publish", Some(body))
+            .await
+            .expect("publish request")
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http::request(self.admin, "GET", path, None)
+            .await
+            .expect("admin GET")
+    }
+
+    /// Resident set size of the process, from `/proc/<pid>/status`.
+    #[must_use]
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it (if running) and starts it again with the same data dir, key and flags. The
+    /// listeners get new ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Sends SIGTERM (the process drains, then exits).
+    pub fn sigterm(&self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = i32::try_from(self.pid()).expect("pid fits i32");
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("kill -TERM");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit status, or `None` if it is
+    /// still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
+    /// The last `lines` lines of the gateway's stderr.
+    #[must_use]
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of herald-gateway's stderr ({}) ---\n{}\n---",
+                self.log_path().display(),
+                self.log_tail(30)
+            );
+        }
+    }
+}
+
+/// Parses `herald-gateway ready ws=ADDR admin=ADDR`.
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix("herald-gateway ready ")?;
+    let mut ws = None;
+    let mut admin = None;
+    for part in rest.split_whitespace() {
+        if let Some(v) = part.strip_prefix("ws=") {
+            ws = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("admin=") {
+            admin = v.parse().ok();
+        }
+    }
+    Some((ws?, admin?))
+}
