@@ -1,0 +1,249 @@
+//! Settings: command-line flags with `HERALD_*` environment overrides, validated once at start.
+//! Components receive only their slice ([`StreamSettings`], [`FanoutSettings`]), never the whole.
+
+use clap::{Args, Parser, Subcommand};
+use herald_proto::fanout::DEFAULT_PARTITIONS;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Most partitions a deployment may configure (one fan-out subject and one latest subject each).
+pub const MAX_PARTITIONS: u64 = 1 << 20;
+/// Longest coalescing delay: the whole delivery bound is 1 s (PROTOCOL.md), keep most of it.
+pub const MAX_COALESCE_US: u64 = 100_000;
+/// Bounds of the journal's duplicate window. DESIGN.md: the window, not the data, dominates the
+/// server's memory and restart time, so it is kept short.
+pub const DUPLICATE_WINDOW_S_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
+
+/// The `herald-relay` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-relay",
+    version,
+    about = "Herald relay: journal → latest table → fan-out and latest look-ups",
+    // A flag given twice takes its last value, so wrappers and tests can append overrides.
+    args_override_self = true
+)]
+pub struct Cli {
+    /// What to do; without a subcommand the relay serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Relay settings (used when serving).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the journal stream if it is missing (a relay also does this when it starts).
+    CreateStream {
+        /// The NATS server.
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// The stream's settings.
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Publish `ns:sjid` pairs to the journal, as a metaserver would, and wait for every ack.
+    Publish(PublishArgs),
+}
+
+/// Where the NATS server is.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL (nats-server 2.10 or newer, with JetStream).
+    #[arg(long, env = "HERALD_NATS", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+}
+
+/// Settings of the journal stream, applied when the relay creates it.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Replicas of the journal stream (1 for a single server, 3 for a cluster).
+    #[arg(long, env = "HERALD_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Duplicate window of the journal stream, seconds. Keep it short: it dominates server memory.
+    #[arg(long, env = "HERALD_DUPLICATE_WINDOW_S", default_value_t = 10)]
+    pub duplicate_window_s: u64,
+}
+
+/// `publish` arguments.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The NATS server.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Partitions of the deployment (the same on publishers and relays).
+    #[arg(long, env = "HERALD_PARTITIONS", default_value_t = DEFAULT_PARTITIONS)]
+    pub partitions: u64,
+    /// Changes as `ns:sjid` (decimal), e.g. `7:42 9:3`.
+    #[arg(required = true, value_name = "NS:SJID")]
+    pub changes: Vec<String>,
+}
+
+/// Settings of a serving relay.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The NATS server.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The journal stream's settings.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Partitions of the deployment (the same on publishers, relays and gateways).
+    #[arg(long, env = "HERALD_PARTITIONS", default_value_t = DEFAULT_PARTITIONS)]
+    pub partitions: u64,
+    /// How long raised changes of a partition are gathered before one batch goes out,
+    /// microseconds (0: publish at once).
+    #[arg(long, env = "HERALD_COALESCE_US", default_value_t = 1000)]
+    pub coalesce_us: u64,
+    /// Admin listener (health, readiness, metrics). Keep it on loopback or a private network.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9190")]
+    pub admin_listen: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// The journal stream's settings, the slice stream creation needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Replicas.
+    pub replicas: usize,
+    /// De-duplication window of `Nats-Msg-Id`.
+    pub duplicate_window: Duration,
+}
+
+/// The fan-out publisher's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutSettings {
+    /// Partitions of the deployment.
+    pub partitions: u64,
+    /// How long a partition's changes are gathered before they go out.
+    pub coalesce: Duration,
+}
+
+/// Checks the partition count, naming the flag.
+pub fn validate_partitions(partitions: u64) -> anyhow::Result<()> {
+    if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        anyhow::bail!("--partitions {partitions} must be within 1..={MAX_PARTITIONS}");
+    }
+    Ok(())
+}
+
+/// Checks a NATS URL's shape, naming the flag (the connection itself is tried later).
+pub fn validate_nats(nats: &NatsArgs) -> anyhow::Result<()> {
+    if nats.nats.trim().is_empty() {
+        anyhow::bail!("--nats must name a server, e.g. nats://127.0.0.1:4222");
+    }
+    Ok(())
+}
+
+impl StreamArgs {
+    /// Checks every setting, naming the one that is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=5).contains(&self.replicas) {
+            anyhow::bail!(
+                "--replicas {} must be within 1..=5 (JetStream's limit)",
+                self.replicas
+            );
+        }
+        if !DUPLICATE_WINDOW_S_RANGE.contains(&self.duplicate_window_s) {
+            anyhow::bail!(
+                "--duplicate-window-s {} must be within {}..={} (a long window costs server memory)",
+                self.duplicate_window_s,
+                DUPLICATE_WINDOW_S_RANGE.start(),
+                DUPLICATE_WINDOW_S_RANGE.end()
+            );
+        }
+        Ok(())
+    }
+
+    /// The stream slice.
+    #[must_use]
+    pub fn settings(&self) -> StreamSettings {
+        StreamSettings {
+            replicas: self.replicas,
+            duplicate_window: Duration::from_secs(self.duplicate_window_s),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Checks every setting, naming the one that is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_nats(&self.nats)?;
+        self.stream.validate()?;
+        validate_partitions(self.partitions)?;
+        if self.coalesce_us > MAX_COALESCE_US {
+            anyhow::bail!(
+                "--coalesce-us {} must be at most {MAX_COALESCE_US} (the delivery bound is 1 s)",
+                self.coalesce_us
+            );
+        }
+        Ok(())
+    }
+
+    /// The fan-out slice.
+    #[must_use]
+    pub fn fanout(&self) -> FanoutSettings {
+        FanoutSettings {
+            partitions: self.partitions,
+            coalesce: Duration::from_micros(self.coalesce_us),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("herald-relay").chain(args.iter().copied()))
+            .expect("parses")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        cli.serve.validate().expect("defaults");
+        assert_eq!(cli.serve.partitions, 64);
+        assert_eq!(cli.serve.fanout().coalesce, Duration::from_millis(1));
+        assert_eq!(
+            cli.serve.stream.settings().duplicate_window,
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        for (args, flag) in [
+            (&["--partitions", "0"][..], "--partitions"),
+            (&["--replicas", "7"], "--replicas"),
+            (&["--duplicate-window-s", "0"], "--duplicate-window-s"),
+            (&["--coalesce-us", "5000000"], "--coalesce-us"),
+            (&["--nats", " "], "--nats"),
+        ] {
+            let err = parse(args).serve.validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn subcommands() {
+        let cli = parse(&["publish", "--partitions", "8", "7:42", "9:3"]);
+        match cli.command {
+            Some(Command::Publish(p)) => {
+                assert_eq!(p.partitions, 8);
+                assert_eq!(p.changes, ["7:42", "9:3"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["create-stream", "--replicas", "3"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::CreateStream { stream, .. }) if stream.replicas == 3
+        ));
+    }
+}

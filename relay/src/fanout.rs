@@ -1,0 +1,83 @@
+//! The fan-out publisher: raised changes in, coalesced [`FanoutBatch`]es out on
+//! `herald.fanout.<p>` over core NATS (at-most-once; subscribers resync on a gap or a new epoch).
+//!
+//! [`FanoutBatch`]: herald_proto::fanout::FanoutBatch
+
+use crate::coalesce::Coalescer;
+use crate::metrics::{FANOUT_BATCHES, FANOUT_CHANGES};
+use async_nats::Client;
+use herald_proto::fanout::fanout_subject;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Raised changes taken from the queue at once.
+const RECV_CHUNK: usize = 4096;
+/// Longest wait for the client to write out what was published.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Publishes the coalescer's batches until the queue closes (the source has stopped), then
+/// sends what is still open and flushes.
+pub async fn run(client: Client, mut coalescer: Coalescer, mut rx: mpsc::Receiver<(u64, u64)>) {
+    let batches = metrics::counter!(FANOUT_BATCHES);
+    let changes = metrics::counter!(FANOUT_CHANGES);
+    let mut chunk = Vec::with_capacity(RECV_CHUNK);
+    loop {
+        let deadline = coalescer.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut chunk, RECV_CHUNK) => {
+                if n == 0 {
+                    break;
+                }
+                let now = Instant::now();
+                for (ns, sjid) in chunk.drain(..) {
+                    coalescer.push(now, ns, sjid);
+                }
+            }
+            () = sleep => {}
+        }
+        publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
+    }
+    coalescer.flush_all();
+    publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
+}
+
+async fn publish_due(
+    client: &Client,
+    coalescer: &mut Coalescer,
+    now: Instant,
+    batches: &metrics::Counter,
+    changes: &metrics::Counter,
+) {
+    let mut published = false;
+    while let Some((p, batch)) = coalescer.poll_batch(now) {
+        let n = batch.changes.len() as u64;
+        match client
+            .publish(fanout_subject(p), batch.encode().into())
+            .await
+        {
+            Ok(()) => {
+                batches.increment(1);
+                changes.increment(n);
+                published = true;
+            }
+            // Only a closed client fails here; subscribers recover by resync (seq gap).
+            Err(e) => tracing::warn!(p, seq = batch.seq, error = %e, "fan-out publish failed"),
+        }
+    }
+    if published && client.connection_state() == async_nats::connection::State::Connected {
+        // Get the batches onto the wire now rather than when the client's buffer fills.
+        if tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
+            .await
+            .is_err()
+        {
+            tracing::debug!("fan-out flush slow");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Wires a relay together: admin listener, NATS connection, source, fan-out, responder.
+
+use crate::admin::{self, AdminState};
+use crate::coalesce::Coalescer;
+use crate::config::ServeArgs;
+use crate::latest::LatestTable;
+use crate::metrics::SourceMetrics;
+use crate::source::journal::JournalSource;
+use crate::source::{Intake, Source};
+use crate::{fanout, nats, responder, stream};
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Raised changes the source may queue ahead of the fan-out publisher.
+const FANOUT_QUEUE: usize = 64 * 1024;
+
+/// A random non-zero epoch for this relay process.
+#[must_use]
+pub fn new_epoch() -> u64 {
+    loop {
+        let e: u64 = rand::random();
+        if e != 0 {
+            return e;
+        }
+    }
+}
+
+/// Runs a relay until `shutdown` is cancelled (main cancels it on SIGTERM or SIGINT).
+///
+/// Prints `herald-relay ready admin=ADDR epoch=HEX` on stdout once the journal is loaded and
+/// the latest responder subscribed. Returns an error for bad settings, an unusable broker (no
+/// JetStream, older than 2.10) or an incompatible journal stream; everything else (broker down,
+/// disconnects, stream missing) is logged and retried.
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.validate()?;
+    let metrics = crate::metrics::install()?;
+    let url = args.nats.nats.clone();
+    let epoch = new_epoch();
+    let table = Arc::new(LatestTable::new());
+    let (ready_tx, ready_rx) = watch::channel(false);
+
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the admin listener --admin-listen {}",
+                args.admin_listen
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn({
+        let state = AdminState {
+            ready: ready_rx.clone(),
+            table: table.clone(),
+            metrics,
+        };
+        let stop = admin_stop.clone();
+        async move {
+            axum::serve(admin_listener, admin::router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+    });
+    tracing::info!(%admin_addr, epoch = format!("{epoch:016x}"), nats = %url, "herald relay starting");
+
+    let result = serve(
+        args, epoch, table, ready_tx, ready_rx, admin_addr, &shutdown,
+    )
+    .await;
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    args: ServeArgs,
+    epoch: u64,
+    table: Arc<LatestTable>,
+    ready_tx: watch::Sender<bool>,
+    mut ready_rx: watch::Receiver<bool>,
+    admin_addr: std::net::SocketAddr,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let url = args.nats.nats.clone();
+    let Some(client) = nats::connect(&url, "herald-relay", shutdown).await else {
+        return Ok(());
+    };
+    stream::check_server(&client.server_info(), &url)?;
+    tracing::info!(version = %client.server_info().version, "connected to NATS");
+    let js = async_nats::jetstream::new(client.clone());
+
+    let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
+    let fanout_settings = args.fanout();
+    let coalescer = Coalescer::new(epoch, fanout_settings.partitions, fanout_settings.coalesce);
+    let fanout = tokio::spawn(fanout::run(client.clone(), coalescer, rx));
+
+    let source_stop = CancellationToken::new();
+    let source = Source::Journal(JournalSource::new(
+        js,
+        args.partitions,
+        args.stream.settings(),
+    ));
+    let intake = Intake::new(table.clone(), tx, ready_tx.clone(), SourceMetrics::new());
+    let mut source_task = tokio::spawn(source.run(intake, source_stop.clone()));
+
+    let responder_stop = CancellationToken::new();
+    let mut responder = None;
+    let outcome: anyhow::Result<()> = tokio::select! {
+        r = ready_rx.wait_for(|ready| *ready) => {
+            r.context("readiness channel closed")?;
+            responder = Some(tokio::spawn(responder::run(
+                client.clone(),
+                table.clone(),
+                epoch,
+                responder_stop.clone(),
+            )));
+            // Make sure the subscription reached the server before announcing readiness.
+            let _ = client.flush().await;
+            tracing::info!(namespaces = table.len(), "herald relay ready");
+            println!("herald-relay ready admin={admin_addr} epoch={epoch:016x}");
+            tokio::select! {
+                () = shutdown.cancelled() => Ok(()),
+                r = &mut source_task => source_outcome(r),
+            }
+        }
+        r = &mut source_task => source_outcome(r),
+        () = shutdown.cancelled() => Ok(()),
+    };
+
+    // Stop: not ready, no more answers, stop reading, send what is coalesced, flush.
+    ready_tx.send_replace(false);
+    responder_stop.cancel();
+    if let Some(r) = responder {
+        let _ = r.await;
+    }
+    source_stop.cancel();
+    if !source_task.is_finished() {
+        let _ = source_task.await;
+    }
+    let _ = fanout.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+    outcome
+}
+
+fn source_outcome(
+    r: Result<Result<(), stream::StreamError>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).context("the journal source cannot go on"),
+        Err(e) => Err(anyhow::anyhow!("the journal source task failed: {e}")),
+    }
+}

@@ -1,0 +1,124 @@
+//! The latest responder: answers `herald.latest.<p>` from memory, in queue group
+//! `herald-relay` so several relays share the load. It subscribes only once the relay is ready;
+//! a relay that is not ready does not answer, so callers time out and retry another.
+//!
+//! A request that cannot be decoded, or that asks for more than `MAX_PAIRS_PER_MESSAGE`
+//! namespaces, is logged and answered with a reply holding **no entries** (never a partial or
+//! made-up one), so the caller learns at once that it was not understood.
+
+use crate::latest::LatestTable;
+use crate::metrics::{LATEST_LOOKUPS, LATEST_REQUESTS, LogLimiter};
+use async_nats::Client;
+use futures_util::StreamExt;
+use herald_proto::fanout::{LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The subjects answered.
+pub const LATEST_SUBJECTS: &str = "herald.latest.*";
+/// The queue group all relays answer in.
+pub const QUEUE_GROUP: &str = "herald-relay";
+
+/// Why a request got an empty reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The payload is not a v1 `LatestRequest`.
+    #[error("undecodable latest request: {0}")]
+    Malformed(herald_proto::FrameError),
+    /// More namespaces than one reply can carry.
+    #[error("latest request for {0} namespaces, more than {MAX_PAIRS_PER_MESSAGE}")]
+    TooMany(usize),
+}
+
+/// The reply to a request payload: `(ns, latest or 0)` for each namespace asked, in order.
+pub fn answer(table: &LatestTable, epoch: u64, payload: &[u8]) -> Result<LatestReply, BadRequest> {
+    let request = LatestRequest::decode(payload).map_err(BadRequest::Malformed)?;
+    if request.ns.len() > MAX_PAIRS_PER_MESSAGE {
+        return Err(BadRequest::TooMany(request.ns.len()));
+    }
+    Ok(LatestReply {
+        epoch,
+        entries: request.ns.iter().map(|&ns| (ns, table.get(ns))).collect(),
+    })
+}
+
+/// Subscribes and answers until `shutdown`, then unsubscribes.
+pub async fn run(
+    client: Client,
+    table: Arc<LatestTable>,
+    epoch: u64,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut sub = client
+        .queue_subscribe(LATEST_SUBJECTS, QUEUE_GROUP.to_owned())
+        .await?;
+    let ok = metrics::counter!(LATEST_REQUESTS, "result" => "ok");
+    let malformed = metrics::counter!(LATEST_REQUESTS, "result" => "malformed");
+    let lookups = metrics::counter!(LATEST_LOOKUPS);
+    let mut limit = LogLimiter::default();
+    loop {
+        let message = tokio::select! {
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Some(reply_to) = message.reply else {
+            continue;
+        };
+        let reply = match answer(&table, epoch, &message.payload) {
+            Ok(reply) => {
+                ok.increment(1);
+                lookups.increment(reply.entries.len() as u64);
+                reply
+            }
+            Err(e) => {
+                malformed.increment(1);
+                if limit.allow() {
+                    tracing::warn!(subject = %message.subject, error = %e, "bad latest request: answered with no entries");
+                }
+                LatestReply {
+                    epoch,
+                    entries: Vec::new(),
+                }
+            }
+        };
+        if let Err(e) = client.publish(reply_to, reply.encode().into()).await {
+            tracing::warn!(error = %e, "could not send a latest reply");
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_from_the_table() {
+        let table = LatestTable::new();
+        table.merge(7, 42);
+        let req = LatestRequest { ns: vec![7, 8, 7] }.encode();
+        assert_eq!(
+            answer(&table, 5, &req),
+            Ok(LatestReply {
+                epoch: 5,
+                entries: vec![(7, 42), (8, 0), (7, 42)]
+            })
+        );
+        assert!(matches!(
+            answer(&table, 5, b"\x02junk"),
+            Err(BadRequest::Malformed(_))
+        ));
+        let many = LatestRequest {
+            ns: (0..MAX_PAIRS_PER_MESSAGE as u64 + 1).collect(),
+        }
+        .encode();
+        assert!(matches!(
+            answer(&table, 5, &many),
+            Err(BadRequest::TooMany(_))
+        ));
+    }
+}

@@ -1,0 +1,142 @@
+//! Sources: where a relay's changes come from. Every source feeds an [`Intake`], which merges
+//! into the [`LatestTable`] and passes raises on to the fan-out once the source has loaded.
+//!
+//! Today there is one, [`journal::JournalSource`] (tier 0: the JetStream journal). The seam for
+//! tier N (upstream = another relay tier on another NATS server, through `herald-upstream`) is a
+//! new variant of [`Source`] whose runner calls the same [`Intake`]: `apply` for every change it
+//! receives or resyncs, `mark_loaded` once its upstream is ready.
+
+pub mod journal;
+pub mod repair;
+
+use crate::latest::{LatestTable, Merged};
+use crate::metrics::SourceMetrics;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Where changes come from.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Source {
+    /// The JetStream journal `HERALD_JOURNAL` (a tier-0 relay).
+    Journal(journal::JournalSource),
+    // Upstream(upstream::UpstreamSource): a tier-N relay fed by another relay tier (not yet).
+}
+
+impl Source {
+    /// Runs the source until `shutdown`. Returns an error only when retrying cannot help (the
+    /// broker or the stream must be fixed by an operator); everything else is retried.
+    pub async fn run(
+        self,
+        intake: Intake,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::stream::StreamError> {
+        match self {
+            Source::Journal(j) => j.run(intake, shutdown).await,
+        }
+    }
+}
+
+/// The sink side of a source: the latest table, the fan-out queue and readiness.
+#[derive(Debug)]
+pub struct Intake {
+    /// Merge is max.
+    table: Arc<LatestTable>,
+    /// Raised changes for the fan-out publisher, once loaded.
+    fanout: mpsc::Sender<(u64, u64)>,
+    /// Readiness, read by the admin listener and by `run` (which starts the responder).
+    ready: watch::Sender<bool>,
+    /// True once the initial load is done. Raises before that are not fanned out: nobody could
+    /// have missed them (gateways resync on a new epoch anyway).
+    loaded: bool,
+    /// Counters of the source.
+    metrics: SourceMetrics,
+}
+
+impl Intake {
+    /// An intake feeding `table` and `fanout`, reporting readiness on `ready`.
+    #[must_use]
+    pub fn new(
+        table: Arc<LatestTable>,
+        fanout: mpsc::Sender<(u64, u64)>,
+        ready: watch::Sender<bool>,
+        metrics: SourceMetrics,
+    ) -> Self {
+        Intake {
+            table,
+            fanout,
+            ready,
+            loaded: false,
+            metrics,
+        }
+    }
+
+    /// Merges one change; a raise after the load goes to the fan-out (waiting if its queue is
+    /// full, which slows the source down rather than dropping a change).
+    pub async fn apply(&mut self, ns: u64, sjid: u64) -> Merged {
+        self.metrics.applied.increment(1);
+        let merged = self.table.merge(ns, sjid);
+        if merged == Merged::Raised && self.loaded {
+            // The fan-out only stops after the source, at shutdown.
+            let _ = self.fanout.send((ns, sjid)).await;
+        }
+        merged
+    }
+
+    /// The initial load is done: from now on raises are fanned out and the relay is ready.
+    pub fn mark_loaded(&mut self) {
+        if !self.loaded {
+            self.loaded = true;
+            self.ready.send_replace(true);
+        }
+    }
+
+    /// True once [`Intake::mark_loaded`] was called.
+    #[must_use]
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// The table.
+    #[must_use]
+    pub fn table(&self) -> &LatestTable {
+        &self.table
+    }
+
+    /// The source's counters.
+    #[must_use]
+    pub fn metrics(&self) -> &SourceMetrics {
+        &self.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_raises_after_the_load_are_fanned_out() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let (ready, ready_rx) = watch::channel(false);
+        let mut intake = Intake::new(
+            Arc::new(LatestTable::new()),
+            tx,
+            ready,
+            SourceMetrics::new(),
+        );
+        intake.apply(1, 5).await;
+        assert!(!*ready_rx.borrow());
+        intake.mark_loaded();
+        assert!(*ready_rx.borrow());
+        intake.apply(1, 4).await; // lower: not a raise
+        intake.apply(1, 6).await;
+        intake.apply(2, 1).await;
+        drop(intake);
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.push(c);
+        }
+        assert_eq!(got, vec![(1, 6), (2, 1)]);
+    }
+}

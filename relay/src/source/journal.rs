@@ -1,0 +1,306 @@
+//! The journal source: one unfiltered ordered push consumer on `HERALD_JOURNAL` loads the
+//! compacted journal (one message per namespace) into the latest table, then keeps tailing.
+//!
+//! Loading is done when the consumer has caught up: a message says `pending == 0`, or the
+//! stream had nothing to deliver, or (fallback, checked every few seconds) the stream's last
+//! sequence is one already seen. Nothing the broker sends can panic the relay: a bad message is
+//! logged, counted and skipped; a lost connection or consumer is recreated by the ordered
+//! consumer itself; a deleted or replaced stream is recreated and read again from the start.
+//! A change that comes late (lower than the table's) is written back over (see [`super::repair`]).
+
+use crate::config::StreamSettings;
+use crate::latest::Merged;
+use crate::metrics::LogLimiter;
+use crate::nats::Backoff;
+use crate::source::Intake;
+use crate::source::repair::{Repair, Repairer};
+use crate::stream::{self, StreamError};
+use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use async_nats::jetstream::{self, Message};
+use futures_util::StreamExt;
+use herald_proto::fanout::{JOURNAL_STREAM, parse_journal_body, parse_journal_subject, partition};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often the stream is looked at (does it still exist, is it the same one, have we
+/// caught up).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads `HERALD_JOURNAL`.
+#[derive(Debug)]
+pub struct JournalSource {
+    /// JetStream context of the relay's connection.
+    js: jetstream::Context,
+    /// `p = ns % partitions`, to spot misconfigured publishers.
+    partitions: u64,
+    /// Used when the stream has to be created.
+    stream: StreamSettings,
+}
+
+/// Why one consumer's life ended.
+enum Ended {
+    /// Shutdown was asked.
+    Shutdown,
+    /// Start over with a new consumer from the first message (the stream was replaced, or the
+    /// message stream ended).
+    Restart(String),
+}
+
+/// Per-consumer state of the reading loop.
+struct Reader {
+    /// The stream as this consumer found it; another `created` means it was replaced.
+    stream: jetstream::stream::Info,
+    /// Highest stream sequence applied.
+    last_seq: u64,
+    /// Messages applied during the load (for the log line).
+    loaded_messages: u64,
+}
+
+/// Log limiters per kind of bad message.
+#[derive(Default)]
+struct Limits {
+    body: LogLimiter,
+    subject: LogLimiter,
+    partition: LogLimiter,
+}
+
+impl JournalSource {
+    /// A source reading the journal through `js`.
+    #[must_use]
+    pub fn new(js: jetstream::Context, partitions: u64, stream: StreamSettings) -> Self {
+        JournalSource {
+            js,
+            partitions: partitions.max(1),
+            stream,
+        }
+    }
+
+    /// Loads, then tails, until `shutdown`; retries everything but a fatal [`StreamError`].
+    pub async fn run(
+        self,
+        mut intake: Intake,
+        shutdown: CancellationToken,
+    ) -> Result<(), StreamError> {
+        let mut backoff = Backoff::new();
+        let mut limits = Limits::default();
+        let started = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match self
+                .consume(&mut intake, &mut limits, started, &shutdown, &mut backoff)
+                .await
+            {
+                Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::Restart(why)) => {
+                    tracing::warn!(reason = %why, "reading the journal again from its start");
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "journal source: retrying"),
+            }
+            if !backoff.wait(&shutdown).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ensures the stream, creates one ordered consumer and reads it until it must be replaced.
+    async fn consume(
+        &self,
+        intake: &mut Intake,
+        limits: &mut Limits,
+        started: Instant,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<Ended, StreamError> {
+        let api = |e: &dyn std::fmt::Display| StreamError::Api(e.to_string());
+        match stream::ensure_stream(&self.js, &self.stream).await? {
+            stream::Ensured::Created => tracing::info!(
+                stream = JOURNAL_STREAM,
+                replicas = self.stream.replicas,
+                duplicate_window = ?self.stream.duplicate_window,
+                "created the journal stream"
+            ),
+            stream::Ensured::Existing => tracing::debug!("journal stream present"),
+        }
+        let mut stream = self
+            .js
+            .get_stream(JOURNAL_STREAM)
+            .await
+            .map_err(|e| api(&e))?;
+        let info = stream.info().await.map_err(|e| api(&e))?.clone();
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                deliver_policy: DeliverPolicy::All,
+                description: Some("herald-relay journal reader".into()),
+                ..OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| api(&e))?;
+        let to_deliver = consumer.cached_info().num_pending;
+        let mut messages = consumer.messages().await.map_err(|e| api(&e))?;
+        backoff.reset();
+        tracing::info!(
+            messages = info.state.messages,
+            to_deliver,
+            "journal consumer started"
+        );
+        let mut reader = Reader {
+            stream: info,
+            last_seq: 0,
+            loaded_messages: 0,
+        };
+        if to_deliver == 0 {
+            self.loaded(intake, &reader, started);
+        }
+        let mut repairer = Repairer::spawn(self.js.clone());
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                next = messages.next() => match next {
+                    Some(Ok(message)) => {
+                        let pending = self.handle(&message, intake, limits, &mut reader, &mut repairer).await;
+                        if pending == Some(0) && !intake.is_loaded() {
+                            self.loaded(intake, &reader, started);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // The ordered consumer recreates itself after this (missed heartbeats,
+                        // reconnects); say so and keep reading.
+                        tracing::warn!(error = %e, "journal consumer interrupted; it resumes by itself");
+                    }
+                    None => return Ok(Ended::Restart("the consumer's message stream ended".into())),
+                },
+                _ = watch.tick() => {
+                    if let Some(ended) = self.check_stream(intake, &reader, started).await {
+                        return Ok(ended);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one journal message; returns its `pending` count when it has one.
+    async fn handle(
+        &self,
+        message: &Message,
+        intake: &mut Intake,
+        limits: &mut Limits,
+        reader: &mut Reader,
+        repairer: &mut Repairer,
+    ) -> Option<u64> {
+        let (pending, stream_seq) = match message.info() {
+            Ok(info) => {
+                reader.last_seq = reader.last_seq.max(info.stream_sequence);
+                (Some(info.pending), Some(info.stream_sequence))
+            }
+            Err(_) => (None, None),
+        };
+        if !intake.is_loaded() {
+            reader.loaded_messages += 1;
+        }
+        let subject = message.subject.as_str();
+        let Some((p, ns)) = parse_journal_subject(subject) else {
+            intake.metrics().bad_subject.increment(1);
+            if limits.subject.allow() {
+                tracing::warn!(
+                    subject,
+                    seen = limits.subject.seen(),
+                    "journal message with a subject that is not herald.journal.<p>.<ns>: skipped"
+                );
+            }
+            return pending;
+        };
+        let Some(sjid) = parse_journal_body(&message.payload) else {
+            intake.metrics().bad_body.increment(1);
+            if limits.body.allow() {
+                tracing::warn!(
+                    subject,
+                    len = message.payload.len(),
+                    seen = limits.body.seen(),
+                    "journal message body is not an 8-byte big-endian SJID: skipped"
+                );
+            }
+            return pending;
+        };
+        let expected = partition(ns, self.partitions);
+        if p != expected {
+            intake.metrics().bad_partition.increment(1);
+            if limits.partition.allow() {
+                tracing::warn!(
+                    subject,
+                    expected,
+                    partitions = self.partitions,
+                    seen = limits.partition.seen(),
+                    "misconfigured publisher: partition does not match ns % partitions \
+                     (is --partitions the same everywhere?); applied anyway"
+                );
+            }
+        }
+        if let Merged::Behind(latest) = intake.apply(ns, sjid).await
+            && let Some(stream_seq) = stream_seq
+        {
+            repairer.request(Repair {
+                subject: subject.to_owned(),
+                stream_seq,
+                ns,
+                latest,
+            });
+        }
+        pending
+    }
+
+    fn loaded(&self, intake: &mut Intake, reader: &Reader, started: Instant) {
+        let secs = started.elapsed().as_secs_f64();
+        intake.metrics().load_seconds.set(secs);
+        intake.mark_loaded();
+        let namespaces = intake.table().len();
+        tracing::info!(
+            namespaces,
+            messages = reader.loaded_messages,
+            seconds = format!("{secs:.3}"),
+            per_second = (reader.loaded_messages as f64 / secs.max(1e-9)) as u64,
+            "journal loaded"
+        );
+    }
+
+    /// Looks at the stream: gone or replaced → start over; caught up while loading → loaded.
+    async fn check_stream(
+        &self,
+        intake: &mut Intake,
+        reader: &Reader,
+        started: Instant,
+    ) -> Option<Ended> {
+        let info = match self.js.get_stream(JOURNAL_STREAM).await {
+            Ok(s) => s.cached_info().clone(),
+            Err(e) => {
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+                {
+                    return Some(Ended::Restart(format!(
+                        "the stream {JOURNAL_STREAM} disappeared (deleted?)"
+                    )));
+                }
+                // Disconnected or slow: the consumer will say more; look again later.
+                tracing::debug!(error = %e, "could not look at the journal stream");
+                return None;
+            }
+        };
+        if info.created != reader.stream.created {
+            return Some(Ended::Restart(format!(
+                "the stream {JOURNAL_STREAM} was replaced by a new one"
+            )));
+        }
+        if !intake.is_loaded()
+            && (info.state.messages == 0 || info.state.last_sequence <= reader.last_seq)
+        {
+            self.loaded(intake, reader, started);
+        }
+        None
+    }
+}
