@@ -29,6 +29,7 @@
 
 pub mod gateway;
 pub mod http;
+pub mod nats;
 pub mod ws;
 
 pub use gateway::{GatewayOptions, GatewayProcess};

