@@ -131,6 +131,14 @@ pub struct ServeArgs {
     /// Connection cap for the process (0: the open-files limit less a reserve).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+    /// New connections a second the whole gateway accepts (0: unlimited); over it, 503 with
+    /// Retry-After before the upgrade.
+    #[arg(long, env = "HERALD_HANDSHAKE_RATE", default_value_t = 20_000)]
+    pub handshake_rate: u64,
+    /// New connections a second from one source address (0: unlimited). Leave generous: many
+    /// clients can share an address behind NAT.
+    #[arg(long, env = "HERALD_HANDSHAKE_RATE_PER_SOURCE", default_value_t = 0)]
+    pub handshake_rate_per_source: u64,
     /// Bytes queued for a socket that does not take writes before it is a slow consumer.
     #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub outbox_limit_bytes: usize,
@@ -158,6 +166,10 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Queued bytes before `slow_consumer`.
     pub outbox_limit_bytes: usize,
+    /// Handshakes a second for the whole gateway (0: unlimited).
+    pub handshake_rate: u64,
+    /// Handshakes a second per source address (0: unlimited).
+    pub handshake_rate_per_source: u64,
 }
 
 /// The embedded journal's settings.
@@ -225,6 +237,8 @@ impl ServeArgs {
                 n => n.min(by_files),
             },
             outbox_limit_bytes: self.outbox_limit_bytes,
+            handshake_rate: self.handshake_rate,
+            handshake_rate_per_source: self.handshake_rate_per_source,
         }
     }
 

@@ -77,6 +77,8 @@ pub struct ConnState {
     pub exit: bool,
     /// Counted in the process's connection total (set at the upgrade).
     pub counted: bool,
+    /// Over the handshake rate at accept: its upgrade is answered with 503.
+    pub rate_limited: bool,
     /// Random id, sent in WELCOME and written in logs.
     pub session_id: u64,
     /// What the token grants (Open only).
@@ -114,6 +116,7 @@ impl Conn {
                 exit_when_flushed: false,
                 exit: false,
                 counted: false,
+                rate_limited: false,
                 session_id,
                 grant: None,
                 subs: Subscriptions::default(),

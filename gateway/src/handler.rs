@@ -148,6 +148,7 @@ fn http(worker: &Worker, st: &mut ConnState, buf: &[u8]) -> Option<usize> {
     let admission = Admission {
         full: shared.connections.load(Ordering::Relaxed) >= worker.limits.max_connections,
         draining: shared.draining.load(Ordering::Relaxed),
+        rate_limited: st.rate_limited,
     };
     let decision = match upgrade::decide(buf, admission) {
         Some(d) => d,

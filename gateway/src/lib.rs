@@ -25,10 +25,12 @@
 //! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
 //! - [`conn`]: one client connection's state and writes; [`handler`]: its task; [`upgrade`]: its HTTP handshake;
 //!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
-//! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters.
+//! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters;
+//!   [`admission`]: handshake rate limits.
 //! - [`server`]: wires it all together (`run`).
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod config_file;

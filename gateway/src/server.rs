@@ -66,6 +66,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
             shared: shared.clone(),
             shutdown: shutdown.clone(),
             drain: std::time::Duration::from_secs(args.drain_s),
+            workers,
         })?);
     }
 

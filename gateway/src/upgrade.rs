@@ -39,6 +39,8 @@ pub struct Admission {
     pub full: bool,
     /// Shutting down.
     pub draining: bool,
+    /// Over the handshake rate.
+    pub rate_limited: bool,
 }
 
 /// Decides on a request head. `Ok(None)`: incomplete, read more (the caller enforces [`MAX_HEAD`]).
@@ -135,6 +137,13 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
             "overloaded"
         };
         return Some(refuse(503, why, &[("Retry-After", "5")]));
+    }
+    if admission.rate_limited {
+        return Some(refuse(
+            503,
+            "overloaded: too many new connections",
+            &[("Retry-After", "1")],
+        ));
     }
     let mut sha = Sha1::new();
     sha.update(key);

@@ -2,6 +2,7 @@
 //! connections and interest table. Nothing per connection is shared across threads, so the hot
 //! paths take no locks. Each worker has three long-lived tasks: accept, fan-out and sweep.
 
+use crate::admission::Admission;
 use crate::auth::{LEEWAY_S, Verifier};
 use crate::config::ConnLimits;
 use crate::conn::{Conn, Phase, close_with, goaway};
@@ -65,6 +66,8 @@ pub struct WorkerSetup {
     pub shutdown: CancellationToken,
     /// How long draining may take.
     pub drain: Duration,
+    /// Worker threads in the process (rates are split between them).
+    pub workers: usize,
 }
 
 /// A worker's state, shared by its tasks (single-threaded).
@@ -87,6 +90,8 @@ pub struct Worker {
     pub scratch: RefCell<Vec<u8>>,
     /// Hot-path counters.
     pub stats: WorkerStats,
+    /// Handshake rate limits (this worker's share).
+    admission: RefCell<Admission>,
     /// Origin of ticks.
     epoch: Instant,
     /// Connections still to be sent GOAWAY(draining), per sweep, once draining.
@@ -137,6 +142,7 @@ async fn run(setup: WorkerSetup) {
         shared,
         shutdown,
         drain,
+        workers,
     } = setup;
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -145,6 +151,11 @@ async fn run(setup: WorkerSetup) {
             return;
         }
     };
+    let admission = RefCell::new(Admission::new(
+        limits.handshake_rate as f64 / workers.max(1) as f64,
+        limits.handshake_rate_per_source as f64 / workers.max(1) as f64,
+        Instant::now(),
+    ));
     let worker = Rc::new(Worker {
         id,
         conns: RefCell::new(Slab::new()),
@@ -155,6 +166,7 @@ async fn run(setup: WorkerSetup) {
         shared,
         scratch: RefCell::new(vec![0; SCRATCH]),
         stats: WorkerStats::default(),
+        admission,
         epoch: Instant::now(),
         drain_quota: Cell::new(None),
     });
@@ -198,14 +210,14 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, shutdown: &Can
             () = shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 let keepalive = socket2::TcpKeepalive::new()
                     .with_time(Duration::from_secs(60))
                     .with_interval(Duration::from_secs(10));
                 let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-                worker.admit(stream);
+                worker.admit(stream, peer.ip());
             }
             Err(e) => {
                 tracing::warn!(worker = worker.id, error = %e, "accept failed; backing off");
@@ -232,7 +244,8 @@ impl Worker {
         now.saturating_add(duration_ticks(Duration::from_secs(left_s)) + 1)
     }
 
-    fn admit(self: &Rc<Self>, stream: tokio::net::TcpStream) {
+    fn admit(self: &Rc<Self>, stream: tokio::net::TcpStream, source: std::net::IpAddr) {
+        let admitted = self.admission.borrow_mut().admit(source, Instant::now());
         let now = self.now();
         // Ticks are floored, so `now` may be up to one tick behind the accept: one tick more
         // keeps the timeout from firing early (C8: late by up to 1 s, never early).
@@ -246,6 +259,11 @@ impl Worker {
             deadline,
             rand::rng().random(),
         ));
+        if !admitted {
+            // Answered with 503 once its request head is read (C-rate: before any upgrade work).
+            conn.state.borrow_mut().rate_limited = true;
+            metrics::counter!("herald_handshakes_rate_limited_total").increment(1);
+        }
         entry.insert(conn.clone());
         drop(conns);
         tokio::task::spawn_local(handler::run(self.clone(), conn));

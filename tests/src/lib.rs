@@ -20,6 +20,7 @@
 //! when dropped, so a failing test never leaves a gateway behind.
 //!
 //! # Layout
+//! - [`checker`]: the no-missed-change checker ([`Checker`]) and its delay [`Report`].
 //! - [`gateway`]: [`GatewayProcess`] (spawn, ready line, tokens, publish, signals, restart) and
 //!   [`GatewayOptions`] (extra flags).
 //! - [`ws`]: [`WsClient`], a raw WebSocket client speaking Herald frames, and [`ws::raw_upgrade`]
@@ -27,11 +28,13 @@
 //! - [`http`]: a tiny HTTP/1.1 client (one request per connection) for the admin listener and for
 //!   the plain HTTP answers of the client listener.
 
+pub mod checker;
 pub mod gateway;
 pub mod http;
 pub mod nats;
 pub mod ws;
 
+pub use checker::{Checker, Report};
 pub use gateway::{GatewayOptions, GatewayProcess};
 pub use herald_proto::{ClientFrame, Code, NsGrant, ServerFrame};
 pub use http::HttpResponse;

@@ -3,6 +3,7 @@ use super::*;
 const OPEN: Admission = Admission {
     full: false,
     draining: false,
+    rate_limited: false,
 };
 
 fn req(lines: &[&str]) -> Vec<u8> {
@@ -83,6 +84,7 @@ fn refusals() {
     let full = Admission {
         full: true,
         draining: false,
+        rate_limited: false,
     };
     let Some(Decision::Refuse {
         status: 503,

@@ -1,0 +1,162 @@
+//! The no-missed-change property, checked by a randomized model test.
+//!
+//! Many managed clients (`herald-client`, with its reconnect and resubscribe logic) hold random
+//! subsets of a set of namespaces. A seeded random schedule publishes changes, cuts client
+//! connections, has clients subscribe to more namespaces or drop some, and kill -9s and restarts
+//! the gateway (its journal must keep every acknowledged change). The model knows what was
+//! published. At the end every client must have been told the final latest SJID of every namespace
+//! it holds, and along the way no client may be told an SJID that was never published.
+//!
+//! The seed is printed; `HERALD_MODEL_SEED=<seed> cargo test -p herald-e2e --test model` replays it.
+
+use herald_client::{Client, ClientConfig, Event};
+use herald_e2e::{Checker, GatewayOptions, GatewayProcess, NsGrant};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const CLIENTS: usize = 24;
+const NAMESPACES: u64 = 40;
+const STEPS: usize = 400;
+const RESTARTS: usize = 2;
+
+struct ModelClient {
+    client: Client,
+    /// Index in the checker.
+    id: usize,
+    holds: BTreeSet<u64>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_misses_a_change() {
+    let seed: u64 = std::env::var("HERALD_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("model seed: {seed} (replay with HERALD_MODEL_SEED={seed})");
+    let result = tokio::time::timeout(Duration::from_secs(120), run(seed)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(msg)) => panic!("seed {seed}: {msg}"),
+        Err(_) => panic!("seed {seed}: the model test did not finish in 120 s"),
+    }
+}
+
+async fn run(seed: u64) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // A fixed port, so that clients find the gateway again after a restart.
+    let port = free_port();
+    let mut gw =
+        GatewayProcess::start(GatewayOptions::new().arg("--listen", format!("127.0.0.1:{port}")));
+    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    let checker = Checker::new();
+    let mut latest: BTreeMap<u64, u64> = BTreeMap::new();
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut config = ClientConfig::new(url.clone(), gw.token(NsGrant::All, 3600));
+        config.backoff_initial = Duration::from_millis(20);
+        config.backoff_max = Duration::from_millis(500);
+        config.rng_seed = Some(seed ^ i as u64);
+        let (client, mut events) = Client::spawn(config);
+        let id = checker.add_client();
+        let ck = checker.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Changed { ns, sjid } => ck.told(id, ns, sjid),
+                    Event::Reset { ns } => ck.problem(id, format!("unexpected RESET of ns {ns}")),
+                    Event::Denied { code, ns } => {
+                        ck.problem(id, format!("unexpected DENIED {code} of ns {ns}"))
+                    }
+                    Event::Fatal { code, message } => {
+                        ck.problem(id, format!("fatal {code}: {message}"))
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let holds: BTreeSet<u64> = (0..rng.random_range(1..=6))
+            .map(|_| rng.random_range(0..NAMESPACES))
+            .collect();
+        let ns: Vec<u64> = holds.iter().copied().collect();
+        // Held from now: the subscription may be processed later (the client may be between
+        // connections), but then its cursor check covers whatever was published meanwhile.
+        checker.holds(id, &ns);
+        client.subscribe(&ns.iter().map(|&n| (n, 0)).collect::<Vec<_>>());
+        clients.push(ModelClient { client, id, holds });
+    }
+
+    let restart_at: BTreeSet<usize> = (0..RESTARTS)
+        .map(|_| rng.random_range(STEPS / 4..STEPS))
+        .collect();
+    for step in 0..STEPS {
+        match rng.random_range(0..100) {
+            // Publish a batch; some namespaces repeat, some SJIDs jump.
+            0..=59 => {
+                let mut batch = Vec::new();
+                for _ in 0..rng.random_range(1..=5) {
+                    let ns = rng.random_range(0..NAMESPACES);
+                    let sjid = latest.get(&ns).copied().unwrap_or(0) + rng.random_range(1..=3);
+                    latest.insert(ns, sjid);
+                    batch.push((ns, sjid));
+                }
+                checker.published(&batch);
+                gw.publish_ok(&batch).await;
+            }
+            // Cut a client's connection; it must reconnect and resubscribe with its cursors.
+            60..=74 => clients[rng.random_range(0..CLIENTS)]
+                .client
+                .disconnect_now(),
+            // Subscribe to one more namespace, with a cursor at most the latest (or 0).
+            75..=87 => {
+                let c = &mut clients[rng.random_range(0..CLIENTS)];
+                let ns = rng.random_range(0..NAMESPACES);
+                let cursor = rng.random_range(0..=latest.get(&ns).copied().unwrap_or(0));
+                if c.holds.insert(ns) {
+                    checker.holds_from(c.id, &[(ns, cursor)]);
+                    c.client.subscribe(&[(ns, cursor)]);
+                }
+            }
+            // Drop one namespace.
+            _ => {
+                let c = &mut clients[rng.random_range(0..CLIENTS)];
+                let pick = rng.random_range(0..c.holds.len().max(1));
+                if let Some(&ns) = c.holds.iter().nth(pick)
+                    && c.holds.len() > 1
+                {
+                    c.holds.remove(&ns);
+                    checker.releases(c.id, &[ns]);
+                    c.client.unsubscribe(&[ns]);
+                }
+            }
+        }
+        if restart_at.contains(&step) {
+            gw.restart();
+        }
+        if rng.random_range(0..10) == 0 {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
+        }
+    }
+
+    // Every client must end knowing the final latest SJID of every namespace it holds, and must
+    // have learned every change published while it held a namespace.
+    let report = checker.verify(Duration::from_secs(15)).await?;
+    for c in &clients {
+        c.client.close().await;
+    }
+    println!(
+        "model: {CLIENTS} clients, {} namespaces published, {} gateway restarts: {report}",
+        latest.len(),
+        restart_at.len()
+    );
+    Ok(())
+}
