@@ -37,6 +37,9 @@ impl Default for ConnectOptions {
 pub struct ClientConfig {
     /// `ws://host:port/v1/connect`.
     pub url: String,
+    /// Other gateways to try: each connection attempt (after a failure, a GOAWAY or a dropped
+    /// session) takes the next of `url`, then these, in turn. Empty by default.
+    pub fallback_urls: Vec<String>,
     /// Called on every connect attempt for the HELLO token.
     pub token: TokenSource,
     /// Backoff cap for the first retry (default 100 ms); doubles per failed attempt.
@@ -70,6 +73,7 @@ impl ClientConfig {
     ) -> Self {
         ClientConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             token: Arc::new(source),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
@@ -77,6 +81,15 @@ impl ClientConfig {
             heartbeat: None,
             event_capacity: 1024,
             rng_seed: None,
+        }
+    }
+
+    /// The URL of connection attempt number `attempt` (0, 1, …): `url`, then each fallback.
+    #[must_use]
+    pub fn url_for_attempt(&self, attempt: usize) -> &str {
+        match attempt % (1 + self.fallback_urls.len()) {
+            0 => &self.url,
+            i => &self.fallback_urls[i - 1],
         }
     }
 
@@ -94,6 +107,7 @@ impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
             .field("url", &self.url)
+            .field("fallback_urls", &self.fallback_urls)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("connect_timeout", &self.connect_timeout)
@@ -101,5 +115,20 @@ impl fmt::Debug for ClientConfig {
             .field("event_capacity", &self.event_capacity)
             .field("rng_seed", &self.rng_seed)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_rotate_over_fallbacks() {
+        let mut c = ClientConfig::new("ws://a", "t");
+        assert_eq!(c.url_for_attempt(0), "ws://a");
+        assert_eq!(c.url_for_attempt(7), "ws://a");
+        c.fallback_urls = vec!["ws://b".into(), "ws://c".into()];
+        let seq: Vec<&str> = (0..4).map(|i| c.url_for_attempt(i)).collect();
+        assert_eq!(seq, ["ws://a", "ws://b", "ws://c", "ws://a"]);
     }
 }

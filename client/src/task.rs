@@ -78,6 +78,8 @@ pub(crate) struct Task {
     pub(crate) close: watch::Receiver<bool>,
     /// Reconnect delays.
     backoff: Backoff,
+    /// Connection attempts so far; picks the URL among `url` and `fallback_urls` in turn.
+    attempts: usize,
     /// Last PING nonce used; nonces are never reused within a client.
     next_nonce: u64,
     /// Barriers waiting for a connection: asked while offline, or whose PONG was lost with the
@@ -101,6 +103,7 @@ impl Task {
             events,
             close,
             backoff,
+            attempts: 0,
             next_nonce: 0,
             waiting: Vec::new(),
         }
@@ -126,7 +129,8 @@ impl Task {
     async fn run_loop(&mut self) -> ClientError {
         loop {
             let token = (self.config.token)();
-            let url = self.config.url.clone();
+            let url = self.config.url_for_attempt(self.attempts).to_owned();
+            self.attempts += 1;
             let opts = self.config.connect_options();
             let next = match self.offline(Connection::connect(&url, &token, opts)).await {
                 None => Next::Stop,
