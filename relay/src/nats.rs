@@ -73,6 +73,7 @@ fn options(name: &str) -> ConnectOptions {
                 Event::Disconnected => {
                     tracing::warn!("NATS connection lost; reconnecting in the background");
                 }
+                Event::Closed => tracing::info!("NATS connection closed"),
                 Event::SlowConsumer(sid) => {
                     tracing::warn!(sid, "NATS slow consumer: messages were dropped");
                 }

@@ -66,10 +66,7 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result
     });
     tracing::info!(%admin_addr, epoch = format!("{epoch:016x}"), nats = %url, "herald relay starting");
 
-    let result = serve(
-        args, epoch, table, ready_tx, ready_rx, admin_addr, &shutdown,
-    )
-    .await;
+    let result = serve(args, epoch, table, ready_tx, admin_addr, &shutdown).await;
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("stopped");
@@ -80,8 +77,7 @@ async fn serve(
     args: ServeArgs,
     epoch: u64,
     table: Arc<LatestTable>,
-    ready_tx: watch::Sender<bool>,
-    mut ready_rx: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
     admin_addr: std::net::SocketAddr,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -98,28 +94,35 @@ async fn serve(
     let coalescer = Coalescer::new(epoch, fanout_settings.partitions, fanout_settings.coalesce);
     let fanout = tokio::spawn(fanout::run(client.clone(), coalescer, rx));
 
+    // The source says when it has loaded; the relay is ready once the responder listens too.
+    let (loaded_tx, mut loaded_rx) = watch::channel(false);
     let source_stop = CancellationToken::new();
     let source = Source::Journal(JournalSource::new(
         js,
         args.partitions,
         args.stream.settings(),
     ));
-    let intake = Intake::new(table.clone(), tx, ready_tx.clone(), SourceMetrics::new());
+    let intake = Intake::new(table.clone(), tx, loaded_tx, SourceMetrics::new());
     let mut source_task = tokio::spawn(source.run(intake, source_stop.clone()));
 
     let responder_stop = CancellationToken::new();
     let mut responder = None;
     let outcome: anyhow::Result<()> = tokio::select! {
-        r = ready_rx.wait_for(|ready| *ready) => {
-            r.context("readiness channel closed")?;
-            responder = Some(tokio::spawn(responder::run(
+        r = loaded_rx.wait_for(|loaded| *loaded) => {
+            r.context("the source's readiness channel closed")?;
+            let sub = responder::subscribe(&client)
+                .await
+                .context("subscribing to herald.latest.*")?;
+            // The subscription must reach the server before the relay says it is ready.
+            let _ = client.flush().await;
+            responder = Some(tokio::spawn(responder::serve(
                 client.clone(),
+                sub,
                 table.clone(),
                 epoch,
                 responder_stop.clone(),
             )));
-            // Make sure the subscription reached the server before announcing readiness.
-            let _ = client.flush().await;
+            ready.send_replace(true);
             tracing::info!(namespaces = table.len(), "herald relay ready");
             println!("herald-relay ready admin={admin_addr} epoch={epoch:016x}");
             tokio::select! {
@@ -132,7 +135,7 @@ async fn serve(
     };
 
     // Stop: not ready, no more answers, stop reading, send what is coalesced, flush.
-    ready_tx.send_replace(false);
+    ready.send_replace(false);
     responder_stop.cancel();
     if let Some(r) = responder {
         let _ = r.await;

@@ -8,7 +8,7 @@
 
 use crate::latest::LatestTable;
 use crate::metrics::{LATEST_LOOKUPS, LATEST_REQUESTS, LogLimiter};
-use async_nats::Client;
+use async_nats::{Client, Subscriber};
 use futures_util::StreamExt;
 use herald_proto::fanout::{LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
 use std::sync::Arc;
@@ -42,16 +42,21 @@ pub fn answer(table: &LatestTable, epoch: u64, payload: &[u8]) -> Result<LatestR
     })
 }
 
-/// Subscribes and answers until `shutdown`, then unsubscribes.
-pub async fn run(
+/// Subscribes to [`LATEST_SUBJECTS`] in [`QUEUE_GROUP`].
+pub async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::SubscribeError> {
+    client
+        .queue_subscribe(LATEST_SUBJECTS, QUEUE_GROUP.to_owned())
+        .await
+}
+
+/// Answers requests on `sub` until `shutdown`, then unsubscribes.
+pub async fn serve(
     client: Client,
+    mut sub: Subscriber,
     table: Arc<LatestTable>,
     epoch: u64,
     shutdown: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
-    let mut sub = client
-        .queue_subscribe(LATEST_SUBJECTS, QUEUE_GROUP.to_owned())
-        .await?;
+) {
     let ok = metrics::counter!(LATEST_REQUESTS, "result" => "ok");
     let malformed = metrics::counter!(LATEST_REQUESTS, "result" => "malformed");
     let lookups = metrics::counter!(LATEST_LOOKUPS);
@@ -89,7 +94,6 @@ pub async fn run(
         }
     }
     let _ = sub.unsubscribe().await;
-    Ok(())
 }
 
 #[cfg(test)]

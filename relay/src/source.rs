@@ -45,8 +45,8 @@ pub struct Intake {
     table: Arc<LatestTable>,
     /// Raised changes for the fan-out publisher, once loaded.
     fanout: mpsc::Sender<(u64, u64)>,
-    /// Readiness, read by the admin listener and by `run` (which starts the responder).
-    ready: watch::Sender<bool>,
+    /// Set once loaded; `run` then starts the responder and declares the relay ready.
+    loaded_tx: watch::Sender<bool>,
     /// True once the initial load is done. Raises before that are not fanned out: nobody could
     /// have missed them (gateways resync on a new epoch anyway).
     loaded: bool,
@@ -55,18 +55,18 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// An intake feeding `table` and `fanout`, reporting readiness on `ready`.
+    /// An intake feeding `table` and `fanout`, reporting the end of the load on `loaded_tx`.
     #[must_use]
     pub fn new(
         table: Arc<LatestTable>,
         fanout: mpsc::Sender<(u64, u64)>,
-        ready: watch::Sender<bool>,
+        loaded_tx: watch::Sender<bool>,
         metrics: SourceMetrics,
     ) -> Self {
         Intake {
             table,
             fanout,
-            ready,
+            loaded_tx,
             loaded: false,
             metrics,
         }
@@ -84,11 +84,12 @@ impl Intake {
         merged
     }
 
-    /// The initial load is done: from now on raises are fanned out and the relay is ready.
+    /// The initial load is done: from now on raises are fanned out (and the relay may declare
+    /// itself ready).
     pub fn mark_loaded(&mut self) {
         if !self.loaded {
             self.loaded = true;
-            self.ready.send_replace(true);
+            self.loaded_tx.send_replace(true);
         }
     }
 
