@@ -402,3 +402,36 @@ async fn relay_waits_for_nats_and_survives_its_restart() {
     let status = relay.wait_exit(WAIT).await.expect("exits after SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+/// Load speed of the journal (DESIGN.md measured ~4 s for 1M namespaces). A benchmark, not a
+/// test: `cargo build --release -p herald-relay && cargo test --release -p herald-e2e --test relay
+/// -- --ignored --nocapture` (HERALD_LOAD_NAMESPACES to change the count).
+#[tokio::test]
+#[ignore = "benchmark: publishes a million journal messages"]
+async fn load_speed() {
+    let n: u64 = std::env::var("HERALD_LOAD_NAMESPACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let nats = NatsServer::start();
+    let (ok, out, err) = relay_command(&["create-stream", "--nats", &nats.url()]);
+    assert!(ok, "{out}{err}");
+    let publisher = Publisher::new(jetstream::new(nats.client().await), 64);
+    let started = std::time::Instant::now();
+    let changes: Vec<(u64, u64)> = (0..n).map(|ns| (ns, ns + 1)).collect();
+    for chunk in changes.chunks(10_000) {
+        publisher.publish(chunk).await.expect("publish");
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let relay = RelayProcess::start(&nats.url(), RelayOptions::new()).await;
+    let ready_s = started.elapsed().as_secs_f64();
+    let load_s = relay.metric("herald_relay_load_seconds").await;
+    assert_eq!(relay.metric("herald_relay_namespaces").await, n as f64);
+    println!(
+        "{n} namespaces: published in {publish_s:.2} s ({:.0}/s); relay ready in {ready_s:.2} s, \
+         load {load_s:.2} s ({:.0}/s)",
+        n as f64 / publish_s,
+        n as f64 / load_s
+    );
+}
