@@ -24,7 +24,8 @@
 //! - [`config`]: command line, environment and validated settings.
 //! - [`stream`]: the journal stream (server checks, idempotent creation).
 //! - [`publisher`]: [`Publisher`], the metaserver's way into the journal.
-//! - [`source`]: [`Source`] and its [`Intake`]; [`source::journal`]: the tier-0 journal reader.
+//! - [`source`]: [`Source`] and its [`Intake`]; [`source::journal`]: the tier-0 journal reader;
+//!   [`source::repair`]: writes the latest back over a late lower SJID in the journal.
 //! - [`latest`]: the in-memory latest table.
 //! - [`coalesce`]: the sans-IO coalescer and batch numbering; [`fanout`]: the publisher task.
 //! - [`responder`]: answers `herald.latest.<p>`.
