@@ -403,6 +403,38 @@ async fn relay_waits_for_nats_and_survives_its_restart() {
     assert!(status.success(), "{status}");
 }
 
+#[tokio::test]
+async fn a_deleted_stream_is_recreated_and_read_again() {
+    let nats = NatsServer::start();
+    let relay = RelayProcess::start(&nats.url(), options().arg("--coalesce-us", 0)).await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    publisher(&nats)
+        .await
+        .publish(&[(1, 10)])
+        .await
+        .expect("publish");
+    until_latest(&client, 1, 10).await;
+
+    js.delete_stream(JOURNAL_STREAM).await.expect("delete");
+    let mut watch = FanoutWatcher::subscribe(&client, "herald.fanout.1").await;
+    // The relay notices (within a few seconds), creates the stream again and reads it.
+    let publisher = herald_e2e::eventually(Duration::from_secs(10), "the stream back", || async {
+        let p = publisher(&nats).await;
+        p.publish(&[(1, 11)]).await.ok().map(|_| p)
+    })
+    .await;
+    watch.until(relay.epoch(), 1, 11, WAIT).await;
+    publisher.publish(&[(5, 1)]).await.expect("publish");
+    watch.until(relay.epoch(), 5, 1, WAIT).await;
+    assert!(
+        relay.log_tail(50).contains("disappeared"),
+        "{}",
+        relay.log_tail(50)
+    );
+    assert_eq!(relay.get("/readyz").await.status, 200);
+}
+
 /// Load speed of the journal (DESIGN.md measured ~4 s for 1M namespaces). A benchmark, not a
 /// test: `cargo build --release -p herald-relay && cargo test --release -p herald-e2e --test relay
 /// -- --ignored --nocapture` (HERALD_LOAD_NAMESPACES to change the count).
