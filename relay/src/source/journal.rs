@@ -205,43 +205,46 @@ impl JournalSource {
             reader.loaded_messages += 1;
         }
         let subject = message.subject.as_str();
-        let Some((p, ns)) = parse_journal_subject(subject) else {
-            intake.metrics().bad_subject.increment(1);
-            if limits.subject.allow() {
-                tracing::warn!(
-                    subject,
-                    seen = limits.subject.seen(),
-                    "journal message with a subject that is not herald.journal.<p>.<ns>: skipped"
-                );
+        let (ns, sjid) = match read_journal_message(subject, &message.payload, self.partitions) {
+            Ok(JournalEntry::Change { ns, sjid }) => (ns, sjid),
+            Ok(JournalEntry::Misrouted { ns, sjid, expected }) => {
+                intake.metrics().bad_partition.increment(1);
+                if limits.partition.allow() {
+                    tracing::warn!(
+                        subject,
+                        expected,
+                        partitions = self.partitions,
+                        seen = limits.partition.seen(),
+                        "misconfigured publisher: partition does not match ns % partitions \
+                         (is --partitions the same everywhere?); applied anyway"
+                    );
+                }
+                (ns, sjid)
             }
-            return pending;
+            Err(BadMessage::Subject) => {
+                intake.metrics().bad_subject.increment(1);
+                if limits.subject.allow() {
+                    tracing::warn!(
+                        subject,
+                        seen = limits.subject.seen(),
+                        "journal message with a subject that is not herald.journal.<p>.<ns>: skipped"
+                    );
+                }
+                return pending;
+            }
+            Err(BadMessage::Body) => {
+                intake.metrics().bad_body.increment(1);
+                if limits.body.allow() {
+                    tracing::warn!(
+                        subject,
+                        len = message.payload.len(),
+                        seen = limits.body.seen(),
+                        "journal message body is not an 8-byte big-endian SJID: skipped"
+                    );
+                }
+                return pending;
+            }
         };
-        let Some(sjid) = parse_journal_body(&message.payload) else {
-            intake.metrics().bad_body.increment(1);
-            if limits.body.allow() {
-                tracing::warn!(
-                    subject,
-                    len = message.payload.len(),
-                    seen = limits.body.seen(),
-                    "journal message body is not an 8-byte big-endian SJID: skipped"
-                );
-            }
-            return pending;
-        };
-        let expected = partition(ns, self.partitions);
-        if p != expected {
-            intake.metrics().bad_partition.increment(1);
-            if limits.partition.allow() {
-                tracing::warn!(
-                    subject,
-                    expected,
-                    partitions = self.partitions,
-                    seen = limits.partition.seen(),
-                    "misconfigured publisher: partition does not match ns % partitions \
-                     (is --partitions the same everywhere?); applied anyway"
-                );
-            }
-        }
         if let Merged::Behind(latest) = intake.apply(ns, sjid).await
             && let Some(stream_seq) = stream_seq
         {
@@ -302,5 +305,100 @@ impl JournalSource {
             self.loaded(intake, reader, started);
         }
         None
+    }
+}
+
+/// A journal message that can be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalEntry {
+    /// `herald.journal.<p>.<ns>` with the right `p`.
+    Change {
+        /// The namespace (last subject token).
+        ns: u64,
+        /// The SJID (body).
+        sjid: u64,
+    },
+    /// The subject's `p` is not `ns % partitions`: a misconfigured publisher (still applied).
+    Misrouted {
+        /// The namespace.
+        ns: u64,
+        /// The SJID.
+        sjid: u64,
+        /// The partition the subject should have had.
+        expected: u64,
+    },
+}
+
+/// A journal message that is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadMessage {
+    /// Not `herald.journal.<p>.<ns>` with decimal `p` and `ns`.
+    Subject,
+    /// Not an 8-byte big-endian SJID.
+    Body,
+}
+
+/// Reads one journal message (PROTOCOL.md "Publishing").
+pub fn read_journal_message(
+    subject: &str,
+    body: &[u8],
+    partitions: u64,
+) -> Result<JournalEntry, BadMessage> {
+    let (p, ns) = parse_journal_subject(subject).ok_or(BadMessage::Subject)?;
+    let sjid = parse_journal_body(body).ok_or(BadMessage::Body)?;
+    let expected = partition(ns, partitions);
+    Ok(if p == expected {
+        JournalEntry::Change { ns, sjid }
+    } else {
+        JournalEntry::Misrouted { ns, sjid, expected }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_messages() {
+        let body = 42u64.to_be_bytes();
+        assert_eq!(
+            read_journal_message("herald.journal.2.130", &body, 64),
+            Ok(JournalEntry::Change { ns: 130, sjid: 42 })
+        );
+        assert_eq!(
+            read_journal_message("herald.journal.3.130", &body, 64),
+            Ok(JournalEntry::Misrouted {
+                ns: 130,
+                sjid: 42,
+                expected: 2
+            })
+        );
+        assert_eq!(
+            read_journal_message("herald.journal.0.18446744073709551615", &body, 1),
+            Ok(JournalEntry::Change {
+                ns: u64::MAX,
+                sjid: 42
+            })
+        );
+        for subject in [
+            "herald.journal.2",
+            "herald.journal.x.130",
+            "herald.journal.2.130.9",
+            "herald.journal.2.-1",
+            "herald.journal.2.18446744073709551616",
+            "other.2.130",
+        ] {
+            assert_eq!(
+                read_journal_message(subject, &body, 64),
+                Err(BadMessage::Subject),
+                "{subject}"
+            );
+        }
+        for bad in [&b""[..], b"42", &[0; 9], &[0; 7]] {
+            assert_eq!(
+                read_journal_message("herald.journal.2.130", bad, 64),
+                Err(BadMessage::Body)
+            );
+        }
     }
 }
