@@ -125,6 +125,21 @@ impl Coalescer {
         }
     }
 
+    /// One empty batch per partition carrying the last seq used there (0 before the first
+    /// batch). Subscribers compare it with the last seq they saw, so a lost last batch, or a new
+    /// relay, is noticed without waiting for the next change. Publish sealed batches first: a
+    /// heartbeat must not overtake a batch whose seq it carries.
+    pub fn heartbeats(&self) -> impl Iterator<Item = (u64, FanoutBatch)> + '_ {
+        (0..self.partitions).map(|p| {
+            let batch = FanoutBatch {
+                epoch: self.epoch,
+                seq: self.seq.get(&p).copied().unwrap_or(0),
+                changes: Vec::new(),
+            };
+            (p, batch)
+        })
+    }
+
     /// Changes held in open batches.
     #[must_use]
     pub fn open_changes(&self) -> usize {
@@ -167,6 +182,23 @@ mod tests {
 
     fn drain(c: &mut Coalescer, now: Instant) -> Vec<(u64, FanoutBatch)> {
         std::iter::from_fn(|| c.poll_batch(now)).collect()
+    }
+
+    #[test]
+    fn heartbeats_carry_the_last_seq_of_each_partition() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(9, 2, Duration::ZERO);
+        c.push(t0, 1, 10);
+        drain(&mut c, t0);
+        c.push(t0, 3, 11);
+        drain(&mut c, t0);
+        let hb: Vec<(u64, u64, usize)> = c
+            .heartbeats()
+            .map(|(p, b)| (p, b.seq, b.changes.len()))
+            .collect();
+        // Partition 0 never had a batch; partition 1 had seq 1 then 2.
+        assert_eq!(hb, vec![(0, 0, 0), (1, 2, 0)]);
+        assert!(c.heartbeats().all(|(_, b)| b.epoch == 9));
     }
 
     #[test]

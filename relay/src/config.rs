@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// microseconds (0: publish at once).
     #[arg(long, env = "HERALD_COALESCE_US", default_value_t = 1000)]
     pub coalesce_us: u64,
+    /// How often every partition gets a heartbeat (an empty batch with the last seq), so
+    /// gateways notice a new relay or a lost last batch; milliseconds.
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 500)]
+    pub heartbeat_ms: u64,
     /// Admin listener (health, readiness, metrics). Keep it on loopback or a private network.
     #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9190")]
     pub admin_listen: SocketAddr,
@@ -121,6 +125,8 @@ pub struct FanoutSettings {
     pub partitions: u64,
     /// How long a partition's changes are gathered before they go out.
     pub coalesce: Duration,
+    /// How often each partition's heartbeat goes out.
+    pub heartbeat: Duration,
 }
 
 /// Checks the partition count, naming the flag.
@@ -181,6 +187,12 @@ impl ServeArgs {
                 self.coalesce_us
             );
         }
+        if !(10..=10_000).contains(&self.heartbeat_ms) {
+            anyhow::bail!(
+                "--heartbeat-ms {} must be within 10..=10000 (the delivery bound is 1 s)",
+                self.heartbeat_ms
+            );
+        }
         Ok(())
     }
 
@@ -190,6 +202,7 @@ impl ServeArgs {
         FanoutSettings {
             partitions: self.partitions,
             coalesce: Duration::from_micros(self.coalesce_us),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
         }
     }
 }

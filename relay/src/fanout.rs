@@ -4,11 +4,11 @@
 //! [`FanoutBatch`]: herald_proto::fanout::FanoutBatch
 
 use crate::coalesce::Coalescer;
-use crate::metrics::{FANOUT_BATCHES, FANOUT_CHANGES};
+use crate::metrics::{FANOUT_BATCHES, FANOUT_CHANGES, HEARTBEATS};
 use async_nats::Client;
 use herald_proto::fanout::fanout_subject;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Raised changes taken from the queue at once.
 const RECV_CHUNK: usize = 4096;
@@ -16,11 +16,21 @@ const RECV_CHUNK: usize = 4096;
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Publishes the coalescer's batches until the queue closes (the source has stopped), then
-/// sends what is still open and flushes.
-pub async fn run(client: Client, mut coalescer: Coalescer, mut rx: mpsc::Receiver<(u64, u64)>) {
+/// sends what is still open and flushes. While the relay is `ready`, every `heartbeat` (and at
+/// once when it becomes ready) it also sends each partition's heartbeat: an empty batch with the
+/// last seq, so subscribers learn of a new epoch or a lost last batch within one period.
+pub async fn run(
+    client: Client,
+    mut coalescer: Coalescer,
+    mut rx: mpsc::Receiver<(u64, u64)>,
+    mut ready: watch::Receiver<bool>,
+    heartbeat: Duration,
+) {
     let batches = metrics::counter!(FANOUT_BATCHES);
     let changes = metrics::counter!(FANOUT_CHANGES);
     let mut chunk = Vec::with_capacity(RECV_CHUNK);
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = coalescer.next_deadline();
         let sleep = async {
@@ -41,11 +51,38 @@ pub async fn run(client: Client, mut coalescer: Coalescer, mut rx: mpsc::Receive
                 }
             }
             () = sleep => {}
+            _ = beat.tick() => {
+                publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
+                if *ready.borrow() {
+                    publish_heartbeats(&client, &coalescer).await;
+                }
+                continue;
+            }
+            Ok(()) = ready.changed() => {
+                if *ready.borrow_and_update() {
+                    publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
+                    publish_heartbeats(&client, &coalescer).await;
+                }
+                continue;
+            }
         }
         publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
     }
     coalescer.flush_all();
     publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
+}
+
+async fn publish_heartbeats(client: &Client, coalescer: &Coalescer) {
+    for (p, batch) in coalescer.heartbeats() {
+        if let Err(e) = client
+            .publish(fanout_subject(p), batch.encode().into())
+            .await
+        {
+            tracing::debug!(p, error = %e, "heartbeat publish failed");
+            return;
+        }
+    }
+    metrics::counter!(HEARTBEATS).increment(1);
 }
 
 async fn publish_due(

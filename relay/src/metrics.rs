@@ -18,6 +18,8 @@ pub const JOURNAL_REPAIRS: &str = "herald_relay_journal_repairs_total";
 pub const FANOUT_BATCHES: &str = "herald_relay_fanout_batches_total";
 /// `(ns, sjid)` changes published in fan-out batches.
 pub const FANOUT_CHANGES: &str = "herald_relay_fanout_changes_total";
+/// Rounds of heartbeats sent (one empty batch per partition each).
+pub const HEARTBEATS: &str = "herald_relay_heartbeats_total";
 /// Latest requests answered, by `result`: `ok` or `malformed` (answered with no entries).
 pub const LATEST_REQUESTS: &str = "herald_relay_latest_requests_total";
 /// Namespaces looked up by latest requests.

@@ -92,7 +92,13 @@ async fn serve(
     let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
     let fanout_settings = args.fanout();
     let coalescer = Coalescer::new(epoch, fanout_settings.partitions, fanout_settings.coalesce);
-    let fanout = tokio::spawn(fanout::run(client.clone(), coalescer, rx));
+    let fanout = tokio::spawn(fanout::run(
+        client.clone(),
+        coalescer,
+        rx,
+        ready.subscribe(),
+        fanout_settings.heartbeat,
+    ));
 
     // The source says when it has loaded; the relay is ready once the responder listens too.
     let (loaded_tx, mut loaded_rx) = watch::channel(false);

@@ -525,8 +525,21 @@ impl FanoutWatcher {
         FanoutWatcher { sub }
     }
 
-    /// The next batch and its partition, or `None` after `limit`.
+    /// The next batch with changes and its partition, or `None` after `limit`. Heartbeats
+    /// (empty batches) are skipped; [`FanoutWatcher::next_any`] returns them too.
     pub async fn next(&mut self, limit: Duration) -> Option<(u64, FanoutBatch)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (p, batch) = self.next_any(left).await?;
+            if !batch.changes.is_empty() {
+                return Some((p, batch));
+            }
+        }
+    }
+
+    /// The next message, batch or heartbeat, and its partition, or `None` after `limit`.
+    pub async fn next_any(&mut self, limit: Duration) -> Option<(u64, FanoutBatch)> {
         let message = tokio::time::timeout(limit, self.sub.next()).await.ok()??;
         let p = herald_proto::fanout::subject_partition(message.subject.as_str())
             .expect("fan-out subject herald.fanout.<p>");

@@ -29,14 +29,18 @@ impl Proxy {
         let (cut2, gen2) = (cut.clone(), generation.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if cut2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let mut changed = gen2.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = TcpStream::connect(target).await else { return };
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
@@ -45,7 +49,12 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, cut, generation, accept }
+        Proxy {
+            addr,
+            cut,
+            generation,
+            accept,
+        }
     }
 
     /// The address to connect to instead of the target.

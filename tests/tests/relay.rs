@@ -138,6 +138,39 @@ async fn batches_are_numbered_per_partition_and_coalesced() {
 }
 
 #[tokio::test]
+async fn heartbeats_carry_each_partitions_last_seq() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let mut watch = FanoutWatcher::subscribe(&client, "herald.fanout.>").await;
+    let relay = RelayProcess::start(&nats.url(), options().arg("--heartbeat-ms", 100)).await;
+    // Right at ready, every partition hears the new epoch, with seq 0.
+    let mut seen = HashSet::new();
+    while seen.len() < PARTITIONS as usize {
+        let (p, b) = watch.next_any(WAIT).await.expect("a heartbeat");
+        assert_eq!((b.epoch, b.seq, b.changes.len()), (relay.epoch(), 0, 0));
+        seen.insert(p);
+    }
+    publisher(&nats)
+        .await
+        .publish(&[(6, 4)])
+        .await
+        .expect("publish");
+    // Partition 2 then carries seq 1 in its heartbeats: a subscriber that lost the batch sees
+    // the gap without waiting for another change.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (p, b) = watch.next_any(WAIT).await.expect("fan-out traffic");
+        if p == 2 && b.changes.is_empty() && b.seq == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat with seq 1 on partition 2"
+        );
+    }
+}
+
+#[tokio::test]
 async fn publish_at_once_has_sub_second_latency() {
     let nats = NatsServer::start();
     let relay = RelayProcess::start(&nats.url(), options().arg("--coalesce-us", 0)).await;

@@ -322,6 +322,16 @@ impl Upstream {
                 .map_err(|e| e.to_string())?;
             let reply = LatestReply::decode(&msg.payload)
                 .map_err(|e| format!("malformed latest reply: {e}"))?;
+            // A relay answers a request it cannot read with no entries: a namespace missing from
+            // a reply is unanswered, never 0.
+            let answered: std::collections::HashSet<u64> =
+                reply.entries.iter().map(|&(n, _)| n).collect();
+            if chunk.iter().any(|ns| !answered.contains(ns)) {
+                return Err(format!(
+                    "the reply from relay {:016x} left namespaces unanswered",
+                    reply.epoch
+                ));
+            }
             epoch = reply.epoch;
             entries.extend(reply.entries);
         }
