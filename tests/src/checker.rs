@@ -97,7 +97,9 @@ impl Checker {
         }
     }
 
-    /// Records changes about to be published (call just before publishing them).
+    /// Records published changes. Call it when the publish is acknowledged (a change counts as
+    /// accepted from then on); clients told of it earlier are fine, as long as it is recorded
+    /// before [`Checker::verify`].
     pub fn published(&self, changes: &[(u64, u64)]) {
         let now = Instant::now();
         let mut st = self.state();
@@ -110,17 +112,7 @@ impl Checker {
     pub fn told(&self, c: usize, ns: u64, sjid: u64) {
         let now = Instant::now();
         let mut st = self.state();
-        let known = st
-            .published
-            .get(&ns)
-            .is_some_and(|p| p.iter().any(|&(s, _)| s == sjid));
-        let client = &mut st.clients[c];
-        if !known {
-            client.problems.push(format!(
-                "told ns {ns} at SJID {sjid}, which was never published"
-            ));
-        }
-        client.told.entry(ns).or_default().push((sjid, now));
+        st.clients[c].told.entry(ns).or_default().push((sjid, now));
     }
 
     /// Records something that must not happen (an unexpected RESET, DENIED or fatal error).
@@ -158,6 +150,17 @@ impl Checker {
         for (c, client) in st.clients.iter().enumerate() {
             if let Some(p) = client.problems.first() {
                 return Err(format!("problem: client {c}: {p}"));
+            }
+            for (&ns, told) in &client.told {
+                let published = st.published.get(&ns).map_or(&[][..], Vec::as_slice);
+                if let Some(&(sjid, _)) = told
+                    .iter()
+                    .find(|&&(s, _)| !published.iter().any(|&(p, _)| p == s))
+                {
+                    return Err(format!(
+                        "problem: client {c}: told ns {ns} at SJID {sjid}, which was never published"
+                    ));
+                }
             }
             for (&ns, &(since, cursor)) in &client.holds {
                 let told = client.told.get(&ns).map_or(&[][..], Vec::as_slice);
