@@ -81,7 +81,10 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         metrics,
         token: args.admin_token.as_deref().map(Arc::from),
     };
-    let admin_shutdown = shutdown.clone();
+    // The admin listener outlives the drain, so /readyz answers 503 and /metrics keeps working
+    // while clients leave; it stops once the workers have.
+    let admin_stop = CancellationToken::new();
+    let admin_shutdown = admin_stop.clone();
     let admin = tokio::spawn(async move {
         axum::serve(admin_listener, admin::router(state))
             .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
@@ -100,6 +103,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
+    admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())

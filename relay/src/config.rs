@@ -104,6 +104,17 @@ pub struct ServeArgs {
     /// Admin listener (health, readiness, metrics). Keep it on loopback or a private network.
     #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9190")]
     pub admin_listen: SocketAddr,
+    /// Tier N: follow the relay tier on this NATS server (its herald.fanout.* and
+    /// herald.latest.*) instead of reading the journal, and serve this side on --nats.
+    #[arg(long, env = "HERALD_UPSTREAM_NATS")]
+    pub upstream_nats: Option<String>,
+    /// Tier N: time allowed for one look-up request to the upstream tier.
+    #[arg(
+        long,
+        env = "HERALD_UPSTREAM_REQUEST_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub upstream_request_timeout_ms: u64,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

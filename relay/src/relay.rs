@@ -5,7 +5,9 @@ use crate::coalesce::Coalescer;
 use crate::config::ServeArgs;
 use crate::latest::LatestTable;
 use crate::metrics::SourceMetrics;
+use crate::responder::Answers;
 use crate::source::journal::JournalSource;
+use crate::source::upstream::UpstreamSource;
 use crate::source::{Intake, Source};
 use crate::{fanout, nats, responder, stream};
 use anyhow::Context;
@@ -85,7 +87,10 @@ async fn serve(
     let Some(client) = nats::connect(&url, "herald-relay", shutdown).await else {
         return Ok(());
     };
-    stream::check_server(&client.server_info(), &url)?;
+    if args.upstream_nats.is_none() {
+        // Tier 0 reads the journal: JetStream on 2.10+. A tier-N relay needs only core NATS here.
+        stream::check_server(&client.server_info(), &url)?;
+    }
     tracing::info!(version = %client.server_info().version, "connected to NATS");
     let js = async_nats::jetstream::new(client.clone());
 
@@ -103,11 +108,22 @@ async fn serve(
     // The source says when it has loaded; the relay is ready once the responder listens too.
     let (loaded_tx, mut loaded_rx) = watch::channel(false);
     let source_stop = CancellationToken::new();
-    let source = Source::Journal(JournalSource::new(
-        js,
-        args.partitions,
-        args.stream.settings(),
-    ));
+    let (source, answers) = match &args.upstream_nats {
+        None => (
+            Source::Journal(Box::new(JournalSource::new(
+                js,
+                args.partitions,
+                args.stream.settings(),
+            ))),
+            Answers::Table(table.clone()),
+        ),
+        Some(upstream_url) => {
+            let timeout = std::time::Duration::from_millis(args.upstream_request_timeout_ms);
+            let up = UpstreamSource::connect(upstream_url, args.partitions, timeout).await?;
+            let answers = Answers::Upstream(up.upstream());
+            (Source::Upstream(up), answers)
+        }
+    };
     let intake = Intake::new(table.clone(), tx, loaded_tx, SourceMetrics::new());
     let mut source_task = tokio::spawn(source.run(intake, source_stop.clone()));
 
@@ -124,7 +140,7 @@ async fn serve(
             responder = Some(tokio::spawn(responder::serve(
                 client.clone(),
                 sub,
-                table.clone(),
+                answers,
                 epoch,
                 responder_stop.clone(),
             )));

@@ -28,6 +28,9 @@ pub enum BadRequest {
     /// More namespaces than one reply can carry.
     #[error("latest request for {0} namespaces, more than {MAX_PAIRS_PER_MESSAGE}")]
     TooMany(usize),
+    /// (Tier N) the upstream tier did not answer in time; the caller retries.
+    #[error("the upstream tier did not answer: {0}")]
+    Upstream(String),
 }
 
 /// The reply to a request payload: `(ns, latest or 0)` for each namespace asked, in order.
@@ -49,11 +52,40 @@ pub async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::Subscr
         .await
 }
 
-/// Answers requests on `sub` until `shutdown`, then unsubscribes.
+/// Where answers come from.
+#[derive(Clone)]
+pub enum Answers {
+    /// The relay's own table (tier 0: it holds every namespace of the journal).
+    Table(Arc<LatestTable>),
+    /// The upstream tier (tier N): from what is tracked, else asked upstream and then tracked.
+    Upstream(herald_upstream::Upstream),
+}
+
+impl Answers {
+    async fn answer(&self, epoch: u64, payload: &[u8]) -> Result<LatestReply, BadRequest> {
+        match self {
+            Answers::Table(table) => answer(table, epoch, payload),
+            Answers::Upstream(up) => {
+                let request = LatestRequest::decode(payload).map_err(BadRequest::Malformed)?;
+                if request.ns.len() > MAX_PAIRS_PER_MESSAGE {
+                    return Err(BadRequest::TooMany(request.ns.len()));
+                }
+                let entries = up
+                    .lookup(&request.ns)
+                    .await
+                    .map_err(|e| BadRequest::Upstream(e.to_string()))?;
+                Ok(LatestReply { epoch, entries })
+            }
+        }
+    }
+}
+
+/// Answers requests on `sub` until `shutdown`, then unsubscribes. Upstream answers may wait for
+/// the upstream tier, so each runs in its own task.
 pub async fn serve(
     client: Client,
     mut sub: Subscriber,
-    table: Arc<LatestTable>,
+    answers: Answers,
     epoch: u64,
     shutdown: CancellationToken,
 ) {
@@ -72,7 +104,30 @@ pub async fn serve(
         let Some(reply_to) = message.reply else {
             continue;
         };
-        let reply = match answer(&table, epoch, &message.payload) {
+        if let Answers::Upstream(_) = &answers {
+            let (client, answers) = (client.clone(), answers.clone());
+            let (ok, malformed, lookups) = (ok.clone(), malformed.clone(), lookups.clone());
+            tokio::spawn(async move {
+                let reply = match answers.answer(epoch, &message.payload).await {
+                    Ok(reply) => {
+                        ok.increment(1);
+                        lookups.increment(reply.entries.len() as u64);
+                        reply
+                    }
+                    Err(e) => {
+                        malformed.increment(1);
+                        tracing::debug!(error = %e, "latest request answered with no entries");
+                        LatestReply {
+                            epoch,
+                            entries: Vec::new(),
+                        }
+                    }
+                };
+                let _ = client.publish(reply_to, reply.encode().into()).await;
+            });
+            continue;
+        }
+        let reply = match answers.answer(epoch, &message.payload).await {
             Ok(reply) => {
                 ok.increment(1);
                 lookups.increment(reply.entries.len() as u64);

@@ -1,13 +1,14 @@
 //! Sources: where a relay's changes come from. Every source feeds an [`Intake`], which merges
 //! into the [`LatestTable`] and passes raises on to the fan-out once the source has loaded.
 //!
-//! Today there is one, [`journal::JournalSource`] (tier 0: the JetStream journal). The seam for
-//! tier N (upstream = another relay tier on another NATS server, through `herald-upstream`) is a
-//! new variant of [`Source`] whose runner calls the same [`Intake`]: `apply` for every change it
-//! receives or resyncs, `mark_loaded` once its upstream is ready.
+//! Two: [`journal::JournalSource`] (tier 0: the JetStream journal) and
+//! [`upstream::UpstreamSource`] (tier N: another relay tier on another NATS server, through
+//! `herald-upstream`). Both call the same [`Intake`]: `apply` for every change they read or
+//! resync, `mark_loaded` once loaded (journal) or subscribed (upstream).
 
 pub mod journal;
 pub mod repair;
+pub mod upstream;
 
 use crate::latest::{LatestTable, Merged};
 use crate::metrics::SourceMetrics;
@@ -20,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 #[non_exhaustive]
 pub enum Source {
     /// The JetStream journal `HERALD_JOURNAL` (a tier-0 relay).
-    Journal(journal::JournalSource),
-    // Upstream(upstream::UpstreamSource): a tier-N relay fed by another relay tier (not yet).
+    Journal(Box<journal::JournalSource>),
+    /// Another relay tier on another NATS server (a tier-N relay).
+    Upstream(upstream::UpstreamSource),
 }
 
 impl Source {
@@ -34,6 +36,10 @@ impl Source {
     ) -> Result<(), crate::stream::StreamError> {
         match self {
             Source::Journal(j) => j.run(intake, shutdown).await,
+            Source::Upstream(u) => {
+                u.run(intake, shutdown).await;
+                Ok(())
+            }
         }
     }
 }

@@ -47,6 +47,14 @@ async fn sigterm_drains_with_goaway_then_exits() {
 
     let started = Instant::now();
     gw.sigterm();
+    // Readiness turns false at once and the admin listener keeps answering during the drain.
+    let gw_ref = &gw;
+    herald_e2e::eventually(
+        Duration::from_secs(2),
+        "/readyz 503 while draining",
+        || async move { (gw_ref.get("/readyz").await.status == 503).then_some(()) },
+    )
+    .await;
     for c in [&mut a, &mut b] {
         match c.recv_frame(Duration::from_secs(4)).await {
             ServerFrame::Goaway {

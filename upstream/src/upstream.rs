@@ -131,6 +131,25 @@ impl Upstream {
         Ok((up, rx))
     }
 
+    /// Waits until connected and every partition followed so far is subscribed (for
+    /// [`Scope::All`]: every partition), so look-ups and the change stream are complete from now.
+    pub async fn ready(&self) {
+        loop {
+            let waits: Vec<watch::Receiver<bool>> = self
+                .parts()
+                .values()
+                .map(|s| s.subscribed.clone())
+                .collect();
+            for mut w in waits {
+                let _ = w.wait_for(|v| *v).await;
+            }
+            if self.is_connected() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// True while the NATS connection is up.
     #[must_use]
     pub fn is_connected(&self) -> bool {
