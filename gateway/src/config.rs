@@ -122,6 +122,14 @@ pub struct ServeArgs {
     /// Heartbeat interval announced in WELCOME (15000–900000).
     #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 60_000)]
     pub heartbeat_ms: u64,
+    /// Heartbeat for a client class, `NAME=MS` (repeat or comma-separate): a token whose `cls`
+    /// claim is NAME gets MS (15000–900000) in WELCOME, e.g. `mobile=300000` to save battery.
+    #[arg(
+        long = "heartbeat-class",
+        env = "HERALD_HEARTBEAT_CLASSES",
+        value_delimiter = ','
+    )]
+    pub heartbeat_classes: Vec<String>,
     /// Time from TCP accept to HELLO.
     #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
@@ -158,6 +166,8 @@ pub struct ServeArgs {
 pub struct ConnLimits {
     /// Announced in WELCOME; silence for 2.5× this closes the connection.
     pub heartbeat: Duration,
+    /// Heartbeats by client class (the token's `cls` claim); class id = index + 1, 0 = default.
+    pub heartbeat_classes: Vec<(String, Duration)>,
     /// From accept to HELLO.
     pub handshake_timeout: Duration,
     /// Live subscriptions per connection.
@@ -191,6 +201,12 @@ impl ServeArgs {
                 HEARTBEAT_MS_RANGE.start(),
                 HEARTBEAT_MS_RANGE.end()
             );
+        }
+        for spec in &self.heartbeat_classes {
+            parse_class(spec)?;
+        }
+        if self.heartbeat_classes.len() > 255 {
+            anyhow::bail!("--heartbeat-class: at most 255 classes");
         }
         if !(100..=600_000).contains(&self.handshake_timeout_ms) {
             anyhow::bail!("--handshake-timeout-ms must be within 100..=600000");
@@ -230,6 +246,12 @@ impl ServeArgs {
         let by_files = open_files_limit.saturating_sub(64).max(1) as usize;
         ConnLimits {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            heartbeat_classes: self
+                .heartbeat_classes
+                .iter()
+                .filter_map(|spec| parse_class(spec).ok())
+                .map(|(name, ms)| (name, Duration::from_millis(ms)))
+                .collect(),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_subscriptions: self.max_subscriptions,
             max_connections: match self.max_connections {
@@ -248,6 +270,72 @@ impl ServeArgs {
         JournalConfig {
             dir: self.data_dir.clone(),
             sync: !self.journal_no_sync,
+        }
+    }
+}
+
+/// Parses `NAME=MS` of `--heartbeat-class`.
+fn parse_class(spec: &str) -> anyhow::Result<(String, u64)> {
+    let (name, ms) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--heartbeat-class {spec:?}: expected NAME=MS"))?;
+    let ms: u64 = ms
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--heartbeat-class {spec:?}: {ms:?} is not milliseconds"))?;
+    if name.trim().is_empty() || !HEARTBEAT_MS_RANGE.contains(&ms) {
+        anyhow::bail!(
+            "--heartbeat-class {spec:?}: needs a name and MS within {}..={}",
+            HEARTBEAT_MS_RANGE.start(),
+            HEARTBEAT_MS_RANGE.end()
+        );
+    }
+    Ok((name.trim().to_owned(), ms))
+}
+
+impl ConnLimits {
+    /// The class id of a token's `cls` (0: none, or not configured).
+    #[must_use]
+    pub fn class_of(&self, cls: Option<&str>) -> u8 {
+        cls.and_then(|c| {
+            self.heartbeat_classes
+                .iter()
+                .position(|(name, _)| name == c)
+        })
+        .map_or(0, |i| (i + 1) as u8)
+    }
+
+    /// The heartbeat of class `id`.
+    #[must_use]
+    pub fn heartbeat_of(&self, id: u8) -> Duration {
+        match id {
+            0 => self.heartbeat,
+            i => self
+                .heartbeat_classes
+                .get(usize::from(i) - 1)
+                .map_or(self.heartbeat, |c| c.1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn heartbeat_classes() {
+        let cli =
+            Cli::try_parse_from(["g", "--heartbeat-class", "mobile=300000,tv=20000"]).unwrap();
+        cli.serve.validate().unwrap();
+        let limits = cli.serve.conn_limits(1024);
+        assert_eq!(limits.class_of(Some("tv")), 2);
+        assert_eq!(limits.class_of(Some("car")), 0);
+        assert_eq!(limits.heartbeat_of(1), Duration::from_secs(300));
+        assert_eq!(limits.heartbeat_of(0), Duration::from_secs(60));
+        for bad in ["mobile", "mobile=1000", "=20000", "x=abc"] {
+            let cli = Cli::try_parse_from(["g", "--heartbeat-class", bad]).unwrap();
+            assert!(cli.serve.validate().is_err(), "{bad}");
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct ConnState {
     pub counted: bool,
     /// Over the handshake rate at accept: its upgrade is answered with 503.
     pub rate_limited: bool,
+    /// Client class (from the token), which sets its heartbeat; 0 = default.
+    pub class: u8,
     /// Random id, sent in WELCOME and written in logs.
     pub session_id: u64,
     /// What the token grants (Open only).
@@ -117,6 +119,7 @@ impl Conn {
                 exit: false,
                 counted: false,
                 rate_limited: false,
+                class: 0,
                 session_id,
                 grant: None,
                 subs: Subscriptions::default(),

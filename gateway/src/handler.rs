@@ -217,12 +217,13 @@ fn on_frame(worker: &Worker, conn: &Conn, st: &mut ConnState, frame: ClientFrame
                     let now = worker.now();
                     st.phase = Phase::Open;
                     st.token_expires = worker.token_deadline(claims.exp, now);
+                    st.class = worker.limits.class_of(claims.cls.as_deref());
                     st.grant = Some(Box::new(claims.ns));
                     queue_frame(
                         st,
                         &ServerFrame::Welcome {
                             version: PROTOCOL_VERSION,
-                            heartbeat_ms: worker.limits.heartbeat.as_millis() as u64,
+                            heartbeat_ms: worker.limits.heartbeat_of(st.class).as_millis() as u64,
                             max_subscriptions: worker.limits.max_subscriptions,
                             session_id: st.session_id.to_be_bytes().to_vec(),
                         },

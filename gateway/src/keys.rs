@@ -90,6 +90,7 @@ pub fn claims_for(sub: &str, ns: NsGrant, ttl_s: u64) -> Claims {
         exp: unix_now() + ttl_s,
         nbf: None,
         iss: None,
+        cls: None,
     }
 }
 

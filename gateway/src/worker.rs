@@ -314,7 +314,10 @@ impl Worker {
     /// token expiry, close deadlines, and (while draining) GOAWAY spread over the drain period.
     fn sweep(&self, drain_ticks: u32) {
         let now = self.now();
-        let silence = duration_ticks(self.limits.heartbeat.mul_f64(2.5));
+        // Silence allowed per client class (index = class id).
+        let silence: Vec<u32> = (0..=self.limits.heartbeat_classes.len())
+            .map(|c| duration_ticks(self.limits.heartbeat_of(c as u8).mul_f64(2.5)))
+            .collect();
         let draining = self.shared.draining.load(Ordering::Relaxed);
         let mut goaway_left = if draining {
             let sweeps = (drain_ticks / duration_ticks(SWEEP_EVERY)).max(1) as usize;
@@ -337,7 +340,7 @@ impl Worker {
                     true
                 }
                 // Strictly more: `last_rx` is floored like `now` (C8: never early).
-                Phase::Open if now.saturating_sub(st.last_rx) > silence => {
+                Phase::Open if now.saturating_sub(st.last_rx) > silence[usize::from(st.class)] => {
                     close_with(&mut st, None, Code::TIMEOUT, now);
                     st.exit_when_flushed = true;
                     true

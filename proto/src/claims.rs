@@ -23,6 +23,9 @@ pub struct Claims {
     /// Issuer (checked by the gateway when it is configured with one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Client class (extension, e.g. `"mobile"`): the gateway may choose the heartbeat by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cls: Option<String>,
 }
 
 /// Which namespaces a token grants.
@@ -188,6 +191,7 @@ mod tests {
             exp: 10,
             nbf: None,
             iss: None,
+            cls: Some("mobile".into()),
         };
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains(r#""18446744073709551615""#));

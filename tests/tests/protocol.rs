@@ -38,6 +38,25 @@ async fn hello_gets_welcome_with_configured_values() {
 }
 
 #[tokio::test]
+async fn heartbeat_follows_the_client_class() {
+    let gw = GatewayProcess::start(
+        GatewayOptions::new()
+            .arg("--heartbeat-ms", 20_000)
+            .arg("--heartbeat-class", "mobile=300000"),
+    );
+    let mut phone = herald_e2e::WsClient::connect(gw.ws_addr()).await;
+    assert_eq!(
+        phone.hello(&gw.token_class("mobile")).await.heartbeat_ms,
+        300_000
+    );
+    // An unknown class, or none, gets the default.
+    let mut tv = herald_e2e::WsClient::connect(gw.ws_addr()).await;
+    assert_eq!(tv.hello(&gw.token_class("tv")).await.heartbeat_ms, 20_000);
+    let mut plain = herald_e2e::WsClient::connect(gw.ws_addr()).await;
+    assert_eq!(plain.hello(&gw.token_all()).await.heartbeat_ms, 20_000);
+}
+
+#[tokio::test]
 async fn default_welcome() {
     let gw = GatewayProcess::start_default();
     let mut c = herald_e2e::WsClient::connect(gw.ws_addr()).await;
