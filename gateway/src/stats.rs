@@ -28,6 +28,9 @@ pub struct WorkerStats {
     pub notifications_sent: LocalCounter,
     /// Changes received by the fan-out.
     pub changes_in: LocalCounter,
+    /// Subscribers skipped because they already knew as much (coalesced or duplicate changes,
+    /// e.g. the same change from two relays).
+    pub already_known: LocalCounter,
     /// Herald frames received from clients.
     pub frames_in: LocalCounter,
     /// Connections closed as slow consumers.
@@ -40,6 +43,7 @@ impl WorkerStats {
         metrics::counter!("herald_notifications_sent_total")
             .increment(self.notifications_sent.take());
         metrics::counter!("herald_fanout_changes_total").increment(self.changes_in.take());
+        metrics::counter!("herald_fanout_already_known_total").increment(self.already_known.take());
         metrics::counter!("herald_frames_received_total").increment(self.frames_in.take());
         metrics::counter!("herald_slow_consumers_total").increment(self.slow_consumers.take());
     }

@@ -23,8 +23,24 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Changes handed to every worker for fan-out: `(ns, sjid)`, each one a raise of the latest table.
-pub type Batch = Arc<[(u64, u64)]>;
+/// Changes handed to every worker for fan-out: `(ns, sjid)`, each one a raise of the latest
+/// table, and when the gateway got them (for `herald_fanout_lag_seconds`).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The raised changes, shared by every worker.
+    pub changes: Arc<[(u64, u64)]>,
+    /// When they were accepted (journal commit) or arrived (from the relays).
+    pub at: Instant,
+}
+
+impl From<Vec<(u64, u64)>> for Batch {
+    fn from(changes: Vec<(u64, u64)>) -> Self {
+        Batch {
+            changes: changes.into(),
+            at: Instant::now(),
+        }
+    }
+}
 
 /// Coarse time unit of deadlines: 100 ms.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -173,7 +189,10 @@ async fn run(setup: WorkerSetup) {
     let w = worker.clone();
     tokio::task::spawn_local(async move {
         while let Some(batch) = fanout.recv().await {
-            w.fanout(&batch);
+            w.fanout(&batch.changes);
+            // From the gateway getting the change to the last write (or queueing) of it here.
+            metrics::histogram!("herald_fanout_lag_seconds")
+                .record(batch.at.elapsed().as_secs_f64());
         }
     });
     let w = worker.clone();
@@ -288,10 +307,12 @@ impl Worker {
         let mut interest = self.interest.borrow_mut();
         let conns = self.conns.borrow();
         let mut sent = 0;
+        let mut already = 0;
         for &(ns, sjid) in batch {
             let Some(subs) = interest.subscribers_mut(ns) else {
                 continue;
             };
+            already += subs.len() as u64;
             let mut frame: Option<Bytes> = None;
             for sub in subs.iter_mut().filter(|s| s.known < sjid) {
                 sub.known = sjid;
@@ -308,6 +329,7 @@ impl Worker {
         }
         self.stats.changes_in.add(batch.len() as u64);
         self.stats.notifications_sent.add(sent);
+        self.stats.already_known.add(already - sent);
     }
 
     /// The coarse timer of every connection on this worker: handshake and heartbeat timeouts,

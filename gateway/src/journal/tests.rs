@@ -22,9 +22,9 @@ async fn survives_restart_and_fans_out_only_raises() {
         j.append(vec![(1, 5), (2, 3), (1, 7)]).await.unwrap();
         assert_eq!(latest.get(1), 7);
         let b = rx.recv().await.unwrap();
-        assert_eq!(&b[..], &[(1, 5), (2, 3), (1, 7)]);
+        assert_eq!(&b.changes[..], &[(1, 5), (2, 3), (1, 7)]);
         j.append(vec![(1, 6), (2, 4)]).await.unwrap();
-        assert_eq!(&rx.recv().await.unwrap()[..], &[(2, 4)]);
+        assert_eq!(&rx.recv().await.unwrap().changes[..], &[(2, 4)]);
     }
     let (_j, latest, _rx) = open(dir.path());
     assert_eq!((latest.get(1), latest.get(2), latest.get(3)), (7, 4, 0));
