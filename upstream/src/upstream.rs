@@ -47,6 +47,9 @@ struct Inner {
     parts: Mutex<HashMap<u64, Slot>>,
     out: mpsc::Sender<Changes>,
     connected: AtomicBool,
+    /// The runtime `connect` ran on. Partition readers and resyncs run there, whichever thread
+    /// (a gateway worker's own runtime, say) asked for them.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A partition and the machinery of its subscription.
@@ -94,6 +97,7 @@ impl Upstream {
                 parts: Mutex::new(HashMap::new()),
                 out,
                 connected: AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         let weak = Arc::downgrade(&up.inner);
@@ -229,7 +233,10 @@ impl Upstream {
         parts.entry(p).or_insert_with(|| {
             let (tx, rx) = watch::channel(false);
             let generation = rand::random();
-            let reader = tokio::spawn(read_partition(self.clone(), p, generation, tx));
+            let reader = self
+                .inner
+                .runtime
+                .spawn(read_partition(self.clone(), p, generation, tx));
             let part = Partition {
                 generation,
                 ..Partition::default()
@@ -321,7 +328,7 @@ impl Upstream {
         if !raised.is_empty() {
             // The partition task and resync both feed `out`; never block while holding the lock.
             let out = self.inner.out.clone();
-            tokio::spawn(async move {
+            self.inner.runtime.spawn(async move {
                 let _ = out.send(raised).await;
             });
         }
@@ -401,7 +408,9 @@ impl Upstream {
         metrics::counter!("herald_upstream_resyncs_total").increment(1);
         tracing::debug!(partition = p, why, "resync");
         let up = self.clone();
-        tokio::spawn(async move { up.run_resync(p, generation).await });
+        self.inner
+            .runtime
+            .spawn(async move { up.run_resync(p, generation).await });
     }
 
     async fn run_resync(&self, p: u64, generation: u64) {
