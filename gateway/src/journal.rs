@@ -11,7 +11,7 @@
 //! cut off at start; everything acknowledged before it was synced and survives.
 
 use crate::config::JournalConfig;
-use crate::latest::LatestTable;
+use crate::latest::{LatestTable, Merged};
 use crate::worker::Batch;
 use anyhow::Context;
 use std::fs::{File, OpenOptions};
@@ -182,7 +182,7 @@ fn writer(
                 let raised: Vec<(u64, u64)> = group
                     .iter()
                     .flat_map(|a| a.changes.iter().copied())
-                    .filter(|&(ns, sjid)| latest.merge(ns, sjid))
+                    .filter(|&(ns, sjid)| latest.merge(ns, sjid) == Merged::Raised)
                     .collect();
                 metrics::counter!("herald_journal_changes_total").increment(buf.len() as u64 / 16);
                 if !raised.is_empty() {

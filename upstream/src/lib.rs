@@ -22,11 +22,13 @@
 //!
 //! # Layout
 //! - [`config`]: [`UpstreamConfig`], [`Scope`].
+//! - [`latest`]: [`latest::LatestTable`], the merge-is-max table every stage keeps.
 //! - [`partition`]: what is known of one partition (stream positions, latest values, interest).
 //! - [`upstream`]: [`Upstream`], the handle; connection, partition tasks, look-ups, resync.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod latest;
 pub mod partition;
 pub mod upstream;
 
