@@ -3,7 +3,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a started gateway may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running gateway.
 pub(crate) struct Gateway {
@@ -21,29 +25,58 @@ impl Gateway {
         data_dir: &std::path::Path,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        let mut args = vec!["--journal-no-sync".to_owned(), "--data-dir".to_owned()];
+        args.push(data_dir.display().to_string());
+        args.extend(extra.iter().cloned());
+        Self::start_with(bin, &args, Stdio::null())
+    }
+
+    /// Starts `bin` on loopback ports with a dev key and `args` (data dir, `--nats`, …), sends its
+    /// stderr to `stderr`, and waits (at most 30 s) for its ready line.
+    pub(crate) fn start_with(bin: &str, args: &[String], stderr: Stdio) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--journal-no-sync",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {bin}: {e}"))?;
+        crate::reaper::register(child.id());
         let stdout = child
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        // Kills the child if it never gets ready (the guard owns it until then).
+        let mut gateway = Gateway {
+            ws: ([127, 0, 0, 1], 0).into(),
+            admin: ([127, 0, 0, 1], 0).into(),
+            pid: child.id(),
+            token: String::new(),
+            child: Some(child),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
         let mut token = None;
-        let mut addrs = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
+        let (ws, admin) = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    anyhow::bail!("{bin} printed no ready line within {READY_TIMEOUT:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("{bin} exited before it was ready")
+                }
+            };
             if let Some(t) = line.strip_prefix("HERALD_DEV_TOKEN=") {
                 token = Some(t.to_owned());
             }
@@ -53,19 +86,17 @@ impl Gateway {
                         .find_map(|f| f.strip_prefix(k))
                         .and_then(|v| v.parse::<SocketAddr>().ok())
                 };
-                addrs = field("ws=").zip(field("admin="));
-                break;
+                break field("ws=")
+                    .zip(field("admin="))
+                    .ok_or_else(|| anyhow::anyhow!("unreadable ready line {line:?}"))?;
             }
-        }
-        let (ws, admin) =
-            addrs.ok_or_else(|| anyhow::anyhow!("gateway exited before it was ready"))?;
-        Ok(Gateway {
-            ws,
-            admin,
-            pid: child.id(),
-            token: token.ok_or_else(|| anyhow::anyhow!("gateway printed no dev token"))?,
-            child: Some(child),
-        })
+        };
+        // Keep draining stdout so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        gateway.ws = ws;
+        gateway.admin = admin;
+        gateway.token = token.ok_or_else(|| anyhow::anyhow!("gateway printed no dev token"))?;
+        Ok(gateway)
     }
 
     /// An already running gateway.
@@ -76,6 +107,23 @@ impl Gateway {
             pid,
             token,
             child: None,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (a gateway in distributed mode is ready once its
+    /// upstream is), at most `limit`.
+    pub(crate) fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok((status, _)) = self.request("/readyz")
+                && status == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("gateway /readyz did not answer 200 within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -90,6 +138,11 @@ impl Gateway {
     }
 
     fn get(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self.request(path)?.1)
+    }
+
+    /// `GET path`: status and body.
+    fn request(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
@@ -98,10 +151,16 @@ impl Gateway {
         )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
-        Ok(out
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 }
 
@@ -110,6 +169,7 @@ impl Drop for Gateway {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            crate::reaper::unregister(child.id());
         }
     }
 }

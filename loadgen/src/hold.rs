@@ -45,7 +45,7 @@ pub(crate) struct HoldArgs {
     parallel: usize,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -91,32 +91,50 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
 
 /// Connects, says HELLO, subscribes, and waits for the PONG that proves the subscription is live.
 async fn open(args: &HoldArgs, index: u64) -> anyhow::Result<Ws> {
-    let socket = if args.source.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(args.source, 0))?;
-    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(args.ws)).await??;
-    let mut request = format!("ws://{}/v1/connect", args.ws).into_client_request()?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(herald_proto::WS_SUBPROTOCOL),
-    );
+    let pairs: Vec<(u64, u64)> = (0..args.subs_per_conn)
+        .map(|k| ((index + k) % args.namespaces, 0))
+        .collect();
     // Small buffers: this process holds thousands of these.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (mut ws, _) = client_async_with_config(request, stream, Some(config)).await?;
+    open_subscribed(args.ws, &args.token, args.source, pairs, index, config).await
+}
+
+/// Connects from `source`, says HELLO with `token`, subscribes to `pairs` (`(ns, cursor)`), and
+/// waits for the PONG (nonce `index`) that proves the subscriptions are live and their cursors
+/// checked. Shared by `hold` and `receive`.
+pub(crate) async fn open_subscribed(
+    ws_addr: SocketAddr,
+    token: &str,
+    source: IpAddr,
+    pairs: Vec<(u64, u64)>,
+    index: u64,
+    config: WebSocketConfig,
+) -> anyhow::Result<Ws> {
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(ws_addr)).await??;
+    let mut request = format!("ws://{ws_addr}/v1/connect").into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(herald_proto::WS_SUBPROTOCOL),
+    );
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        client_async_with_config(request, stream, Some(config)),
+    )
+    .await??;
     let hello = ClientFrame::Hello {
         version: herald_proto::PROTOCOL_VERSION,
-        token: args.token.clone(),
+        token: token.to_owned(),
     };
     ws.send(Message::binary(hello.to_vec())).await?;
     expect(&mut ws, |f| matches!(f, ServerFrame::Welcome { .. })).await?;
-    let pairs: Vec<(u64, u64)> = (0..args.subs_per_conn)
-        .map(|k| ((index + k) % args.namespaces, 0))
-        .collect();
     ws.send(Message::binary(ClientFrame::Subscribe(pairs).to_vec()))
         .await?;
     ws.send(Message::binary(ClientFrame::Ping(index).to_vec()))

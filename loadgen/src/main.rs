@@ -5,13 +5,24 @@
 //!   child processes (`hold`), and reports the gateway's RSS and heap per connection at each step.
 //! - `hold`: a child process that holds up to ~19k subscribed, idle connections (the open-files
 //!   limit is 20000 per process), bound to its own source address.
-//! - `procfs`: reading another process's memory.
+//! - `fanout`: the fan-out benchmark. Publishes paced (and optionally burst) changes through the
+//!   standalone gateway and through nats-server + relay + gateway, and reports publish→CHANGED
+//!   latency, deliveries/s and server CPU per 1M deliveries. Connections live in `receive`
+//!   child processes, which keep reading and measure each CHANGED.
+//! - `receive`: a child process that holds subscribed connections and records latencies.
+//! - `procfs`: reading another process's memory and CPU time.
 //! - `gateway`: starting a gateway process and talking to its admin listener.
+//! - `natsproc`: starting a private nats-server and a relay for the distributed path.
+//! - `reaper`: kills the children by pid when `fanout` is stopped by a signal.
 
+mod fanout;
 mod gateway;
 mod hold;
 mod idle;
+mod natsproc;
 mod procfs;
+mod reaper;
+mod receive;
 
 use clap::{Parser, Subcommand};
 
@@ -32,11 +43,18 @@ enum Command {
     Idle(idle::IdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
+    /// Fan-out benchmark: publish→CHANGED latency, deliveries/s and CPU per 1M deliveries,
+    /// standalone vs distributed (NATS) in one run.
+    Fanout(fanout::FanoutArgs),
+    /// (internal) Hold connections and measure every CHANGED; used by `fanout`.
+    Receive(receive::ReceiveArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Idle(args) => idle::run(&args),
         Command::Hold(args) => hold::run(&args),
+        Command::Fanout(args) => fanout::run(&args),
+        Command::Receive(args) => receive::run(&args),
     }
 }

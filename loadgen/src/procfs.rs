@@ -24,3 +24,38 @@ pub(crate) fn slab_bytes() -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no Slab line in /proc/meminfo"))?;
     Ok(kib * 1024)
 }
+
+/// CPU time `pid` has used so far (user + system, all threads), in seconds, from
+/// `/proc/<pid>/stat` (`utime` + `stime`).
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: fields from the last
+    // ')' on are field 3 (state) onwards, so utime (14) and stime (15) are at 11 and 12.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no field {} in /proc/{pid}/stat", i + 3))
+    };
+    let ticks = field(11)? + field(12)?;
+    Ok(ticks as f64 / clock_ticks_per_second() as f64)
+}
+
+/// `sysconf(_SC_CLK_TCK)` (from `getconf`, since this crate has no unsafe code); 100 on Linux.
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
