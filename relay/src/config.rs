@@ -236,7 +236,7 @@ mod tests {
         assert!(cli.command.is_none());
         cli.serve.validate().expect("defaults");
         assert_eq!(cli.serve.partitions, 64);
-        assert_eq!(cli.serve.fanout().coalesce, Duration::from_millis(1));
+        assert_eq!(cli.serve.fanout().coalesce, Duration::ZERO);
         assert_eq!(
             cli.serve.stream.settings().duplicate_window,
             Duration::from_secs(10)
