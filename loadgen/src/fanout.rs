@@ -91,7 +91,7 @@ pub(crate) struct FanoutArgs {
     #[arg(long, default_value_t = 1000)]
     burst_batch: u64,
     /// `--coalesce-us` of the relay on the nats path.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 0)]
     coalesce_us: u64,
     /// Journal partitions (relay, gateway and publisher).
     #[arg(long, default_value_t = 64)]
