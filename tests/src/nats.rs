@@ -8,6 +8,8 @@
 //!                   stdout: "herald-relay ready admin=ADDR epoch=HEX"   stderr: <tmp>/relay.log
 //! ```
 //!
+//! [`NatsCluster`] routes several such servers into one JetStream cluster (fault tests).
+//!
 //! The server binary is `$HERALD_NATS_SERVER`, else `nats-server` on `PATH` if it is 2.10 or
 //! newer (`ops/test.sh` exports the 2.15 it installs). Both kinds of process are killed (SIGKILL)
 //! and reaped on drop; every wait has a timeout.
@@ -98,6 +100,8 @@ pub struct NatsServer {
     port: u16,
     /// False for a server started without `-js`.
     jetstream: bool,
+    /// Flags after the harness's own (server name, cluster and routes for a [`NatsCluster`] node).
+    args: Vec<String>,
 }
 
 impl NatsServer {
@@ -132,6 +136,7 @@ impl NatsServer {
             dir,
             port: free_port(),
             jetstream,
+            args: Vec::new(),
         }
     }
 
@@ -144,6 +149,7 @@ impl NatsServer {
         }
         let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -210,6 +216,99 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// How long a new cluster may take to elect its JetStream meta leader and place a replicated
+/// stream.
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `n` nats-servers routed on loopback into one cluster (`herald-e2e`), each with JetStream and
+/// its own store, named `n0`, `n1`, …. Nodes are [`NatsServer`]s: stop and resume them one by one.
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes (at least 3 for replicated streams) and waits until JetStream places a
+    /// stream with `n` replicas on them.
+    pub async fn start(n: usize) -> Self {
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route = |p: &u16| format!("nats://127.0.0.1:{p}");
+        let mut nodes = Vec::with_capacity(n);
+        for (i, port) in route_ports.iter().enumerate() {
+            let mut node = NatsServer::unstarted(true);
+            let routes: Vec<String> = route_ports
+                .iter()
+                .filter(|p| *p != port)
+                .map(route)
+                .collect();
+            node.args = vec![
+                "--server_name".into(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                "herald-e2e".into(),
+                "--cluster".into(),
+                route(port),
+                "--routes".into(),
+                routes.join(","),
+            ];
+            nodes.push(node);
+        }
+        for node in &mut nodes {
+            node.spawn();
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_jetstream(n).await;
+        cluster
+    }
+
+    /// Creates (then deletes) a throwaway stream with `replicas` until the cluster accepts it.
+    async fn wait_for_jetstream(&self, replicas: usize) {
+        let js = async_nats::jetstream::new(self.nodes[0].client().await);
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let config = async_nats::jetstream::stream::Config {
+                name: "HERALD_E2E_PROBE".into(),
+                subjects: vec!["herald-e2e.probe".into()],
+                num_replicas: replicas,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            };
+            match tokio::time::timeout(Duration::from_secs(5), js.create_stream(config)).await {
+                Ok(Ok(_)) => {
+                    let _ = js.delete_stream("HERALD_E2E_PROBE").await;
+                    return;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "the NATS cluster did not place a stream with {replicas} replicas within \
+             {CLUSTER_READY_TIMEOUT:?} (last error: {last}); n0's log:\n{}",
+            self.nodes[0].log()
+        );
+    }
+
+    /// Node `i`'s client URL.
+    #[must_use]
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// Every node's client URL, comma-separated.
+    #[must_use]
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(NatsServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Node `i`, to stop (SIGKILL) or resume.
+    pub fn node(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
     }
 }
 
