@@ -29,6 +29,17 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// The servers of `nats_url`, split at commas (blanks around each trimmed, empty items
+    /// dropped). The NATS client parses one string as one URL, so a list must go as a list.
+    #[must_use]
+    pub fn servers(&self) -> Vec<&str> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
     /// Defaults for `nats_url`: 64 partitions, interest scope, 1 s requests, 10 s look-ups.
     #[must_use]
     pub fn new(nats_url: impl Into<String>) -> Self {
@@ -40,5 +51,18 @@ impl UpstreamConfig {
             lookup_deadline: Duration::from_secs(10),
             name: "herald".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_lists_split_at_commas() {
+        let one = UpstreamConfig::new("nats://127.0.0.1:4222");
+        assert_eq!(one.servers(), ["nats://127.0.0.1:4222"]);
+        let many = UpstreamConfig::new("nats://a:1, nats://b:2,,nats://c:3 ");
+        assert_eq!(many.servers(), ["nats://a:1", "nats://b:2", "nats://c:3"]);
     }
 }

@@ -87,7 +87,7 @@ impl Upstream {
                     let _ = tx.send(e);
                 }
             })
-            .connect(config.nats_url.as_str())
+            .connect(config.servers())
             .await?;
         let (out, rx) = mpsc::channel(OUT_QUEUE);
         let up = Upstream {
