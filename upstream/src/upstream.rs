@@ -15,6 +15,21 @@ use tokio::sync::{mpsc, watch};
 /// Raised changes waiting for their consumer before partition tasks wait.
 const OUT_QUEUE: usize = 1024;
 
+/// Longest wait between two attempts to reconnect to NATS. The client library's default doubles
+/// up to 4 s, so after an outage of a few seconds a restored broker or link would be noticed up
+/// to 4 s late, far past the 1 s delivery bound (PROTOCOL.md). An attempt is one TCP connect.
+const RECONNECT_MAX: Duration = Duration::from_millis(250);
+
+/// The wait before reconnect attempt `attempts` (1 for the first after a disconnect): none, then
+/// doubling from 2 ms up to [`RECONNECT_MAX`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(16);
+    Duration::from_millis(1 << exp).min(RECONNECT_MAX)
+}
+
 /// Why a look-up (or the subscription it needs) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -80,6 +95,7 @@ impl Upstream {
             .name(&config.name)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .request_timeout(Some(config.request_timeout))
             .event_callback(move |e| {
                 let tx = event_tx.clone();
@@ -507,5 +523,17 @@ async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch
         if !raised.is_empty() && up.inner.out.send(raised).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_stay_within_the_delivery_bound() {
+        let delays: Vec<u128> = (1..=10).map(|a| reconnect_delay(a).as_millis()).collect();
+        assert_eq!(delays, [0, 2, 4, 8, 16, 32, 64, 128, 250, 250]);
+        assert_eq!(reconnect_delay(usize::MAX), RECONNECT_MAX);
     }
 }
