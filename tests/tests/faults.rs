@@ -19,8 +19,8 @@
 //!
 //! Build the binaries first: `cargo build -p herald-gateway -p herald-relay`.
 //!
-//! TODO(tier-n): a two-tier chain (tier-0 relay → NATS → tier-N relay → other NATS → gateway)
-//! belongs here once the tier-N relay source exists.
+//! Scenario 7 is a two-tier chain: tier-0 relay on one NATS → tier-N relay → another NATS →
+//! gateway, with the tier-N relay killed and restarted.
 
 use async_nats::jetstream;
 use herald_client::{Client, ClientConfig, Event};
@@ -758,6 +758,63 @@ async fn gateway_nats_link_cut() {
             if caught_up > DELIVERY_BOUND {
                 return Err(format!(
                     "clients caught up {caught_up:?} after the link was restored, over the \
+                     {DELIVERY_BOUND:?} delivery bound"
+                ));
+            }
+            Ok(())
+        })
+        .await;
+    })
+    .await;
+}
+
+/// 7. A two-tier chain, as a fleet spread over PoPs runs it: NATS "core" (journal, tier-0 relay)
+/// → tier-1 relay (`--upstream-nats core`) → NATS "pop" → gateway. The tier-1 relay is killed
+/// with SIGKILL while publishing goes on, then restarts with a new epoch and an empty table
+/// (it learns what it is asked from upstream): the gateway resyncs through it, nothing is missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_n_relay_killed_and_restarted() {
+    let name = "tier_n_relay_killed_and_restarted";
+    run(name, async {
+        let mut rng = seed(name);
+        let core = NatsServer::start();
+        let pop = NatsServer::start();
+        let _tier0 = RelayProcess::start(&core.url(), relay_options()).await;
+        let tier1_options = relay_options().arg("--upstream-nats", core.url());
+        let mut tier1 = RelayProcess::start(&pop.url(), tier1_options).await;
+        let old_epoch = tier1.epoch();
+        let gw = GatewayProcess::start(gateway_options(&pop.url()));
+        phase(name, async {
+            let checker = Checker::new();
+            let fleet = Fleet::start(&checker, &[ws_url(&gw)], &gw.token_all(), &mut rng).await?;
+            let feed = Feed::start(&core.url(), &checker, &mut rng).await?;
+            tokio::time::sleep(STEADY).await;
+
+            tier1.kill9();
+            let at_kill = feed.acked();
+            feed.acked_beyond(at_kill, 100, WAIT).await?;
+            let resyncs_before = gateway_metric(&gw, "herald_upstream_resyncs_total").await;
+            tier1.restart().await;
+            let during = feed.acked() - at_kill;
+            if tier1.epoch() == old_epoch {
+                return Err("the restarted tier-1 relay kept its epoch".into());
+            }
+            let caught_up = fleet.catch_up(&checker, WAIT).await?;
+            tokio::time::sleep(AFTER).await;
+            let resyncs =
+                gateway_metric(&gw, "herald_upstream_resyncs_total").await - resyncs_before;
+
+            let extra = format!(
+                "; {during} changes published while the tier-1 relay was down; caught up \
+                 {caught_up:.1?} after it was ready again; {resyncs} resyncs"
+            );
+            finish(name, &checker, feed, &fleet, &extra).await?;
+            if resyncs < 1.0 {
+                return Err("the gateway did not resync after the tier-1 relay's new epoch".into());
+            }
+            if caught_up > DELIVERY_BOUND {
+                return Err(format!(
+                    "clients caught up {caught_up:?} after the tier-1 relay was back, over the \
                      {DELIVERY_BOUND:?} delivery bound"
                 ));
             }
