@@ -51,7 +51,7 @@ pub enum Command {
 /// Where the NATS server is.
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
-    /// NATS server URL (nats-server 2.10 or newer, with JetStream).
+    /// NATS server URL, or several comma-separated (nats-server 2.10 or newer, with JetStream).
     #[arg(long, env = "HERALD_NATS", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
 }

@@ -65,6 +65,11 @@ fn options(name: &str) -> ConnectOptions {
     ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(3))
+        // Reconnect and ping like the gateways do (herald-upstream): a relay back within the
+        // delivery bound after an outage, and a hung server noticed in seconds.
+        .max_reconnects(None)
+        .reconnect_delay_callback(herald_upstream::upstream::reconnect_delay)
+        .ping_interval(herald_upstream::upstream::PING_INTERVAL)
         // The journal consumer delivers fast during the load; leave room in its channel.
         .subscription_capacity(256 * 1024)
         .event_callback(|event| async move {
@@ -85,7 +90,7 @@ fn options(name: &str) -> ConnectOptions {
 /// Connects once, without retrying (for the one-shot subcommands).
 pub async fn connect_once(url: &str, name: &str) -> anyhow::Result<Client> {
     options(name)
-        .connect(url)
+        .connect(herald_upstream::config::servers(url))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))
 }
@@ -96,7 +101,7 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
     let mut backoff = Backoff::new();
     loop {
         let attempt = tokio::select! {
-            r = options(name).connect(url) => r,
+            r = options(name).connect(herald_upstream::config::servers(url)) => r,
             () = shutdown.cancelled() => return None,
         };
         match attempt {

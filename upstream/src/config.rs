@@ -28,16 +28,21 @@ pub struct UpstreamConfig {
     pub name: String,
 }
 
+/// The servers of a comma-separated NATS URL list (blanks trimmed, empty items dropped).
+#[must_use]
+pub fn servers(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 impl UpstreamConfig {
     /// The servers of `nats_url`, split at commas (blanks around each trimmed, empty items
     /// dropped). The NATS client parses one string as one URL, so a list must go as a list.
     #[must_use]
     pub fn servers(&self) -> Vec<&str> {
-        self.nats_url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect()
+        servers(&self.nats_url)
     }
 
     /// Defaults for `nats_url`: 64 partitions, interest scope, 1 s requests, 10 s look-ups.
