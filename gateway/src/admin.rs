@@ -30,6 +30,8 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The connection cap (exported for alerts).
+    pub max_connections: usize,
     /// Required bearer token for publish, if any.
     pub token: Option<Arc<str>>,
 }
@@ -124,11 +126,14 @@ fn json_u64(v: &Value) -> Option<u64> {
     }
 }
 
-async fn readyz(State(state): State<AdminState>) -> Response {
-    let ready = state.shared.ready.load(Ordering::Relaxed)
+fn is_ready(state: &AdminState) -> bool {
+    state.shared.ready.load(Ordering::Relaxed)
         && !state.shared.draining.load(Ordering::Relaxed)
-        && state.source.ready();
-    if ready {
+        && state.source.ready()
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if is_ready(&state) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -138,6 +143,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics_text(State(state): State<AdminState>) -> Response {
     metrics::gauge!("herald_connections", "transport" => "websocket")
         .set(state.shared.connections.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("herald_ready").set(f64::from(u8::from(is_ready(&state))));
+    metrics::gauge!("herald_draining").set(f64::from(u8::from(
+        state.shared.draining.load(Ordering::Relaxed),
+    )));
+    metrics::gauge!("herald_max_connections").set(state.max_connections as f64);
     if let Some((allocated, resident)) = crate::stats::heap() {
         metrics::gauge!("herald_heap_allocated_bytes").set(allocated as f64);
         metrics::gauge!("herald_heap_resident_bytes").set(resident as f64);

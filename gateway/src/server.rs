@@ -79,6 +79,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         source,
         shared: shared.clone(),
         metrics,
+        max_connections: limits.max_connections,
         token: args.admin_token.as_deref().map(Arc::from),
     };
     // The admin listener outlives the drain, so /readyz answers 503 and /metrics keeps working
