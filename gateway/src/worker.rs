@@ -382,7 +382,10 @@ impl Worker {
                 }
                 Phase::AwaitHello | Phase::Open if goaway_left > 0 => {
                     goaway_left -= 1;
-                    let after = jitter_ms(500, 5000);
+                    // The drain schedule already spreads clients over the drain period; the delay only
+                    // needs to be above 0 and jittered, and short, since a client waiting it out is
+                    // told nothing.
+                    let after = jitter_ms(100, 1000);
                     close_with(
                         &mut st,
                         Some(goaway(Code::DRAINING, after)),

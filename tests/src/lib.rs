@@ -27,10 +27,12 @@
 //!   for tests that need the bare TCP socket.
 //! - [`http`]: a tiny HTTP/1.1 client (one request per connection) for the admin listener and for
 //!   the plain HTTP answers of the client listener.
+//! - [`fleet`]: scaffolding of the fault and herd tests (client fleet, journal feed, turns).
 //! - [`nats`]: [`nats::NatsServer`] (our own nats-server per test) and [`nats::RelayProcess`].
 //! - [`proxy`]: [`proxy::Proxy`], a TCP proxy a test can cut to partition a process from NATS.
 
 pub mod checker;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod nats;
