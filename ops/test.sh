@@ -167,6 +167,11 @@ cargo fmt --all -- --check
 section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The end-to-end tests run the real herald-gateway and herald-relay binaries. `cargo test` builds
+# a package's binaries only for that package's own integration tests, so build them first.
+section "cargo build --workspace --bins"
+cargo build --workspace --bins
+
 section "cargo test --workspace"
 cargo test --workspace
 

@@ -68,8 +68,8 @@ fn binary() -> PathBuf {
     let bin = profile_dir.join("herald-gateway");
     assert!(
         bin.exists(),
-        "{} does not exist: run `cargo build -p herald-gateway` (or `cargo test --workspace`, \
-         which builds every binary) before these tests",
+        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) \
+         before these tests",
         bin.display()
     );
     bin

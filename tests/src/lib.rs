@@ -12,9 +12,9 @@
 //! ```
 //!
 //! The binary is `target/<profile>/herald-gateway`, beside the test executables' `deps/`.
-//! `cargo test --workspace` builds it before running any test; `cargo test -p herald-e2e` alone
-//! does not (cargo builds only the selected packages' binaries), so run
-//! `cargo build -p herald-gateway` first, or the tests drive whatever binary was built last.
+//! `cargo test` does not build it (cargo builds a package's binaries only for that package's own
+//! integration tests), so run `cargo build --workspace --bins` first, as `ops/test.sh` does, or
+//! the tests drive whatever binary was built last.
 //!
 //! Every wait has a timeout, and a [`GatewayProcess`] kills its child with SIGKILL and reaps it
 //! when dropped, so a failing test never leaves a gateway behind.

@@ -346,8 +346,8 @@ pub fn relay_binary() -> PathBuf {
     let bin = profile_dir.join("herald-relay");
     assert!(
         bin.exists(),
-        "{} does not exist: run `cargo build -p herald-relay` (or `cargo test --workspace`, \
-         which builds every binary) before these tests",
+        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) \
+         before these tests",
         bin.display()
     );
     bin
