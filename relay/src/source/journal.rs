@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// How often the stream is looked at (does it still exist, is it the same one, have we
 /// caught up).
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+const STALLED_CHECKS: u32 = 2;
 
 /// Reads `HERALD_JOURNAL`.
 #[derive(Debug)]
@@ -54,7 +55,17 @@ struct Reader {
     last_seq: u64,
     /// Messages applied during the load (for the log line).
     loaded_messages: u64,
+    /// `last_seq` at the previous stream check, and how many checks in a row found the stream
+    /// ahead of it with no progress (see [`STALLED_CHECKS`]).
+    seq_at_check: u64,
+    stalled_checks: u32,
 }
+
+/// Stream checks in a row that find the journal ahead of the consumer while it delivers nothing
+/// before the consumer is replaced. The ordered consumer recreates itself after a reconnect, but
+/// when the JetStream meta leader was lost it can wait out a 10 s request timeout first (fault
+/// test `cluster_node_killed`); a fresh consumer is quicker, and re-reading the journal is
+/// harmless (merge is max: only what was missed is fanned out).
 
 /// Log limiters per kind of bad message.
 #[derive(Default)]
@@ -151,6 +162,8 @@ impl JournalSource {
             stream: info,
             last_seq: 0,
             loaded_messages: 0,
+            seq_at_check: 0,
+            stalled_checks: 0,
         };
         if to_deliver == 0 {
             self.loaded(intake, &reader, started);
@@ -177,7 +190,7 @@ impl JournalSource {
                     None => return Ok(Ended::Restart("the consumer's message stream ended".into())),
                 },
                 _ = watch.tick() => {
-                    if let Some(ended) = self.check_stream(intake, &reader, started).await {
+                    if let Some(ended) = self.check_stream(intake, &mut reader, started).await {
                         return Ok(ended);
                     }
                 }
@@ -276,7 +289,7 @@ impl JournalSource {
     async fn check_stream(
         &self,
         intake: &mut Intake,
-        reader: &Reader,
+        reader: &mut Reader,
         started: Instant,
     ) -> Option<Ended> {
         let info = match self.js.get_stream(JOURNAL_STREAM).await {
@@ -303,6 +316,20 @@ impl JournalSource {
             && (info.state.messages == 0 || info.state.last_sequence <= reader.last_seq)
         {
             self.loaded(intake, reader, started);
+        }
+        let behind = info.state.last_sequence > reader.last_seq;
+        if behind && reader.last_seq == reader.seq_at_check {
+            reader.stalled_checks += 1;
+        } else {
+            reader.stalled_checks = 0;
+        }
+        reader.seq_at_check = reader.last_seq;
+        if reader.stalled_checks >= STALLED_CHECKS {
+            metrics::counter!("herald_relay_consumer_stalls_total").increment(1);
+            return Some(Ended::Restart(format!(
+                "the journal consumer stalled: the stream is at {}, applied up to {}",
+                info.state.last_sequence, reader.last_seq
+            )));
         }
         None
     }
