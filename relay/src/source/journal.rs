@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 /// How often the stream is looked at (does it still exist, is it the same one, have we
 /// caught up).
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// Stream checks in a row that find the journal ahead of the consumer while it delivers nothing
+/// before the consumer is replaced. The ordered consumer recreates itself after a reconnect, but
+/// when the JetStream meta leader was lost it can wait out a 10 s request timeout first (fault
+/// test `cluster_node_killed`); a fresh consumer is quicker, and re-reading the journal is
+/// harmless (merge is max: only what was missed is fanned out).
 const STALLED_CHECKS: u32 = 2;
 
 /// Reads `HERALD_JOURNAL`.
@@ -60,12 +65,6 @@ struct Reader {
     seq_at_check: u64,
     stalled_checks: u32,
 }
-
-/// Stream checks in a row that find the journal ahead of the consumer while it delivers nothing
-/// before the consumer is replaced. The ordered consumer recreates itself after a reconnect, but
-/// when the JetStream meta leader was lost it can wait out a 10 s request timeout first (fault
-/// test `cluster_node_killed`); a fresh consumer is quicker, and re-reading the journal is
-/// harmless (merge is max: only what was missed is fanned out).
 
 /// Log limiters per kind of bad message.
 #[derive(Default)]
