@@ -167,25 +167,7 @@ async fn run(setup: WorkerSetup) {
             return;
         }
     };
-    let admission = RefCell::new(Admission::new(
-        limits.handshake_rate as f64 / workers.max(1) as f64,
-        limits.handshake_rate_per_source as f64 / workers.max(1) as f64,
-        Instant::now(),
-    ));
-    let worker = Rc::new(Worker {
-        id,
-        conns: RefCell::new(Slab::new()),
-        interest: RefCell::new(Interest::default()),
-        source,
-        verifier,
-        limits,
-        shared,
-        scratch: RefCell::new(vec![0; SCRATCH]),
-        stats: WorkerStats::default(),
-        admission,
-        epoch: Instant::now(),
-        drain_quota: Cell::new(None),
-    });
+    let worker = Rc::new(Worker::new(id, source, verifier, limits, shared, workers));
     let w = worker.clone();
     tokio::task::spawn_local(async move {
         while let Some(batch) = fanout.recv().await {
@@ -249,6 +231,37 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, shutdown: &Can
 }
 
 impl Worker {
+    /// A worker's state; `workers` is how many share the process (rates are split).
+    #[must_use]
+    pub fn new(
+        id: usize,
+        source: Source,
+        verifier: Arc<Verifier>,
+        limits: ConnLimits,
+        shared: Arc<Shared>,
+        workers: usize,
+    ) -> Self {
+        let admission = RefCell::new(Admission::new(
+            limits.handshake_rate as f64 / workers.max(1) as f64,
+            limits.handshake_rate_per_source as f64 / workers.max(1) as f64,
+            Instant::now(),
+        ));
+        Worker {
+            id,
+            conns: RefCell::new(Slab::new()),
+            interest: RefCell::new(Interest::default()),
+            source,
+            verifier,
+            limits,
+            shared,
+            scratch: RefCell::new(vec![0; SCRATCH]),
+            stats: WorkerStats::default(),
+            admission,
+            epoch: Instant::now(),
+            drain_quota: Cell::new(None),
+        }
+    }
+
     /// Current tick.
     #[must_use]
     pub fn now(&self) -> u32 {
@@ -422,4 +435,46 @@ fn encode_changed(ns: u64, sjid: u64) -> Bytes {
 /// A uniformly random delay in `[lo, hi]` milliseconds, for `reconnect_after_ms`.
 pub fn jitter_ms(lo: u64, hi: u64) -> u64 {
     rand::rng().random_range(lo..=hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, ServeArgs};
+    use crate::latest::LatestTable;
+    use clap::Parser;
+
+    fn args() -> ServeArgs {
+        Cli::try_parse_from(["herald-gateway"])
+            .expect("defaults")
+            .serve
+    }
+
+    /// Every idle connection is one task whose future lives as long as the connection: its size
+    /// is per-connection memory. A large await point added to `handler::run` (the distributed
+    /// look-up once added ~650 B to every connection) fails this.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let verifier = Arc::new(Verifier::new(std::collections::HashMap::new(), None, None));
+        let source = Source::Embedded(Arc::new(LatestTable::new()));
+        let worker = Rc::new(Worker::new(
+            0,
+            source,
+            verifier,
+            args().conn_limits(1024),
+            Arc::new(Shared::default()),
+            1,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"));
+        let (accepted, _client) = tokio::join!(listener.accept(), client);
+        let stream = accepted.expect("accept").0;
+        let conn = Rc::new(Conn::new(stream, 0, 0, 0, 0));
+        let task = handler::run(worker, conn);
+        let size = std::mem::size_of_val(&task);
+        println!("connection task future: {size} B");
+        assert!(size <= 256, "the connection task's future grew to {size} B");
+    }
 }
