@@ -288,10 +288,7 @@ impl GatewayProcess {
 
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     /// Kills it (if running) and starts it again with the same data dir, key and flags. The
@@ -303,27 +300,13 @@ impl GatewayProcess {
 
     /// Sends SIGTERM (the process drains, then exits).
     pub fn sigterm(&self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let pid = i32::try_from(self.pid()).expect("pid fits i32");
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("kill -TERM");
+        crate::process::sigterm(self.pid());
     }
 
     /// Waits up to `limit` for the process to exit; returns its exit status, or `None` if it is
     /// still running.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let child = self.child.as_mut()?;
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::process::wait_exit(&mut self.child, limit).await
     }
 
     fn log_path(&self) -> PathBuf {
@@ -333,22 +316,14 @@ impl GatewayProcess {
     /// The last `lines` lines of the gateway's stderr.
     #[must_use]
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::process::log_tail(&self.log_path(), lines)
     }
 }
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
         self.kill9();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- last lines of herald-gateway's stderr ({}) ---\n{}\n---",
-                self.log_path().display(),
-                self.log_tail(30)
-            );
-        }
+        crate::process::show_log_if_panicking("herald-gateway", &self.log_path());
     }
 }
 

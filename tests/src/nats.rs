@@ -187,10 +187,7 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL); the store dir stays.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     /// Starts it (again) on the same port with the same store.
@@ -498,10 +495,7 @@ impl RelayProcess {
 
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::process::kill9(&mut self.child);
     }
 
     /// Kills it and starts it again with the same flags; waits for the new ready line (new
@@ -514,27 +508,12 @@ impl RelayProcess {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let pid = self.child.as_ref().expect("relay running").id();
-        let pid = i32::try_from(pid).expect("pid fits i32");
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("kill -TERM");
+        crate::process::sigterm(self.child.as_ref().expect("relay running").id());
     }
 
     /// Waits up to `limit` for the process to exit; its status, or `None` if still running.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let child = self.child.as_mut()?;
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::process::wait_exit(&mut self.child, limit).await
     }
 
     fn log_path(&self) -> PathBuf {
@@ -544,22 +523,14 @@ impl RelayProcess {
     /// The last `lines` lines of the relay's stderr.
     #[must_use]
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::process::log_tail(&self.log_path(), lines)
     }
 }
 
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         self.kill9();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- last lines of herald-relay's stderr ({}) ---\n{}\n---",
-                self.log_path().display(),
-                self.log_tail(30)
-            );
-        }
+        crate::process::show_log_if_panicking("herald-relay", &self.log_path());
     }
 }
 

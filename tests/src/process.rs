@@ -1,0 +1,58 @@
+//! What every harness process (gateway, relay, nats-server) does the same way: stop by pid, wait
+//! for an exit with a bound, and show the end of its log when a test fails.
+
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::time::Duration;
+
+/// Kills the child with SIGKILL (if running) and reaps it.
+pub fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Sends SIGTERM to `pid`.
+pub fn sigterm(pid: u32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pid = i32::try_from(pid).expect("pid fits i32");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("kill -TERM");
+}
+
+/// Waits up to `limit` for the child to exit: its status (and the child is forgotten), or `None`
+/// if it is still running (or was not).
+pub async fn wait_exit(child: &mut Option<Child>, limit: Duration) -> Option<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let c = child.as_mut()?;
+        if let Some(status) = c.try_wait().expect("try_wait") {
+            *child = None;
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last `lines` lines of a log file (empty if it cannot be read).
+#[must_use]
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// For `Drop`: when the test is failing, prints the end of `name`'s log.
+pub fn show_log_if_panicking(name: &str, path: &Path) {
+    if std::thread::panicking() {
+        eprintln!(
+            "--- last lines of {name}'s stderr ({}) ---\n{}\n---",
+            path.display(),
+            log_tail(path, 30)
+        );
+    }
+}
