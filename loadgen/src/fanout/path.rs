@@ -1,0 +1,230 @@
+//! One path: its temp dir, its servers (gateway, and relay + nats-server on the nats path),
+//! its receivers, and its phases.
+
+use super::bench::Bench;
+use super::print::mib;
+use super::publish::Publish;
+use super::receiver::{Receiver, Receivers};
+use super::report::PathReport;
+use super::{FanoutArgs, PathKind};
+use crate::gateway::Gateway;
+use crate::natsproc::{self, NatsServer, Relay};
+use crate::procfs;
+use crate::receive::now_us;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// How long a distributed gateway may take to report ready (its upstream subscribed).
+const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Gateway heartbeat announced to the receivers: they stay silent, so the longest allowed.
+const HEARTBEAT_MS: &str = "900000";
+
+/// A temp dir removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-fanout-{}-{name}-{}",
+            std::process::id(),
+            now_us()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        crate::reaper::register_dir(&dir);
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A binary next to this one, unless given.
+fn sibling(explicit: Option<&String>, name: &str) -> anyhow::Result<String> {
+    if let Some(bin) = explicit {
+        return Ok(bin.clone());
+    }
+    let path = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join(name))
+        .ok_or_else(|| anyhow::anyhow!("no directory of the current executable"))?;
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist: build it (cargo build --release -p herald-gateway -p herald-relay \
+         -p herald-loadgen) or pass its path",
+        path.display()
+    );
+    Ok(path.display().to_string())
+}
+
+pub(super) fn run_path(
+    rt: &tokio::runtime::Runtime,
+    args: &FanoutArgs,
+    kind: PathKind,
+    index: usize,
+) -> anyhow::Result<PathReport> {
+    let dir = TempDir::new(kind.name())?;
+    let gateway_bin = sibling(args.gateway_bin.as_ref(), "herald-gateway")?;
+    let gateway_log = dir.0.join("gateway.log");
+    let mut gateway_args = vec![
+        "--heartbeat-ms".to_owned(),
+        HEARTBEAT_MS.to_owned(),
+        "--partitions".to_owned(),
+        args.partitions.to_string(),
+    ];
+    let mut servers: Vec<(String, u32)> = Vec::new();
+    let (nats, relay, description) = match kind {
+        PathKind::Standalone => {
+            gateway_args.push("--data-dir".into());
+            gateway_args.push(dir.0.join("data").display().to_string());
+            if !args.journal_sync {
+                gateway_args.push("--journal-no-sync".into());
+            }
+            let sync = if args.journal_sync {
+                "fdatasync per publish"
+            } else {
+                "--journal-no-sync: compares fan-out paths, not fsync"
+            };
+            (
+                None,
+                None,
+                format!(
+                    "herald-gateway with its embedded journal ({sync}); POST /v1/publish over one kept-alive HTTP/1.1 connection"
+                ),
+            )
+        }
+        PathKind::Nats => {
+            let nats_bin = natsproc::nats_server_binary(args.nats_server.as_deref())?;
+            let relay_bin = sibling(args.relay_bin.as_ref(), "herald-relay")?;
+            let nats = NatsServer::start(&nats_bin, &dir.0)?;
+            let relay_log = dir.0.join("relay.log");
+            let relay = Relay::start(
+                &relay_bin,
+                &nats.url(),
+                &[
+                    "--coalesce-us".into(),
+                    args.coalesce_us.to_string(),
+                    "--partitions".into(),
+                    args.partitions.to_string(),
+                ],
+                &relay_log,
+            )?;
+            gateway_args.push("--nats".into());
+            gateway_args.push(nats.url());
+            (
+                Some(nats),
+                Some(relay),
+                format!(
+                    "nats-server -js + herald-relay --coalesce-us {} + herald-gateway --nats; herald_relay::Publisher to JetStream",
+                    args.coalesce_us
+                ),
+            )
+        }
+    };
+    gateway_args.extend(args.gateway_arg.iter().cloned());
+    println!("\n== {}: {description}", kind.name());
+    let gateway = Gateway::start_with(
+        &gateway_bin,
+        &gateway_args,
+        Stdio::from(std::fs::File::create(&gateway_log)?),
+    )
+    .and_then(|g| g.wait_ready(GATEWAY_READY_TIMEOUT).map(|()| g))
+    .map_err(|e| anyhow::anyhow!("{e}; gateway log:\n{}", natsproc::tail(&gateway_log, 20)))?;
+    servers.push(("gateway".into(), gateway.pid));
+    if let Some(relay) = &relay {
+        servers.push(("relay".into(), relay.pid));
+    }
+    if let Some(nats) = &nats {
+        servers.push(("nats-server".into(), nats.pid));
+    }
+    let publisher = rt.block_on(Publish::connect(
+        kind,
+        gateway.admin,
+        nats.as_ref().map(NatsServer::url),
+        args.partitions,
+    ))?;
+
+    // Receivers: each path uses its own 127.0.<index + 1>.x source addresses, so sockets a
+    // previous path left in TIME_WAIT never take the ports this one needs.
+    let started = Instant::now();
+    let mut receivers = Receivers(Vec::new());
+    let mut first = 0;
+    while first < args.conns {
+        let count = (args.conns - first).min(args.per_process);
+        let k = receivers.0.len();
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, (index + 1) as u8, (2 + k) as u8));
+        receivers
+            .0
+            .push(Receiver::spawn(args, &gateway, source, count, first)?);
+        first += count;
+    }
+    let deadline = started + Duration::from_secs(args.connect_timeout_s);
+    for r in &receivers.0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = r
+            .recv(left)
+            .map_err(|e| anyhow::anyhow!("opening connections: {e}"))?;
+        anyhow::ensure!(
+            line.starts_with("ready"),
+            "receiver said {line:?} instead of ready"
+        );
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let gateway_rss_bytes = procfs::rss_bytes(gateway.pid)?;
+    println!(
+        "  {} connections in {} receiver processes subscribed in {:.1} s; gateway RSS {:.1} MiB",
+        args.conns,
+        receivers.0.len(),
+        connect_seconds,
+        mib(gateway_rss_bytes)
+    );
+
+    let resyncs = |g: &Gateway| match kind {
+        PathKind::Nats => g.metric("herald_upstream_resyncs_total").ok().flatten(),
+        PathKind::Standalone => None,
+    };
+    let gateway_upstream_resyncs_at_start = resyncs(&gateway);
+    let mut bench = Bench::new(args, servers, receivers, publisher);
+    let mut phases = Vec::new();
+    if args.rate > 0 && args.seconds > 0 {
+        phases.push(rt.block_on(bench.paced())?);
+    }
+    if args.burst > 0 {
+        phases.push(rt.block_on(bench.burst())?);
+    }
+    // The gateway flushes its counters to /metrics every sweep (500 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let gateway_rss_end_bytes = procfs::rss_bytes(gateway.pid)?;
+    let report = PathReport {
+        path: kind,
+        description,
+        connections: args.conns,
+        namespaces: args.namespaces,
+        subscribers_per_namespace: args.conns as f64 / args.namespaces as f64,
+        receiver_processes: bench.receivers.0.len(),
+        connect_seconds,
+        gateway_rss_bytes,
+        gateway_rss_end_bytes,
+        gateway_notifications_sent: gateway
+            .metric("herald_notifications_sent_total")
+            .ok()
+            .flatten(),
+        gateway_slow_consumers: gateway.metric("herald_slow_consumers_total").ok().flatten(),
+        gateway_upstream_resyncs_at_start,
+        gateway_upstream_resyncs: resyncs(&gateway),
+        phases,
+    };
+    // Servers first, so the server side of each connection closes first and the receivers'
+    // ports are not left in TIME_WAIT; then the receivers (their guards kill them).
+    drop(gateway);
+    drop(relay);
+    drop(nats);
+    drop(bench);
+    drop(dir);
+    Ok(report)
+}
