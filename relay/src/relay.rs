@@ -92,7 +92,10 @@ async fn serve(
         stream::check_server(&client.server_info(), &url)?;
     }
     tracing::info!(version = %client.server_info().version, "connected to NATS");
-    let js = async_nats::jetstream::new(client.clone());
+    let mut js = async_nats::jetstream::new(client.clone());
+    // JetStream API calls (stream checks, consumer creation) give up after 5 s instead of 10 s,
+    // so a relay whose cluster is electing a new meta leader retries sooner.
+    js.set_timeout(std::time::Duration::from_secs(5));
 
     let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
     let fanout_settings = args.fanout();

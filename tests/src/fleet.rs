@@ -25,9 +25,9 @@ pub const NAMESPACES: u64 = 30;
 /// Managed clients per scenario.
 pub const CLIENTS: usize = 20;
 /// Bound on a whole scenario (after it got its turn), processes' start included.
-pub const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(100);
 /// Bound on the part of a scenario that runs clients and the publisher.
-pub const PHASE_LIMIT: Duration = Duration::from_secs(45);
+pub const PHASE_LIMIT: Duration = Duration::from_secs(85);
 /// Publishing before the fault.
 pub const STEADY: Duration = Duration::from_secs(2);
 /// Publishing after recovery.
