@@ -73,45 +73,12 @@ async fn only_relay_killed_and_restarted() {
         let mut rng = seed(name);
         let nats = NatsServer::start();
         let mut relay = RelayProcess::start(&nats.url(), relay_options()).await;
-        let old_epoch = relay.epoch();
         let gw = GatewayProcess::start(gateway_options(&nats.url()));
-        phase(name, async {
-            let checker = Checker::new();
-            let fleet = Fleet::start(&checker, &[ws_url(&gw)], &gw.token_all(), &mut rng).await?;
-            let feed = Feed::start(&nats.url(), &checker, &mut rng).await?;
-            tokio::time::sleep(STEADY).await;
-
-            relay.kill9();
-            let at_kill = feed.acked();
-            // Publishes still ack while no relay runs.
-            feed.acked_beyond(at_kill, 150, WAIT).await?;
-            let resyncs_before = gateway_metric(&gw, "herald_upstream_resyncs_total").await;
-            relay.restart().await;
-            let during = feed.acked() - at_kill;
-            if relay.epoch() == old_epoch {
-                return Err("the restarted relay kept its epoch".into());
-            }
-            let caught_up = fleet.catch_up(&checker, WAIT).await?;
-            tokio::time::sleep(AFTER).await;
-            let resyncs =
-                gateway_metric(&gw, "herald_upstream_resyncs_total").await - resyncs_before;
-
-            let extra = format!(
-                "; {during} changes published while no relay was ready; caught up \
-                 {caught_up:.1?} after the restarted relay was ready; {resyncs} resyncs"
-            );
-            finish(name, &checker, feed, &fleet, &extra).await?;
-            if resyncs < 1.0 {
-                return Err("the gateway did not resync after the relay's new epoch".into());
-            }
-            if caught_up > DELIVERY_BOUND {
-                return Err(format!(
-                    "clients caught up {caught_up:?} after the relay was back, over the \
-                     {DELIVERY_BOUND:?} delivery bound"
-                ));
-            }
-            Ok(())
-        })
+        let what = "the only relay";
+        phase(
+            name,
+            relay_outage(name, what, &mut relay, &gw, &nats.url(), 150, &mut rng),
+        )
         .await;
     })
     .await;
@@ -358,45 +325,65 @@ async fn tier_n_relay_killed_and_restarted() {
         let _tier0 = RelayProcess::start(&core.url(), relay_options()).await;
         let tier1_options = relay_options().arg("--upstream-nats", core.url());
         let mut tier1 = RelayProcess::start(&pop.url(), tier1_options).await;
-        let old_epoch = tier1.epoch();
         let gw = GatewayProcess::start(gateway_options(&pop.url()));
-        phase(name, async {
-            let checker = Checker::new();
-            let fleet = Fleet::start(&checker, &[ws_url(&gw)], &gw.token_all(), &mut rng).await?;
-            let feed = Feed::start(&core.url(), &checker, &mut rng).await?;
-            tokio::time::sleep(STEADY).await;
-
-            tier1.kill9();
-            let at_kill = feed.acked();
-            feed.acked_beyond(at_kill, 100, WAIT).await?;
-            let resyncs_before = gateway_metric(&gw, "herald_upstream_resyncs_total").await;
-            tier1.restart().await;
-            let during = feed.acked() - at_kill;
-            if tier1.epoch() == old_epoch {
-                return Err("the restarted tier-1 relay kept its epoch".into());
-            }
-            let caught_up = fleet.catch_up(&checker, WAIT).await?;
-            tokio::time::sleep(AFTER).await;
-            let resyncs =
-                gateway_metric(&gw, "herald_upstream_resyncs_total").await - resyncs_before;
-
-            let extra = format!(
-                "; {during} changes published while the tier-1 relay was down; caught up \
-                 {caught_up:.1?} after it was ready again; {resyncs} resyncs"
-            );
-            finish(name, &checker, feed, &fleet, &extra).await?;
-            if resyncs < 1.0 {
-                return Err("the gateway did not resync after the tier-1 relay's new epoch".into());
-            }
-            if caught_up > DELIVERY_BOUND {
-                return Err(format!(
-                    "clients caught up {caught_up:?} after the tier-1 relay was back, over the \
-                     {DELIVERY_BOUND:?} delivery bound"
-                ));
-            }
-            Ok(())
-        })
+        let what = "the tier-1 relay";
+        phase(
+            name,
+            relay_outage(name, what, &mut tier1, &gw, &core.url(), 100, &mut rng),
+        )
         .await;
     })
     .await;
+}
+
+/// Scenarios 2 and 7: with a fleet and a journal feed running, `relay` is killed with SIGKILL,
+/// `while_down` changes are acknowledged while it is gone, and it restarts. It must come back with
+/// a new epoch, the gateway must resync, and the clients must catch up within the delivery bound;
+/// then the Checker proves nothing was missed.
+async fn relay_outage(
+    name: &str,
+    what: &str,
+    relay: &mut RelayProcess,
+    gw: &GatewayProcess,
+    feed_url: &str,
+    while_down: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(), String> {
+    let old_epoch = relay.epoch();
+    let checker = Checker::new();
+    let fleet = Fleet::start(&checker, &[ws_url(gw)], &gw.token_all(), rng).await?;
+    let feed = Feed::start(feed_url, &checker, rng).await?;
+    tokio::time::sleep(STEADY).await;
+
+    relay.kill9();
+    let at_kill = feed.acked();
+    // Publishes still ack while the relay is down: the journal is JetStream.
+    feed.acked_beyond(at_kill, while_down, WAIT).await?;
+    let resyncs_before = gateway_metric(gw, "herald_upstream_resyncs_total").await;
+    relay.restart().await;
+    let during = feed.acked() - at_kill;
+    if relay.epoch() == old_epoch {
+        return Err(format!("{what} kept its epoch across the restart"));
+    }
+    let caught_up = fleet.catch_up(&checker, WAIT).await?;
+    tokio::time::sleep(AFTER).await;
+    let resyncs = gateway_metric(gw, "herald_upstream_resyncs_total").await - resyncs_before;
+
+    let extra = format!(
+        "; {during} changes published while {what} was down; caught up {caught_up:.1?} after it \
+         was ready again; {resyncs} resyncs"
+    );
+    finish(name, &checker, feed, &fleet, &extra).await?;
+    if resyncs < 1.0 {
+        return Err(format!(
+            "the gateway did not resync after {what}'s new epoch"
+        ));
+    }
+    if caught_up > DELIVERY_BOUND {
+        return Err(format!(
+            "clients caught up {caught_up:?} after {what} was back, over the {DELIVERY_BOUND:?} \
+             delivery bound"
+        ));
+    }
+    Ok(())
 }
