@@ -1,6 +1,6 @@
 //! A gateway under test: started as a child process, or attached to by address and pid.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -55,15 +55,7 @@ impl Gateway {
             token: String::new(),
             child: Some(child),
         };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = crate::lines::stdout_lines(stdout);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut token = None;
         let (ws, admin) = loop {

@@ -17,32 +17,41 @@ use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 /// Arguments of `hold`.
+/// The connections one child process opens: shared by `hold` (idle) and `receive` (fan-out).
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct HoldArgs {
+pub(crate) struct ConnSet {
     /// Gateway WebSocket address.
     #[arg(long)]
-    ws: SocketAddr,
+    pub(crate) ws: SocketAddr,
     /// Token for HELLO.
     #[arg(long)]
-    token: String,
+    pub(crate) token: String,
     /// Connections to open.
     #[arg(long)]
-    count: usize,
+    pub(crate) count: usize,
     /// Source address to bind.
     #[arg(long, default_value = "127.0.0.1")]
-    source: IpAddr,
-    /// Namespaces in the pattern (connection i subscribes to namespaces from i onwards, modulo this).
+    pub(crate) source: IpAddr,
+    /// Namespaces in the pattern (connection i of the run starts at namespace i modulo this).
     #[arg(long, default_value_t = 1000)]
-    namespaces: u64,
+    pub(crate) namespaces: u64,
+    /// Index of this process's first connection in the whole run (spreads namespaces evenly).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) first: u64,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) parallel: usize,
+}
+
+/// Arguments of `hold`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HoldArgs {
+    /// Which connections.
+    #[command(flatten)]
+    conns: ConnSet,
     /// Subscriptions per connection.
     #[arg(long, default_value_t = 1)]
     subs_per_conn: u64,
-    /// Index of this process's first connection in the whole run (spreads namespaces evenly).
-    #[arg(long, default_value_t = 0)]
-    first: u64,
-    /// Connections being set up at once.
-    #[arg(long, default_value_t = 200)]
-    parallel: usize,
 }
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
@@ -57,20 +66,20 @@ pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
 async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..args.parallel.min(args.count).max(1) {
+    for _ in 0..args.conns.parallel.min(args.conns.count).max(1) {
         let (args, next) = (args.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= args.count {
+                if i >= args.conns.count {
                     return Ok::<_, anyhow::Error>(held);
                 }
-                held.push(open(&args, args.first + i as u64).await?);
+                held.push(open(&args, args.conns.first + i as u64).await?);
             }
         }));
     }
-    let mut conns: Vec<Ws> = Vec::with_capacity(args.count);
+    let mut conns: Vec<Ws> = Vec::with_capacity(args.conns.count);
     for t in tasks {
         conns.extend(t.await??);
     }
@@ -92,13 +101,21 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
 /// Connects, says HELLO, subscribes, and waits for the PONG that proves the subscription is live.
 async fn open(args: &HoldArgs, index: u64) -> anyhow::Result<Ws> {
     let pairs: Vec<(u64, u64)> = (0..args.subs_per_conn)
-        .map(|k| ((index + k) % args.namespaces, 0))
+        .map(|k| ((index + k) % args.conns.namespaces, 0))
         .collect();
     // Small buffers: this process holds thousands of these.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    open_subscribed(args.ws, &args.token, args.source, pairs, index, config).await
+    open_subscribed(
+        args.conns.ws,
+        &args.conns.token,
+        args.conns.source,
+        pairs,
+        index,
+        config,
+    )
+    .await
 }
 
 /// Connects from `source`, says HELLO with `token`, subscribes to `pairs` (`(ns, cursor)`), and

@@ -19,6 +19,7 @@ mod fanout;
 mod gateway;
 mod hold;
 mod idle;
+mod lines;
 mod natsproc;
 mod procfs;
 mod reaper;

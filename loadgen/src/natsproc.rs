@@ -2,7 +2,7 @@
 //! loopback port with a throwaway store (never the machine's own NATS), and `herald-relay`.
 //! Both are killed (SIGKILL) and reaped on drop; every wait has a timeout.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,15 +164,7 @@ impl Relay {
             pid: child.id(),
             child: Some(child),
         };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = crate::lines::stdout_lines(stdout);
         let deadline = Instant::now() + RELAY_READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

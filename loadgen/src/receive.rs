@@ -17,7 +17,7 @@
 //!
 //! EOF on stdin ends the process.
 
-use crate::hold::{Ws, open_subscribed};
+use crate::hold::{ConnSet, Ws, open_subscribed};
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -27,7 +27,6 @@ use herald_proto::{ClientFrame, ServerFrame};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
@@ -43,27 +42,9 @@ const MAX_ERRORS: usize = 5;
 /// Arguments of `receive`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ReceiveArgs {
-    /// Gateway WebSocket address.
-    #[arg(long)]
-    ws: SocketAddr,
-    /// Token for HELLO.
-    #[arg(long)]
-    token: String,
-    /// Connections to open.
-    #[arg(long)]
-    count: usize,
-    /// Source address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    source: IpAddr,
-    /// Namespaces (connection i of the run subscribes to namespace i % this).
-    #[arg(long, default_value_t = 1000)]
-    namespaces: u64,
-    /// Index of this process's first connection in the whole run.
-    #[arg(long, default_value_t = 0)]
-    first: u64,
-    /// Connections being set up at once.
-    #[arg(long, default_value_t = 200)]
-    parallel: usize,
+    /// Which connections (each subscribes to its one namespace, `index % namespaces`).
+    #[command(flatten)]
+    conns: ConnSet,
     /// tungstenite read buffer per connection, bytes.
     #[arg(long, default_value_t = 4096)]
     read_buffer: usize,
@@ -321,32 +302,39 @@ async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
         .read_buffer_size(args.read_buffer)
         .write_buffer_size(0);
     // Open in `parallel` lanes; lane k opens connections k, k + parallel, …
-    let lanes = args.parallel.min(args.count).max(1);
+    let lanes = args.conns.parallel.min(args.conns.count).max(1);
     let mut opening = Vec::with_capacity(lanes);
     for lane in 0..lanes {
         let args = args.clone();
         opening.push(tokio::task::spawn_local(async move {
             let mut out = Vec::new();
-            for i in (lane..args.count).step_by(lanes) {
-                let index = args.first + i as u64;
-                let pairs = vec![(index % args.namespaces, 0)];
-                let ws = open_subscribed(args.ws, &args.token, args.source, pairs, index, config)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("connection {index}: {e}"))?;
+            for i in (lane..args.conns.count).step_by(lanes) {
+                let index = args.conns.first + i as u64;
+                let pairs = vec![(index % args.conns.namespaces, 0)];
+                let ws = open_subscribed(
+                    args.conns.ws,
+                    &args.conns.token,
+                    args.conns.source,
+                    pairs,
+                    index,
+                    config,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("connection {index}: {e}"))?;
                 out.push((i, ws));
             }
             Ok::<_, anyhow::Error>(out)
         }));
     }
-    let mut sockets: Vec<Option<Ws>> = (0..args.count).map(|_| None).collect();
+    let mut sockets: Vec<Option<Ws>> = (0..args.conns.count).map(|_| None).collect();
     for lane in opening {
         for (i, ws) in lane.await?? {
             sockets[i] = Some(ws);
         }
     }
-    let conns = (0..args.count)
+    let conns = (0..args.conns.count)
         .map(|i| Conn {
-            ns: (args.first + i as u64) % args.namespaces,
+            ns: (args.conns.first + i as u64) % args.conns.namespaces,
             last: 0,
             received: 0,
         })
@@ -356,7 +344,7 @@ async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
         let ws = ws.ok_or_else(|| anyhow::anyhow!("connection {i} was not opened"))?;
         tokio::task::spawn_local(read_loop(i, ws, state.clone()));
     }
-    say(&format!("ready {}", args.count))?;
+    say(&format!("ready {}", args.conns.count))?;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {

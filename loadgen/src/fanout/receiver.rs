@@ -4,7 +4,7 @@
 use super::FanoutArgs;
 use crate::gateway::Gateway;
 use crate::receive::{Progress, Report as ReceiverReport};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -45,15 +45,7 @@ impl Receiver {
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("receiver has no stdout"))?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::lines::stdout_lines(stdout);
         Ok(Receiver {
             pid: child.id(),
             child: Some(child),
