@@ -76,6 +76,20 @@ pub struct ServeArgs {
     /// Client listener (WebSocket `/v1/connect`).
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// WebSocket-over-TLS listener (`wss`, and long-poll over HTTPS). Needs `--tls-cert` and
+    /// `--tls-key`.
+    #[arg(long, env = "HERALD_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// QUIC listener (UDP, ALPN `herald/1`). Needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "HERALD_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for TLS and QUIC, leaf first (ECDSA P-256 or Ed25519). Read
+    /// again on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM, PKCS#8 or SEC1) of `--tls-cert`. Read again on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Admin listener (publish, health, metrics). Keep it on loopback or a private network.
     #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
@@ -223,6 +237,14 @@ impl ServeArgs {
             anyhow::bail!(
                 "--lookup-deadline-ms must be at least --upstream-request-timeout-ms (and both above 0)"
             );
+        }
+        if (self.tls_listen.is_some() || self.quic_listen.is_some())
+            && (self.tls_cert.is_none() || self.tls_key.is_none())
+        {
+            anyhow::bail!("--tls-listen and --quic-listen need --tls-cert and --tls-key");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!("--tls-cert and --tls-key go together");
         }
         if self.outbox_limit_bytes < 4096 {
             anyhow::bail!("--outbox-limit-bytes must be at least 4096");

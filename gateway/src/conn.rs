@@ -2,6 +2,9 @@
 //! events. No read buffer while idle (reads go to the worker's scratch buffer; only a partial
 //! frame is carried), no writer task or channel (the fan-out writes straight to the socket and
 //! queues only what the socket refuses), no timer (the worker's sweep checks deadlines).
+//!
+//! The session core (phase, subscriptions, outbox, deadlines) is the same for every transport;
+//! [`Io`] is the byte stream under it and [`Transport`] says how frames are put on it.
 
 use bytes::Bytes;
 use herald_proto::{Code, NsGrant, ServerFrame, ws};
@@ -10,6 +13,106 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 use tokio::net::TcpStream;
+
+/// How a connection's frames are put on the wire (PROTOCOL.md "Transports").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One binary WebSocket message per frame (plain or TLS).
+    WebSocket,
+    /// Each frame preceded by its length as a varint, on one QUIC stream.
+    Quic,
+    /// HTTP long-poll: no frames; one JSON reply when a change arrives.
+    LongPoll,
+}
+
+impl Transport {
+    /// Appends `payload` (one encoded Herald frame) to `out` as this transport carries it.
+    pub fn wrap(self, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Transport::WebSocket => ws::encode_frame(ws::opcode::BINARY, payload, out),
+            Transport::Quic => {
+                herald_proto::varint::encode(payload.len() as u64, out);
+                out.extend_from_slice(payload);
+            }
+            // Long-poll replies are JSON built by the long-poll module, never frames.
+            Transport::LongPoll => {}
+        }
+    }
+}
+
+/// One change for the fan-out, encoded at most once per transport and shared by every recipient
+/// on that transport.
+#[derive(Debug)]
+pub struct SharedChange {
+    /// Namespace.
+    pub ns: u64,
+    /// Its new SJID.
+    pub sjid: u64,
+    websocket: Option<Bytes>,
+    quic: Option<Bytes>,
+}
+
+impl SharedChange {
+    /// A change not encoded yet.
+    #[must_use]
+    pub fn new(ns: u64, sjid: u64) -> Self {
+        SharedChange {
+            ns,
+            sjid,
+            websocket: None,
+            quic: None,
+        }
+    }
+
+    /// The CHANGED frame as `transport` carries it (encoded on first use).
+    pub fn wire(&mut self, transport: Transport) -> &Bytes {
+        let slot = match transport {
+            Transport::Quic => &mut self.quic,
+            Transport::WebSocket | Transport::LongPoll => &mut self.websocket,
+        };
+        let (ns, sjid) = (self.ns, self.sjid);
+        slot.get_or_insert_with(|| {
+            let mut payload = Vec::with_capacity(24);
+            ServerFrame::Changed(vec![(ns, sjid)]).encode(&mut payload);
+            let mut wire = Vec::with_capacity(payload.len() + 2 + ws::MAX_SERVER_HEADER);
+            transport.wrap(&payload, &mut wire);
+            Bytes::from(wire)
+        })
+    }
+}
+
+/// The byte stream under a connection.
+pub enum Io {
+    /// A TCP socket: the HTTP request, then WebSocket frames (or a long-poll reply).
+    Tcp(TcpStream),
+}
+
+impl Io {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Io::Tcp(s) => s.poll_read_ready(cx).map(|_| ()),
+        }
+    }
+
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Io::Tcp(s) => s.poll_write_ready(cx).map(|_| ()),
+        }
+    }
+
+    /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    pub fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.try_read(buf),
+        }
+    }
+
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.try_write_vectored(bufs),
+        }
+    }
+}
 
 use crate::session::{Registered, Subscriptions};
 
@@ -40,8 +143,8 @@ pub struct Ready {
 
 /// A connection, shared (single-threaded `Rc`) by its task, the fan-out and the sweep.
 pub struct Conn {
-    /// The socket. Readiness is polled by the task; writes may come from the fan-out.
-    pub stream: TcpStream,
+    /// The byte stream. Readiness is polled by the task; writes may come from the fan-out.
+    pub io: Io,
     /// Slot in the worker's connection table (also the id in the interest table).
     pub key: u32,
     /// Everything mutable. Borrowed only in synchronous sections, never across an await.
@@ -54,6 +157,8 @@ pub struct Conn {
 pub struct ConnState {
     /// Protocol phase.
     pub phase: Phase,
+    /// How frames are written (a TCP connection is WebSocket until its request says long-poll).
+    pub transport: Transport,
     /// Bytes of an incomplete frame (or HTTP head) carried to the next read. Empty (no
     /// allocation) whenever the client is between frames.
     pub partial: Vec<u8>,
@@ -96,17 +201,19 @@ impl Conn {
     /// A new connection in the HTTP phase, with its handshake deadline.
     #[must_use]
     pub fn new(
-        stream: TcpStream,
+        io: Io,
+        transport: Transport,
         key: u32,
         now: u32,
         handshake_deadline: u32,
         session_id: u64,
     ) -> Self {
         Conn {
-            stream,
+            io,
             key,
             state: RefCell::new(ConnState {
                 phase: Phase::Http,
+                transport,
                 partial: Vec::new(),
                 assembler: ws::Assembler::default(),
                 outbox: VecDeque::new(),
@@ -144,8 +251,8 @@ impl Conn {
                 *w = Some(cx.waker().clone());
             }
         }
-        let writable = !st.outbox.is_empty() && self.stream.poll_write_ready(cx).is_ready();
-        let readable = self.stream.poll_read_ready(cx).is_ready();
+        let writable = !st.outbox.is_empty() && self.io.poll_write_ready(cx).is_ready();
+        let readable = self.io.poll_read_ready(cx).is_ready();
         if writable || readable {
             Poll::Ready(Ready {
                 readable,
@@ -164,12 +271,12 @@ impl Conn {
         }
     }
 
-    /// Sends frame bytes shared with other recipients (fan-out). Writes at once when nothing is
+    /// Sends a change shared with other recipients (fan-out). Writes at once when nothing is
     /// queued; queues what the socket refuses; past `limit` queued bytes, the client is a slow
     /// consumer. Returns true if this made it one.
     pub fn send_shared(
         &self,
-        frame: &Bytes,
+        change: &mut SharedChange,
         limit: usize,
         goaway_ms: impl FnOnce() -> u64,
         now: u32,
@@ -178,6 +285,7 @@ impl Conn {
         if st.phase != Phase::Open {
             return false;
         }
+        let frame = change.wire(st.transport);
         let was_empty = st.outbox.is_empty();
         st.outbox_bytes += frame.len();
         st.outbox.push_back(frame.clone());
@@ -215,7 +323,7 @@ impl Conn {
             for (slot, buf) in slices.iter_mut().zip(st.outbox.iter()) {
                 *slot = IoSlice::new(buf);
             }
-            match self.stream.try_write_vectored(&slices[..n]) {
+            match self.io.try_write_vectored(&slices[..n]) {
                 Ok(0) => {
                     st.exit = true;
                     return;
@@ -252,12 +360,12 @@ impl Conn {
     }
 }
 
-/// Appends a Herald frame, wrapped in a WebSocket binary frame, to the outbox.
+/// Appends a Herald frame, as the connection's transport carries it, to the outbox.
 pub fn queue_frame(st: &mut ConnState, frame: &ServerFrame) {
     let mut payload = Vec::with_capacity(32);
     frame.encode(&mut payload);
     let mut wire = Vec::with_capacity(payload.len() + ws::MAX_SERVER_HEADER);
-    ws::encode_frame(ws::opcode::BINARY, &payload, &mut wire);
+    st.transport.wrap(&payload, &mut wire);
     queue_bytes(st, wire);
 }
 
@@ -276,9 +384,10 @@ pub fn goaway(code: Code, reconnect_after_ms: u64) -> ServerFrame {
     }
 }
 
-/// Starts closing: sends `frame` (ERROR or GOAWAY, or nothing for a timeout), then a WebSocket
-/// close with 4000 + `code`. The socket is dropped when the client answers the close or within
-/// five seconds.
+/// Starts closing: sends `frame` (ERROR or GOAWAY, or nothing for a timeout), then ends the
+/// session the transport's way. WebSocket: a close with 4000 + `code`, and the socket is dropped
+/// when the client answers it or within five seconds. Other transports: the connection ends once
+/// the frame is flushed (or at the same deadline).
 pub fn close_with(st: &mut ConnState, frame: Option<ServerFrame>, code: Code, now: u32) {
     if st.phase == Phase::Closing {
         return;
@@ -290,13 +399,23 @@ pub fn close_with(st: &mut ConnState, frame: Option<ServerFrame>, code: Code, no
     if let Some(f) = frame {
         queue_frame(st, &f);
     }
-    let mut close = Vec::with_capacity(16);
-    ws::encode_close(
-        code.ws_close_code().unwrap_or(ws::CLOSE_NORMAL),
-        code.name(),
-        &mut close,
-    );
-    queue_bytes(st, close);
+    match st.transport {
+        Transport::WebSocket => {
+            let mut close = Vec::with_capacity(16);
+            ws::encode_close(
+                code.ws_close_code().unwrap_or(ws::CLOSE_NORMAL),
+                code.name(),
+                &mut close,
+            );
+            queue_bytes(st, close);
+        }
+        Transport::Quic | Transport::LongPoll => {
+            st.exit_when_flushed = true;
+            if st.outbox.is_empty() {
+                st.exit = true;
+            }
+        }
+    }
     st.phase = Phase::Closing;
     st.deadline = now.saturating_add(crate::worker::CLOSE_GRACE_TICKS);
     st.partial = Vec::new();

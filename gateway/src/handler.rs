@@ -1,13 +1,13 @@
 //! The task of one connection: wait for readiness, read into the worker's scratch buffer, run
 //! the bytes through the HTTP upgrade, the WebSocket framing and the session rules, and flush.
 
-use crate::conn::{Conn, ConnState, Phase, close_with, queue_bytes, queue_frame};
-use crate::session;
+use crate::conn::{Conn, ConnState, Phase, queue_bytes};
+use crate::dispatch::{bad_frame, finish_subscribe, on_frame};
 use crate::upgrade::{self, Admission, Decision};
 use crate::worker::{CLOSE_GRACE_TICKS, Worker};
+use herald_proto::MAX_CLIENT_FRAME;
 use herald_proto::frame::decode_client;
 use herald_proto::ws::{self, Event, Step};
-use herald_proto::{ClientFrame, Code, MAX_CLIENT_FRAME, PROTOCOL_VERSION, ServerFrame};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -43,7 +43,7 @@ fn on_readable(worker: &Worker, conn: &Conn) {
     let mut st = conn.state.borrow_mut();
     let carry = st.partial.len();
     scratch[..carry].copy_from_slice(&st.partial);
-    let n = match conn.stream.try_read(&mut scratch[carry..]) {
+    let n = match conn.io.try_read(&mut scratch[carry..]) {
         Ok(0) => {
             st.exit = true;
             return;
@@ -62,51 +62,10 @@ fn on_readable(worker: &Worker, conn: &Conn) {
 
 /// Processes `buf` and keeps what was not consumed (an incomplete frame, or frames after a
 /// SUBSCRIBE that is waiting for its look-up) for later.
-fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) {
+pub fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) {
     let used = process(worker, conn, st, buf);
     if used < buf.len() && !st.exit {
         st.partial = buf[used..].to_vec();
-    }
-}
-
-/// Completes a SUBSCRIBE whose look-up had to wait (distributed mode), then goes on with the
-/// frames that arrived behind it.
-async fn finish_subscribe(worker: &Worker, conn: &Conn, reg: session::Registered) {
-    let ns: Vec<u64> = reg.namespaces().collect();
-    let looked_up = worker.source.resolve(&reg.added, &ns).await;
-    let mut st = conn.state.borrow_mut();
-    let latest = match looked_up {
-        Ok(latest) => latest,
-        Err(e) => {
-            tracing::warn!(session = %format_args!("{:016x}", st.session_id), error = %e, "look-up failed; sending the client elsewhere");
-            metrics::counter!("herald_lookup_failures_total").increment(1);
-            let goaway =
-                crate::conn::goaway(Code::OVERLOADED, crate::worker::jitter_ms(1000, 5000));
-            close_with(&mut st, Some(goaway), Code::OVERLOADED, worker.now());
-            return;
-        }
-    };
-    let outcome = session::complete(
-        &mut st.subs,
-        conn.key,
-        reg,
-        &mut worker.interest.borrow_mut(),
-        |n| latest.get(&n).copied().unwrap_or(0),
-    );
-    worker.source.drop_interest(&outcome.reset);
-    if st.phase == Phase::Open {
-        for frame in outcome.frames() {
-            queue_frame(&mut st, &frame);
-        }
-        let carried = std::mem::take(&mut st.partial);
-        if !carried.is_empty() {
-            let mut scratch = worker.scratch.borrow_mut();
-            scratch[..carried.len()].copy_from_slice(&carried);
-            consume(worker, conn, &mut st, &mut scratch[..carried.len()]);
-        }
-    }
-    if !st.outbox.is_empty() {
-        conn.flush_state(&mut st);
     }
 }
 
@@ -209,84 +168,4 @@ fn on_event(worker: &Worker, conn: &Conn, st: &mut ConnState, event: Event<'_>) 
             }
         }
     }
-}
-
-fn on_frame(worker: &Worker, conn: &Conn, st: &mut ConnState, frame: ClientFrame) {
-    match (st.phase, frame) {
-        (Phase::AwaitHello, ClientFrame::Hello { version, token }) => {
-            match session::hello(version, &token, &worker.verifier) {
-                Ok(claims) => {
-                    let now = worker.now();
-                    st.phase = Phase::Open;
-                    st.token_expires = worker.token_deadline(claims.exp, now);
-                    st.class = worker.limits.class_of(claims.cls.as_deref());
-                    st.grant = Some(Box::new(claims.ns));
-                    queue_frame(
-                        st,
-                        &ServerFrame::Welcome {
-                            version: PROTOCOL_VERSION,
-                            heartbeat_ms: worker.limits.heartbeat_of(st.class).as_millis() as u64,
-                            max_subscriptions: worker.limits.max_subscriptions,
-                            session_id: st.session_id.to_be_bytes().to_vec(),
-                        },
-                    );
-                    metrics::counter!("herald_sessions_opened_total").increment(1);
-                    tracing::debug!(session = %format_args!("{:016x}", st.session_id), sub = %claims.sub, "session open");
-                }
-                Err((error, auth)) => {
-                    let reason = auth.as_ref().map_or("unsupported_version", |e| e.label());
-                    metrics::counter!("herald_handshake_failures_total", "reason" => reason)
-                        .increment(1);
-                    tracing::debug!(session = %format_args!("{:016x}", st.session_id), reason, "HELLO refused");
-                    let code = match &error {
-                        ServerFrame::Error { code, .. } => *code,
-                        _ => Code::UNAUTHORIZED,
-                    };
-                    close_with(st, Some(error), code, worker.now());
-                }
-            }
-        }
-        (Phase::AwaitHello, _) => bad_frame(worker, st, "the first frame must be HELLO"),
-        (Phase::Open, ClientFrame::Hello { .. }) => {
-            bad_frame(worker, st, "HELLO was already received")
-        }
-        (Phase::Open, ClientFrame::Subscribe(pairs)) => {
-            let ConnState { subs, grant, .. } = &mut *st;
-            let Some(grant) = grant.as_deref() else {
-                return;
-            };
-            let mut interest = worker.interest.borrow_mut();
-            let max = worker.limits.max_subscriptions;
-            let reg = session::register(subs, conn.key, &pairs, grant, max, &mut interest);
-            match worker.source.local() {
-                Some(latest) => {
-                    let outcome =
-                        session::complete(subs, conn.key, reg, &mut interest, |ns| latest.get(ns));
-                    for frame in outcome.frames() {
-                        queue_frame(st, &frame);
-                    }
-                }
-                // The look-up needs the network: the task finishes it before the next frame.
-                None => st.pending = Some(Box::new(reg)),
-            }
-        }
-        (Phase::Open, ClientFrame::Unsubscribe(ns)) => {
-            let mut interest = worker.interest.borrow_mut();
-            let dropped = session::unsubscribe(&mut st.subs, conn.key, &ns, &mut interest);
-            worker.source.drop_interest(&dropped);
-        }
-        (Phase::Open, ClientFrame::Ping(nonce)) => queue_frame(st, &ServerFrame::Pong(nonce)),
-        (Phase::Open, ClientFrame::Pong(_)) => {}
-        (Phase::Http | Phase::Closing, _) => {}
-    }
-}
-
-fn bad_frame(worker: &Worker, st: &mut ConnState, message: &str) {
-    metrics::counter!("herald_protocol_errors_total").increment(1);
-    tracing::debug!(session = %format_args!("{:016x}", st.session_id), message, "bad frame");
-    let error = ServerFrame::Error {
-        code: Code::BAD_FRAME,
-        message: message.to_owned(),
-    };
-    close_with(st, Some(error), Code::BAD_FRAME, worker.now());
 }

@@ -23,10 +23,13 @@
 //! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table;
 //!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface.
 //! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
-//! - [`conn`]: one client connection's state and writes; [`handler`]: its task; [`upgrade`]: its HTTP handshake;
+//! - [`conn`]: one client connection's state, byte stream and writes, whatever the transport;
+//!   [`dispatch`]: what a client frame does to it, whatever the transport;
+//!   [`handler`]: the task of a TCP connection (HTTP, WebSocket); [`upgrade`]: its HTTP handshake;
 //!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
 //! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters;
 //!   [`admission`]: handshake rate limits.
+//! - [`tls`]: the certificate for `wss` and QUIC.
 //! - [`server`]: wires it all together (`run`).
 
 pub mod admin;
@@ -35,6 +38,7 @@ pub mod auth;
 pub mod config;
 pub mod config_file;
 pub mod conn;
+pub mod dispatch;
 pub mod handler;
 pub mod interest;
 pub mod journal;
@@ -44,5 +48,6 @@ pub mod server;
 pub mod session;
 pub mod source;
 pub mod stats;
+pub mod tls;
 pub mod upgrade;
 pub mod worker;

@@ -5,13 +5,12 @@
 use crate::admission::Admission;
 use crate::auth::{LEEWAY_S, Verifier};
 use crate::config::ConnLimits;
-use crate::conn::{Conn, Phase, close_with, goaway};
+use crate::conn::{Conn, Io, Phase, SharedChange, Transport, close_with, goaway};
 use crate::handler;
 use crate::interest::Interest;
 use crate::source::Source;
 use crate::stats::WorkerStats;
-use bytes::Bytes;
-use herald_proto::{Code, ServerFrame, ws};
+use herald_proto::Code;
 use rand::Rng;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
@@ -285,7 +284,8 @@ impl Worker {
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();
         let conn = Rc::new(Conn::new(
-            stream,
+            Io::Tcp(stream),
+            Transport::WebSocket,
             entry.key() as u32,
             now,
             deadline,
@@ -326,14 +326,13 @@ impl Worker {
                 continue;
             };
             already += subs.len() as u64;
-            let mut frame: Option<Bytes> = None;
+            let mut change = SharedChange::new(ns, sjid);
             for sub in subs.iter_mut().filter(|s| s.known < sjid) {
                 sub.known = sjid;
                 let Some(conn) = conns.get(sub.conn as usize) else {
                     continue;
                 };
-                let bytes = frame.get_or_insert_with(|| encode_changed(ns, sjid));
-                if conn.send_shared(bytes, limit, || jitter_ms(1000, 5000), now) {
+                if conn.send_shared(&mut change, limit, || jitter_ms(1000, 5000), now) {
                     self.stats.slow_consumers.add(1);
                     tracing::debug!(session = %format_args!("{:016x}", conn.state.borrow().session_id), "slow consumer");
                 }
@@ -423,15 +422,6 @@ impl Worker {
     }
 }
 
-/// One CHANGED frame inside a WebSocket binary frame, ready to write.
-fn encode_changed(ns: u64, sjid: u64) -> Bytes {
-    let mut payload = Vec::with_capacity(24);
-    ServerFrame::Changed(vec![(ns, sjid)]).encode(&mut payload);
-    let mut wire = Vec::with_capacity(payload.len() + 2);
-    ws::encode_frame(ws::opcode::BINARY, &payload, &mut wire);
-    Bytes::from(wire)
-}
-
 /// A uniformly random delay in `[lo, hi]` milliseconds, for `reconnect_after_ms`.
 pub fn jitter_ms(lo: u64, hi: u64) -> u64 {
     rand::rng().random_range(lo..=hi)
@@ -471,7 +461,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"));
         let (accepted, _client) = tokio::join!(listener.accept(), client);
         let stream = accepted.expect("accept").0;
-        let conn = Rc::new(Conn::new(stream, 0, 0, 0, 0));
+        let conn = Rc::new(Conn::new(Io::Tcp(stream), Transport::WebSocket, 0, 0, 0, 0));
         let task = handler::run(worker, conn);
         let size = std::mem::size_of_val(&task);
         println!("connection task future: {size} B");
