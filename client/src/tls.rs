@@ -57,7 +57,10 @@ impl TlsRoots {
                 let mut store = rustls::RootCertStore::empty();
                 let (added, _) = store.add_parsable_certificates(found.certs);
                 if added == 0 {
-                    return Err(format!("no usable system certificates ({:?})", found.errors));
+                    return Err(format!(
+                        "no usable system certificates ({:?})",
+                        found.errors
+                    ));
                 }
                 Ok(Self::from_root_store(store))
             })

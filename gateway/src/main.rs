@@ -68,7 +68,11 @@ fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
     println!(
         "certificate: {} ({}, self-signed, for {})\nprivate key: {}",
         cert.display(),
-        if args.ed25519 { "Ed25519" } else { "ECDSA P-256" },
+        if args.ed25519 {
+            "Ed25519"
+        } else {
+            "ECDSA P-256"
+        },
         args.sans.join(", "),
         key.display()
     );

@@ -56,8 +56,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     // `wss`: one more SO_REUSEPORT listener per worker, and the certificate SIGHUP reloads.
     let mut tls_listeners: Vec<Option<TcpListener>> = (0..workers).map(|_| None).collect();
     let mut wss = None;
-    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key)
-    {
+    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key) {
         let config = Arc::new(ReloadableConfig::load(cert, key, tls::wss_config)?);
         let bound = bind_reuseport(addr, workers)?;
         wss = Some((bound[0].local_addr()?, config));
@@ -243,7 +242,10 @@ async fn reload_on_sighup(config: Arc<ReloadableConfig>) {
         match tokio::task::spawn_blocking(move || config.reload()).await {
             Ok(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
             Ok(Err(e)) => {
-                tracing::error!(error = format!("{e:#}"), "SIGHUP: TLS certificate not reloaded; keeping the old one");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: TLS certificate not reloaded; keeping the old one"
+                );
             }
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
         }

@@ -32,11 +32,7 @@ pub fn load_identity(
     Ok((chain, key))
 }
 
-fn build_config(
-    cert: &Path,
-    key: &Path,
-    alpn: &[&[u8]],
-) -> anyhow::Result<rustls::ServerConfig> {
+fn build_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> anyhow::Result<rustls::ServerConfig> {
     let (chain, key_der) = load_identity(cert, key)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -147,7 +143,9 @@ pub fn self_signed(names: &[String], ed25519: bool) -> anyhow::Result<(String, S
         rcgen::DnType::CommonName,
         names.first().map_or("herald", String::as_str),
     );
-    let cert = params.self_signed(&key).context("signing the certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the certificate")?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -169,11 +167,17 @@ mod tests {
         let before = holder.current();
         std::fs::write(&cert, "not a certificate").unwrap();
         assert!(holder.reload().is_err());
-        assert!(Arc::ptr_eq(&before, &holder.current()), "kept the old config");
+        assert!(
+            Arc::ptr_eq(&before, &holder.current()),
+            "kept the old config"
+        );
         let (c, k) = self_signed(&["localhost".into()], false).unwrap();
         std::fs::write(&cert, c).unwrap();
         std::fs::write(&key, k).unwrap();
         holder.reload().unwrap();
-        assert!(!Arc::ptr_eq(&before, &holder.current()), "took the new config");
+        assert!(
+            !Arc::ptr_eq(&before, &holder.current()),
+            "took the new config"
+        );
     }
 }

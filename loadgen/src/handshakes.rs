@@ -37,7 +37,10 @@ pub(crate) struct HandshakeArgs {
 }
 
 pub(crate) fn run(args: &HandshakeArgs) -> anyhow::Result<()> {
-    let bin = args.gateway_bin.clone().unwrap_or_else(crate::idle::sibling_gateway);
+    let bin = args
+        .gateway_bin
+        .clone()
+        .unwrap_or_else(crate::idle::sibling_gateway);
     let data_dir = std::env::temp_dir().join(format!("herald-handshakes-{}", std::process::id()));
     let (cert, key) = gen_cert(&bin, &data_dir.join("tls"), args.ed25519)?;
     let extra: Vec<String> = [
@@ -84,8 +87,12 @@ async fn measure(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..args.parallel.max(1) {
-        let (connector, done, failed, stop) =
-            (connector.clone(), done.clone(), failed.clone(), stop.clone());
+        let (connector, done, failed, stop) = (
+            connector.clone(),
+            done.clone(),
+            failed.clone(),
+            stop.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match tokio::time::timeout(Duration::from_secs(10), handshake(&connector, wss))
@@ -120,7 +127,11 @@ async fn measure(
         "TLS handshakes ({}, one gateway worker, {} in flight): {count} in {elapsed:.1} s = {:.0}/s wall clock; \
          gateway CPU {cpu:.2} s = {per_1000:.3} CPU-s per 1000 handshakes = {:.0} handshakes/s per gateway core; \
          {} failed",
-        if args.ed25519 { "Ed25519" } else { "ECDSA P-256" },
+        if args.ed25519 {
+            "Ed25519"
+        } else {
+            "ECDSA P-256"
+        },
         args.parallel,
         count as f64 / elapsed,
         if cpu > 0.0 { count as f64 / cpu } else { 0.0 },

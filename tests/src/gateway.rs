@@ -203,7 +203,8 @@ impl GatewayProcess {
     /// The `wss` listener's address (started with [`GatewayOptions::tls`]).
     #[must_use]
     pub fn wss_addr(&self) -> SocketAddr {
-        self.wss.expect("gateway started without GatewayOptions::tls")
+        self.wss
+            .expect("gateway started without GatewayOptions::tls")
     }
 
     /// Where the gateway's TLS certificate (PEM) is.

@@ -55,7 +55,9 @@ impl TlsRoots {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(path).expect("read certificate") {
-            roots.add(cert.expect("PEM certificate")).expect("trust anchor");
+            roots
+                .add(cert.expect("PEM certificate"))
+                .expect("trust anchor");
         }
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -28,7 +28,9 @@ async fn wss_session_subscribe_changed_reset_denied() {
     gw.publish_ok(&[(10, 5)]).await;
 
     let mut c = WsClient::connect_tls(gw.wss_addr(), &roots).await;
-    let w = c.hello(&gw.token(NsGrant::list(vec![10, 11, 12]), 3600)).await;
+    let w = c
+        .hello(&gw.token(NsGrant::list(vec![10, 11, 12]), 3600))
+        .await;
     assert_eq!((w.version, w.session_id.len()), (1, 8));
 
     // Behind: CHANGED at once. Ahead of a namespace never published: RESET. Not granted: DENIED.
@@ -159,7 +161,10 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
             .is_err(),
         "the old certificate is no longer offered"
     );
-    assert_eq!(metric(&gw, "herald_tls_reloads_total{result=\"ok\"}").await, 1.0);
+    assert_eq!(
+        metric(&gw, "herald_tls_reloads_total{result=\"ok\"}").await,
+        1.0
+    );
 
     // The connection made before the reload keeps working and is notified.
     gw.publish_ok(&[(5, 1)]).await;
