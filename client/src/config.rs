@@ -2,6 +2,8 @@
 //! for a managed [`Client`](crate::Client).
 
 use std::fmt;
+
+use crate::tls::TlsRoots;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 pub type TokenSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Options for one WebSocket session ([`Connection::connect`](crate::Connection::connect)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Bound on TCP connect + WebSocket upgrade (+ HELLO/WELCOME for `connect`). Default 10 s,
@@ -19,6 +21,8 @@ pub struct ConnectOptions {
     /// Sets `TCP_NODELAY`. Default true: frames are small and a doorbell should not wait for
     /// Nagle.
     pub nodelay: bool,
+    /// Whom `wss://` URLs trust. Default `None`: the system's certificate store.
+    pub tls: Option<TlsRoots>,
 }
 
 impl Default for ConnectOptions {
@@ -26,6 +30,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             nodelay: true,
+            tls: None,
         }
     }
 }
@@ -35,7 +40,7 @@ impl Default for ConnectOptions {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// `ws://host:port/v1/connect`.
+    /// `ws://host:port/v1/connect` or `wss://host:port/v1/connect`.
     pub url: String,
     /// Other gateways to try: each connection attempt (after a failure, a GOAWAY or a dropped
     /// session) takes the next of `url`, then these, in turn. Empty by default.
@@ -57,6 +62,8 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Seeds the backoff jitter, for deterministic tests. `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Whom `wss://` URLs trust (default `None`: the system's certificate store).
+    pub tls: Option<TlsRoots>,
 }
 
 impl ClientConfig {
@@ -81,6 +88,7 @@ impl ClientConfig {
             heartbeat: None,
             event_capacity: 1024,
             rng_seed: None,
+            tls: None,
         }
     }
 
@@ -97,6 +105,7 @@ impl ClientConfig {
     pub(crate) fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             connect_timeout: self.connect_timeout,
+            tls: self.tls.clone(),
             ..ConnectOptions::default()
         }
     }

@@ -16,10 +16,13 @@ use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 
 use crate::config::ConnectOptions;
 use crate::error::ClientError;
+use crate::tls::TlsRoots;
 
 /// The socket type behind a [`Connection`].
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -74,7 +77,8 @@ fn ws_config() -> WebSocketConfig {
 }
 
 impl Connection {
-    /// Connects to `url` (`ws://host:port/v1/connect`), offers `herald.v1`, sends HELLO with
+    /// Connects to `url` (`ws://host:port/v1/connect`, or `wss://` trusting `opts.tls`), offers
+    /// `herald.v1`, sends HELLO with
     /// `token` and waits for WELCOME, all within `opts.connect_timeout`.
     ///
     /// An ERROR in reply becomes [`ClientError::Server`], a close [`ClientError::Closed`].
@@ -83,22 +87,24 @@ impl Connection {
         token: &str,
         opts: ConnectOptions,
     ) -> Result<(Connection, Welcome), ClientError> {
+        let limit = opts.connect_timeout;
         let attempt = async {
             let mut conn = Self::open_inner(url, opts).await?;
             let welcome = conn.hello(token).await?;
             Ok((conn, welcome))
         };
-        timeout(opts.connect_timeout, attempt)
+        timeout(limit, attempt)
             .await
-            .map_err(|_| ClientError::ConnectTimeout(opts.connect_timeout))?
+            .map_err(|_| ClientError::ConnectTimeout(limit))?
     }
 
     /// Only the WebSocket upgrade (subprotocol checked), no HELLO: for tests that need to send a
     /// bad first frame. Follow with [`hello`](Connection::hello) for a normal session.
     pub async fn open(url: &str, opts: ConnectOptions) -> Result<Connection, ClientError> {
-        timeout(opts.connect_timeout, Self::open_inner(url, opts))
+        let limit = opts.connect_timeout;
+        timeout(limit, Self::open_inner(url, opts))
             .await
-            .map_err(|_| ClientError::ConnectTimeout(opts.connect_timeout))?
+            .map_err(|_| ClientError::ConnectTimeout(limit))?
     }
 
     async fn open_inner(url: &str, opts: ConnectOptions) -> Result<Connection, ClientError> {
@@ -109,9 +115,18 @@ impl Connection {
             SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(WS_SUBPROTOCOL),
         );
-        let (ws, resp) = connect_async_with_config(req, Some(ws_config()), opts.nodelay)
-            .await
-            .map_err(ClientError::from_ws)?;
+        // `wss://`: rustls with the configured roots (or the system's); `ws://`: plain TCP.
+        let connector = match req.uri().scheme_str() {
+            Some("wss") => Some(Connector::Rustls(match &opts.tls {
+                Some(roots) => roots.config(),
+                None => TlsRoots::native()?.config(),
+            })),
+            _ => None,
+        };
+        let (ws, resp) =
+            connect_async_tls_with_config(req, Some(ws_config()), opts.nodelay, connector)
+                .await
+                .map_err(ClientError::from_ws)?;
         let selected = resp
             .headers()
             .get(SEC_WEBSOCKET_PROTOCOL)

@@ -13,8 +13,7 @@ use tokio_tungstenite::tungstenite::{self, error::ProtocolError, http::header::R
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The URL could not be turned into a WebSocket request (bad syntax, unsupported scheme, or
-    /// `wss://` in this build, which has no TLS).
+    /// The URL could not be turned into a WebSocket request (bad syntax, unsupported scheme).
     #[error("invalid url: {0}")]
     InvalidUrl(String),
     /// TCP connect, WebSocket upgrade and (for [`Connection::connect`](crate::Connection::connect))
@@ -36,7 +35,11 @@ pub enum ClientError {
         /// What the server selected, if anything.
         selected: Option<String>,
     },
-    /// An I/O or WebSocket-level failure (reset, refused, oversized message, ...).
+    /// The TLS trust anchors could not be loaded (a bad PEM file, no system certificates).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// An I/O or WebSocket-level failure (reset, refused, oversized message, a certificate the
+    /// client does not trust, ...).
     #[error("transport: {0}")]
     Transport(String),
     /// The server sent ERROR; it closes the connection next.

@@ -40,11 +40,13 @@
 //! - [`backoff`]: [`Backoff`], exponential backoff with full jitter.
 //! - [`cursors`]: [`Cursors`], `ns -> cursor` and the splitting of long subscriptions.
 //! - [`event`]: [`Event`] and [`EventStream`].
+//! - [`tls`]: [`TlsRoots`], the trust anchors of `wss://`.
 //! - `client.rs`: [`Client`], the handle; `task.rs`: its background task (connect, sleep,
 //!   classify closes); `session.rs`: one live session inside it (heartbeat, frames, barriers).
 //!
-//! Not supported: `wss://` (the workspace builds tokio-tungstenite without TLS) and the QUIC and
-//! long-poll transports.
+//! `wss://` URLs are served over rustls (aws-lc-rs); [`TlsRoots`] in [`ConnectOptions`] or
+//! [`ClientConfig`] says whom they trust (default: the system's store). Not supported yet: the
+//! QUIC and long-poll transports.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -53,6 +55,7 @@ pub mod connection;
 pub mod cursors;
 pub mod error;
 pub mod event;
+pub mod tls;
 
 mod client;
 mod session;
@@ -66,5 +69,6 @@ pub use cursors::Cursors;
 pub use error::ClientError;
 pub use event::{Event, EventStream};
 pub use herald_proto::{ClientFrame, Code, ServerFrame};
+pub use tls::TlsRoots;
 /// The WebSocket message type [`Connection::send_raw`] takes.
 pub use tokio_tungstenite::tungstenite::Message;

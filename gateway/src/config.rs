@@ -38,6 +38,27 @@ pub enum Command {
     },
     /// Print a signed token.
     MintToken(MintArgs),
+    /// Write a self-signed TLS certificate and its key (for `--tls-cert` / `--tls-key` in
+    /// development and tests): NAME.crt.pem and NAME.key.pem.
+    GenCert(GenCertArgs),
+}
+
+/// `gen-cert` arguments.
+#[derive(Debug, Args)]
+pub struct GenCertArgs {
+    /// Path prefix of the two files (neither may exist yet).
+    #[arg(long, default_value = "herald-tls")]
+    pub out: PathBuf,
+    /// Names the certificate is valid for, DNS names or IP addresses (repeat or comma-separate).
+    #[arg(
+        long = "san",
+        value_delimiter = ',',
+        default_values = ["localhost", "127.0.0.1", "::1"]
+    )]
+    pub sans: Vec<String>,
+    /// An Ed25519 key instead of ECDSA P-256.
+    #[arg(long)]
+    pub ed25519: bool,
 }
 
 /// `mint-token` arguments.

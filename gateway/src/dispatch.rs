@@ -44,7 +44,7 @@ pub async fn finish_subscribe(worker: &Worker, conn: &Conn, reg: session::Regist
             resume(worker, conn, &mut st, &mut scratch[..carried.len()]);
         }
     }
-    if !st.outbox.is_empty() {
+    if conn.has_output(&st) {
         conn.flush_state(&mut st);
     }
 }

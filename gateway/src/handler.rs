@@ -29,12 +29,13 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>) {
             on_readable(&worker, &conn);
         }
         let mut st = conn.state.borrow_mut();
-        if !st.outbox.is_empty() {
+        if conn.has_output(&st) {
             conn.flush_state(&mut st);
         } else if st.exit_when_flushed {
             st.exit = true;
         }
     }
+    conn.io.shutdown();
     worker.release(&conn);
 }
 

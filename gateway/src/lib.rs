@@ -29,7 +29,8 @@
 //!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
 //! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters;
 //!   [`admission`]: handshake rate limits.
-//! - [`tls`]: the certificate for `wss` and QUIC.
+//! - [`tls`]: the certificate for `wss` and QUIC (reloaded on SIGHUP, self-signed for `gen-cert`);
+//!   [`tls_stream`]: TLS under a connection, rustls' unbuffered API with per-worker buffers.
 //! - [`server`]: wires it all together (`run`).
 
 pub mod admin;
@@ -49,5 +50,6 @@ pub mod session;
 pub mod source;
 pub mod stats;
 pub mod tls;
+pub mod tls_stream;
 pub mod upgrade;
 pub mod worker;

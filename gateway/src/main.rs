@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use herald_gateway::config::{Cli, Command, MintArgs};
+use herald_gateway::config::{Cli, Command, GenCertArgs, MintArgs};
 use herald_gateway::keys::{SigningKey, claims_for, parse_ns_list};
 
 #[cfg(feature = "jemalloc")]
@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::GenKey { out }) => gen_key(&out),
         Some(Command::MintToken(args)) => mint(&args),
+        Some(Command::GenCert(args)) => gen_cert(&args),
         None => {
             init_logging(&cli.serve.log_format);
             let metrics = herald_gateway::server::install_metrics()?;
@@ -51,6 +52,29 @@ fn gen_key(out: &std::path::Path) -> anyhow::Result<()> {
         "private key: {}\npublic key:  {}",
         private.display(),
         public.display()
+    );
+    Ok(())
+}
+
+fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
+    let (cert_pem, key_pem) = herald_gateway::tls::self_signed(&args.sans, args.ed25519)?;
+    let cert = args.out.with_extension("crt.pem");
+    let key = args.out.with_extension("key.pem");
+    if cert.exists() {
+        anyhow::bail!("{} exists already", cert.display());
+    }
+    write_private(&key, &key_pem)?;
+    std::fs::write(&cert, cert_pem).with_context(|| format!("writing {}", cert.display()))?;
+    println!(
+        "certificate: {} ({}, self-signed, for {})\nprivate key: {}",
+        cert.display(),
+        if args.ed25519 {
+            "Ed25519"
+        } else {
+            "ECDSA P-256"
+        },
+        args.sans.join(", "),
+        key.display()
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::journal::Journal;
 use crate::keys::{SigningKey, claims_for};
 use crate::latest::LatestTable;
 use crate::source::Source;
+use crate::tls::{self, ReloadableConfig};
 use crate::worker::{self, Batch, Shared, WorkerSetup};
 use anyhow::Context;
 use herald_proto::NsGrant;
@@ -52,10 +53,27 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
 
     let listeners = bind_reuseport(args.listen, workers)?;
     let ws_addr = listeners[0].local_addr()?;
+    // `wss`: one more SO_REUSEPORT listener per worker, and the certificate SIGHUP reloads.
+    let mut tls_listeners: Vec<Option<TcpListener>> = (0..workers).map(|_| None).collect();
+    let mut wss = None;
+    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key) {
+        let config = Arc::new(ReloadableConfig::load(cert, key, tls::wss_config)?);
+        let bound = bind_reuseport(addr, workers)?;
+        wss = Some((bound[0].local_addr()?, config));
+        tls_listeners = bound.into_iter().map(Some).collect();
+    }
+    if let Some((_, config)) = &wss {
+        tokio::spawn(reload_on_sighup(config.clone()));
+    }
     let shared = Arc::new(Shared::default());
     let shutdown = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers);
-    for (id, (listener, fanout)) in listeners.into_iter().zip(receivers).enumerate() {
+    for (id, ((listener, fanout), tls_listener)) in listeners
+        .into_iter()
+        .zip(receivers)
+        .zip(tls_listeners)
+        .enumerate()
+    {
         threads.push(worker::spawn(WorkerSetup {
             id,
             listener,
@@ -67,6 +85,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
             shutdown: shutdown.clone(),
             drain: std::time::Duration::from_secs(args.drain_s),
             workers,
+            tls: tls_listener.zip(wss.as_ref().map(|(_, config)| config.clone())),
         })?);
     }
 
@@ -93,9 +112,13 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     });
 
     shared.ready.store(true, Ordering::Relaxed);
-    tracing::info!(%ws_addr, %admin_addr, workers, max_connections = limits.max_connections, "herald gateway ready");
+    let wss_part = wss
+        .as_ref()
+        .map(|(addr, _)| format!(" wss={addr}"))
+        .unwrap_or_default();
+    tracing::info!(%ws_addr, %admin_addr, wss = %wss_part.trim(), workers, max_connections = limits.max_connections, "herald gateway ready");
     // A machine-readable line for scripts and tests (logs go to stderr).
-    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}");
+    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}{wss_part}");
 
     wait_for_signal().await?;
     tracing::info!(drain_s = args.drain_s, "draining");
@@ -201,6 +224,32 @@ fn open_files_limit() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(1024)
+}
+
+/// On every SIGHUP, reads the certificate and key again: new TLS handshakes use them, live
+/// connections keep theirs. A file that does not load is logged and the old certificate kept.
+async fn reload_on_sighup(config: Arc<ReloadableConfig>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; certificate reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let config = config.clone();
+        match tokio::task::spawn_blocking(move || config.reload()).await {
+            Ok(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: TLS certificate not reloaded; keeping the old one"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

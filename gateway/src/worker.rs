@@ -10,6 +10,8 @@ use crate::handler;
 use crate::interest::Interest;
 use crate::source::Source;
 use crate::stats::WorkerStats;
+use crate::tls::ReloadableConfig;
+use crate::tls_stream::TlsStream;
 use herald_proto::Code;
 use rand::Rng;
 use slab::Slab;
@@ -83,6 +85,8 @@ pub struct WorkerSetup {
     pub drain: Duration,
     /// Worker threads in the process (rates are split between them).
     pub workers: usize,
+    /// Its `wss` listener socket and the certificate holder, when `--tls-listen` is set.
+    pub tls: Option<(std::net::TcpListener, Arc<ReloadableConfig>)>,
 }
 
 /// A worker's state, shared by its tasks (single-threaded).
@@ -158,11 +162,20 @@ async fn run(setup: WorkerSetup) {
         shutdown,
         drain,
         workers,
+        tls,
     } = setup;
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(worker = id, error = %e, "listener could not join the runtime");
+            return;
+        }
+    };
+    let tls = match tls.map(|(l, config)| TcpListener::from_std(l).map(|l| (l, config))) {
+        None => None,
+        Some(Ok(pair)) => Some(pair),
+        Some(Err(e)) => {
+            tracing::error!(worker = id, error = %e, "TLS listener could not join the runtime");
             return;
         }
     };
@@ -186,8 +199,17 @@ async fn run(setup: WorkerSetup) {
             w.sweep(drain_ticks);
         }
     });
-    accept_loop(&worker, &listener, &shutdown).await;
+    match &tls {
+        None => accept_loop(&worker, &listener, None, &shutdown).await,
+        Some((tls_listener, config)) => {
+            tokio::join!(
+                accept_loop(&worker, &listener, None, &shutdown),
+                accept_loop(&worker, tls_listener, Some(config), &shutdown)
+            );
+        }
+    }
     drop(listener);
+    drop(tls);
     // Draining: the sweep sends GOAWAY spread over the drain period; wait for the clients to go.
     let deadline = Instant::now() + drain + TICK * CLOSE_GRACE_TICKS + SWEEP_EVERY;
     while !worker.conns.borrow().is_empty() && Instant::now() < deadline {
@@ -202,7 +224,14 @@ async fn run(setup: WorkerSetup) {
 }
 
 /// Accepts until shutdown. Errors (EMFILE, ENOBUFS) are logged and backed off, never fatal.
-async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, shutdown: &CancellationToken) {
+/// With `tls`, each connection starts a TLS session with the certificate current at accept; the
+/// handshake counts against the handshake timeout like the HTTP upgrade.
+async fn accept_loop(
+    worker: &Rc<Worker>,
+    listener: &TcpListener,
+    tls: Option<&ReloadableConfig>,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -217,7 +246,17 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, shutdown: &Can
                     .with_time(Duration::from_secs(60))
                     .with_interval(Duration::from_secs(10));
                 let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-                worker.admit(stream, peer.ip());
+                let io = match tls {
+                    None => Io::Tcp(stream),
+                    Some(config) => match TlsStream::new(stream, config.current()) {
+                        Ok(t) => Io::Tls(Box::new(t)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS session could not start");
+                            continue;
+                        }
+                    },
+                };
+                worker.admit(io, peer.ip());
             }
             Err(e) => {
                 tracing::warn!(worker = worker.id, error = %e, "accept failed; backing off");
@@ -275,7 +314,7 @@ impl Worker {
         now.saturating_add(duration_ticks(Duration::from_secs(left_s)) + 1)
     }
 
-    fn admit(self: &Rc<Self>, stream: tokio::net::TcpStream, source: std::net::IpAddr) {
+    fn admit(self: &Rc<Self>, io: Io, source: std::net::IpAddr) {
         let admitted = self.admission.borrow_mut().admit(source, Instant::now());
         let now = self.now();
         // Ticks are floored, so `now` may be up to one tick behind the accept: one tick more
@@ -284,7 +323,7 @@ impl Worker {
         let mut conns = self.conns.borrow_mut();
         let entry = conns.vacant_entry();
         let conn = Rc::new(Conn::new(
-            Io::Tcp(stream),
+            io,
             Transport::WebSocket,
             entry.key() as u32,
             now,

@@ -15,6 +15,8 @@ pub(crate) struct Gateway {
     pub(crate) admin: SocketAddr,
     pub(crate) pid: u32,
     pub(crate) token: String,
+    /// The `wss` listener, when started with `--tls-listen`.
+    pub(crate) wss: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -53,12 +55,13 @@ impl Gateway {
             admin: ([127, 0, 0, 1], 0).into(),
             pid: child.id(),
             token: String::new(),
+            wss: None,
             child: Some(child),
         };
         let rx = crate::lines::stdout_lines(stdout);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut token = None;
-        let (ws, admin) = loop {
+        let (ws, admin, wss) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(line) => line,
@@ -78,15 +81,17 @@ impl Gateway {
                         .find_map(|f| f.strip_prefix(k))
                         .and_then(|v| v.parse::<SocketAddr>().ok())
                 };
-                break field("ws=")
+                let (ws, admin) = field("ws=")
                     .zip(field("admin="))
                     .ok_or_else(|| anyhow::anyhow!("unreadable ready line {line:?}"))?;
+                break (ws, admin, field("wss="));
             }
         };
         // Keep draining stdout so the gateway never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         gateway.ws = ws;
         gateway.admin = admin;
+        gateway.wss = wss;
         gateway.token = token.ok_or_else(|| anyhow::anyhow!("gateway printed no dev token"))?;
         Ok(gateway)
     }
@@ -98,6 +103,7 @@ impl Gateway {
             admin,
             pid,
             token,
+            wss: None,
             child: None,
         }
     }
@@ -154,6 +160,30 @@ impl Gateway {
             .unwrap_or_default();
         Ok((status, body))
     }
+}
+
+/// Writes a self-signed certificate for 127.0.0.1 with `herald-gateway gen-cert` as
+/// `PREFIX.crt.pem` and `PREFIX.key.pem`; returns their paths.
+pub(crate) fn gen_cert(
+    bin: &str,
+    prefix: &std::path::Path,
+    ed25519: bool,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    if let Some(dir) = prefix.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut cmd = Command::new(bin);
+    cmd.args(["gen-cert", "--san", "127.0.0.1,localhost", "--out"])
+        .arg(prefix);
+    if ed25519 {
+        cmd.arg("--ed25519");
+    }
+    let out = cmd.stdout(Stdio::null()).status()?;
+    anyhow::ensure!(out.success(), "{bin} gen-cert failed");
+    Ok((
+        prefix.with_extension("crt.pem"),
+        prefix.with_extension("key.pem"),
+    ))
 }
 
 impl Drop for Gateway {

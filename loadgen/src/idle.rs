@@ -48,6 +48,10 @@ pub(crate) struct IdleArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Connect over TLS (`wss`): the started gateway gets `--tls-listen` and a self-signed
+    /// ECDSA P-256 certificate.
+    #[arg(long, conflicts_with = "ws")]
+    tls: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +67,7 @@ struct Step {
 
 pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("herald-idle-{}", std::process::id()));
+    let mut tls_ca = None;
     let gateway = match (args.ws, args.admin, args.pid, &args.token) {
         (Some(ws), Some(admin), Some(pid), Some(token)) => {
             Gateway::attach(ws, admin, pid, token.clone())
@@ -70,6 +75,13 @@ pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
         _ => {
             let bin = args.gateway_bin.clone().unwrap_or_else(sibling_gateway);
             let mut extra = vec!["--heartbeat-ms".to_owned(), "900000".to_owned()];
+            if args.tls {
+                let (cert, key) = crate::gateway::gen_cert(&bin, &data_dir.join("tls"), false)?;
+                extra.extend(["--tls-listen".into(), "127.0.0.1:0".into()]);
+                extra.extend(["--tls-cert".into(), cert.display().to_string()]);
+                extra.extend(["--tls-key".into(), key.display().to_string()]);
+                tls_ca = Some(cert);
+            }
             extra.extend(args.gateway_arg.iter().cloned());
             Gateway::start(&bin, &data_dir, &extra)?
         }
@@ -93,7 +105,14 @@ pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
             let count = (target - held).min(PER_PROCESS);
             // Each holder binds its own source address: 127.0.0.2, 127.0.0.3, …
             let source = format!("127.0.0.{}", 2 + holders.len());
-            holders.push(spawn_holder(args, &gateway, &source, count, held)?);
+            holders.push(spawn_holder(
+                args,
+                &gateway,
+                tls_ca.as_deref(),
+                &source,
+                count,
+                held,
+            )?);
             held += count;
         }
         let connect_seconds = started.elapsed().as_secs_f64();
@@ -139,15 +158,28 @@ pub(crate) fn run(args: &IdleArgs) -> anyhow::Result<()> {
 fn spawn_holder(
     args: &IdleArgs,
     gw: &Gateway,
+    tls_ca: Option<&std::path::Path>,
     source: &str,
     count: usize,
     first: usize,
 ) -> anyhow::Result<Child> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("hold")
+    let mut cmd = Command::new(std::env::current_exe()?);
+    // With TLS, the holders connect to the `wss` listener and trust its certificate.
+    let addr = match tls_ca {
+        Some(ca) => {
+            cmd.arg("hold").arg("--tls-ca").arg(ca);
+            gw.wss
+                .ok_or_else(|| anyhow::anyhow!("the gateway has no wss listener"))?
+        }
+        None => {
+            cmd.arg("hold");
+            gw.ws
+        }
+    };
+    let mut child = cmd
         .args([
             "--ws",
-            &gw.ws.to_string(),
+            &addr.to_string(),
             "--token",
             &gw.token,
             "--source",
@@ -183,7 +215,7 @@ fn heap(gw: &Gateway) -> Option<u64> {
         .map(|v| v as u64)
 }
 
-fn sibling_gateway() -> String {
+pub(crate) fn sibling_gateway() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("herald-gateway")))

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `idle`: the idle-memory benchmark. Starts (or attaches to) a gateway, opens connections in
-//!   child processes (`hold`), and reports the gateway's RSS and heap per connection at each step.
+//!   child processes (`hold`), and reports the gateway's RSS and heap per connection at each step
+//!   (`--tls`: over `wss`).
 //! - `hold`: a child process that holds up to ~19k subscribed, idle connections (the open-files
 //!   limit is 20000 per process), bound to its own source address.
 //! - `fanout`: the fan-out benchmark. Publishes paced (and optionally burst) changes through the
@@ -10,6 +11,8 @@
 //!   latency, deliveries/s and server CPU per 1M deliveries. Connections live in `receive`
 //!   child processes, which keep reading and measure each CHANGED.
 //! - `receive`: a child process that holds subscribed connections and records latencies.
+//! - `handshakes`: the TLS handshake benchmark (`tls-handshakes`): full handshakes a second on
+//!   one gateway worker and the gateway's CPU per 1000 handshakes.
 //! - `procfs`: reading another process's memory and CPU time.
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
@@ -17,6 +20,7 @@
 
 mod fanout;
 mod gateway;
+mod handshakes;
 mod hold;
 mod idle;
 mod lines;
@@ -49,6 +53,8 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// (internal) Hold connections and measure every CHANGED; used by `fanout`.
     Receive(receive::ReceiveArgs),
+    /// TLS handshake benchmark: full handshakes/s on one gateway worker and gateway CPU per 1000.
+    TlsHandshakes(handshakes::HandshakeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Command::Hold(args) => hold::run(&args),
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
+        Command::TlsHandshakes(args) => handshakes::run(&args),
     }
 }

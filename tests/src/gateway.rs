@@ -23,6 +23,9 @@ pub const KID: &str = "test";
 pub struct GatewayOptions {
     /// Flags passed as they are, after the harness's own.
     pub args: Vec<String>,
+    /// Also serve `wss` (`--tls-listen`) with a self-signed ECDSA P-256 certificate for
+    /// `localhost` and `127.0.0.1`, made in the gateway's temp dir.
+    pub tls: bool,
 }
 
 impl GatewayOptions {
@@ -30,6 +33,13 @@ impl GatewayOptions {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serves `wss` too, with a fresh self-signed certificate ([`GatewayProcess::tls_roots`]).
+    #[must_use]
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
     }
 
     /// Adds `flag value`, e.g. `.arg("--heartbeat-ms", "15000")`.
@@ -55,6 +65,8 @@ pub struct GatewayProcess {
     ws: SocketAddr,
     /// Admin (publish, health, metrics) listener.
     admin: SocketAddr,
+    /// `wss` listener, when started with [`GatewayOptions::tls`].
+    wss: Option<SocketAddr>,
 }
 
 /// `target/<profile>/herald-gateway`, beside the directory of the running test executable.
@@ -94,7 +106,20 @@ impl GatewayProcess {
             options,
             ws: ([127, 0, 0, 1], 0).into(),
             admin: ([127, 0, 0, 1], 0).into(),
+            wss: None,
         };
+        if gw.options.tls {
+            gw.write_new_cert();
+            let (cert, key) = (gw.cert_path(), gw.key_path());
+            gw.options.args.extend([
+                "--tls-listen".into(),
+                "127.0.0.1:0".into(),
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+            ]);
+        }
         gw.spawn();
         gw
     }
@@ -148,9 +173,10 @@ impl GatewayProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some((ws, admin)) = parse_ready(&line) {
+                    if let Some((ws, admin, wss)) = parse_ready(&line) {
                         self.ws = ws;
                         self.admin = admin;
+                        self.wss = wss;
                         return;
                     }
                 }
@@ -172,6 +198,48 @@ impl GatewayProcess {
     #[must_use]
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The `wss` listener's address (started with [`GatewayOptions::tls`]).
+    #[must_use]
+    pub fn wss_addr(&self) -> SocketAddr {
+        self.wss
+            .expect("gateway started without GatewayOptions::tls")
+    }
+
+    /// Where the gateway's TLS certificate (PEM) is.
+    #[must_use]
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls.crt.pem")
+    }
+
+    /// Where the gateway's TLS private key (PEM) is.
+    #[must_use]
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("tls.key.pem")
+    }
+
+    /// Replaces the certificate files by a new self-signed pair (not reloaded until SIGHUP).
+    pub fn write_new_cert(&self) {
+        let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let (cert, key) = herald_gateway::tls::self_signed(&names, false).expect("self-signed");
+        // Key first, then certificate, each by rename, so a reload never sees half a file.
+        for (path, pem) in [(self.key_path(), key), (self.cert_path(), cert)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, pem).expect("write TLS file");
+            std::fs::rename(&tmp, &path).expect("rename TLS file");
+        }
+    }
+
+    /// Trust anchors holding exactly the certificate now in [`cert_path`](Self::cert_path).
+    #[must_use]
+    pub fn tls_roots(&self) -> crate::ws::TlsRoots {
+        crate::ws::TlsRoots::from_pem_file(&self.cert_path())
+    }
+
+    /// Sends SIGHUP (the gateway reloads its certificate).
+    pub fn sighup(&self) {
+        crate::process::signal(self.pid(), nix::sys::signal::Signal::SIGHUP);
     }
 
     /// The process id (while running).
@@ -327,17 +395,20 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// Parses `herald-gateway ready ws=ADDR admin=ADDR`.
-fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// Parses `herald-gateway ready ws=ADDR admin=ADDR[ wss=ADDR]`.
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
     let rest = line.strip_prefix("herald-gateway ready ")?;
     let mut ws = None;
     let mut admin = None;
+    let mut wss = None;
     for part in rest.split_whitespace() {
         if let Some(v) = part.strip_prefix("ws=") {
             ws = v.parse().ok();
         } else if let Some(v) = part.strip_prefix("admin=") {
             admin = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("wss=") {
+            wss = v.parse().ok();
         }
     }
-    Some((ws?, admin?))
+    Some((ws?, admin?, wss))
 }

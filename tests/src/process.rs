@@ -15,10 +15,14 @@ pub fn kill9(child: &mut Option<Child>) {
 
 /// Sends SIGTERM to `pid`.
 pub fn sigterm(pid: u32) {
-    use nix::sys::signal::{Signal, kill};
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     use nix::unistd::Pid;
     let pid = i32::try_from(pid).expect("pid fits i32");
-    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("kill -TERM");
+    nix::sys::signal::kill(Pid::from_raw(pid), sig).expect("kill");
 }
 
 /// Waits up to `limit` for the child to exit: its status (and the child is forgotten), or `None`

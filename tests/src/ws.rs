@@ -42,6 +42,33 @@ pub enum Incoming {
     Timeout,
 }
 
+/// What a test client trusts for `wss`: a rustls client configuration (aws-lc-rs) whose roots
+/// are given certificates (a test gateway's self-signed one).
+#[derive(Clone)]
+pub struct TlsRoots(pub std::sync::Arc<rustls::ClientConfig>);
+
+impl TlsRoots {
+    /// Trusts the certificates in the PEM file at `path`.
+    #[must_use]
+    pub fn from_pem_file(path: &std::path::Path) -> Self {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(path).expect("read certificate") {
+            roots
+                .add(cert.expect("PEM certificate"))
+                .expect("trust anchor");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsRoots(std::sync::Arc::new(config))
+    }
+}
+
 /// A WebSocket connection to the gateway's client listener.
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -80,6 +107,39 @@ impl WsClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         Ok((WsClient { ws }, chosen))
+    }
+
+    /// Connects over TLS to `wss://127.0.0.1:PORT/v1/connect` trusting `roots`; asserts the
+    /// server chose `herald.v1`.
+    pub async fn connect_tls(addr: SocketAddr, roots: &TlsRoots) -> Self {
+        Self::try_connect_tls(addr, roots)
+            .await
+            .expect("wss handshake")
+    }
+
+    /// [`connect_tls`](Self::connect_tls), returning the error (e.g. an untrusted certificate).
+    pub async fn try_connect_tls(
+        addr: SocketAddr,
+        roots: &TlsRoots,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("wss://{addr}/v1/connect").into_client_request()?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            WS_SUBPROTOCOL.parse().expect("header value"),
+        );
+        let connector = tokio_tungstenite::Connector::Rustls(roots.0.clone());
+        let (ws, resp) = tokio::time::timeout(
+            crate::WAIT,
+            tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(connector)),
+        )
+        .await
+        .expect("wss handshake timed out")?;
+        let chosen = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(chosen, Some(WS_SUBPROTOCOL));
+        Ok(WsClient { ws })
     }
 
     /// Sends HELLO(1, token) and expects WELCOME.
