@@ -40,11 +40,13 @@
 //! - [`backoff`]: [`Backoff`], exponential backoff with full jitter.
 //! - [`cursors`]: [`Cursors`], `ns -> cursor` and the splitting of long subscriptions.
 //! - [`event`]: [`Event`] and [`EventStream`].
+//! - [`longpoll`]: the HTTP long-poll transport: [`LongPoller`] (managed, same [`Event`]s) and
+//!   one-shot polls.
 //! - `client.rs`: [`Client`], the handle; `task.rs`: its background task (connect, sleep,
 //!   classify closes); `session.rs`: one live session inside it (heartbeat, frames, barriers).
 //!
-//! Not supported: `wss://` (the workspace builds tokio-tungstenite without TLS) and the QUIC and
-//! long-poll transports.
+//! Not supported: `wss://` (the workspace builds tokio-tungstenite without TLS), `https://`
+//! long-poll, and the QUIC transport.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -53,6 +55,7 @@ pub mod connection;
 pub mod cursors;
 pub mod error;
 pub mod event;
+pub mod longpoll;
 
 mod client;
 mod session;
@@ -65,6 +68,7 @@ pub use connection::{Connection, Incoming, Welcome};
 pub use cursors::Cursors;
 pub use error::ClientError;
 pub use event::{Event, EventStream};
+pub use longpoll::{LongPollConfig, LongPoller};
 pub use herald_proto::{ClientFrame, Code, ServerFrame};
 /// The WebSocket message type [`Connection::send_raw`] takes.
 pub use tokio_tungstenite::tungstenite::Message;
