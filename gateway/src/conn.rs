@@ -222,6 +222,8 @@ pub struct ConnState {
     /// A SUBSCRIBE waiting for its look-up (distributed mode). While set, no further frame is
     /// processed, which keeps the per-connection ordering rule.
     pub pending: Option<Box<Registered>>,
+    /// A waiting long-poll (its collected changes); `None` on every other connection.
+    pub poll: Option<Box<crate::longpoll::Poll>>,
 }
 
 impl Conn {
@@ -258,6 +260,7 @@ impl Conn {
                 grant: None,
                 subs: Subscriptions::default(),
                 pending: None,
+                poll: None,
             }),
             waker: RefCell::new(None),
         }
@@ -277,6 +280,10 @@ impl Conn {
             if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *w = Some(cx.waker().clone());
             }
+        }
+        if st.poll.as_ref().is_some_and(|p| p.due()) {
+            // A waiting long-poll got changes from the fan-out: the task answers it.
+            return Poll::Ready(Ready::default());
         }
         let writable = self.has_output(&st) && self.io.poll_write_ready(cx).is_ready();
         let readable = self.io.poll_read_ready(cx).is_ready();
@@ -316,6 +323,16 @@ impl Conn {
     ) -> bool {
         let mut st = self.state.borrow_mut();
         if st.phase != Phase::Open {
+            return false;
+        }
+        if let Some(poll) = st.poll.as_deref_mut() {
+            // Long-poll: collect; the task answers once the whole batch is in (one reply).
+            let first = !poll.due();
+            poll.collect(change.ns, change.sjid);
+            drop(st);
+            if first {
+                self.wake();
+            }
             return false;
         }
         let frame = change.wire(st.transport);
@@ -494,7 +511,8 @@ mod tests {
         let state = std::mem::size_of::<ConnState>();
         println!("Conn {conn} B, ConnState {state} B");
         assert!(state <= 168, "ConnState grew to {state} B");
-        // 240 B before `Io::Tls`; the variant may cost the enum a discriminant word.
+        // 240 B before `Io::Tls` and `ConnState::poll` (the long-poll box pointer); each may
+        // cost 8 B.
         assert!(conn <= 248, "Conn grew to {conn} B");
     }
 }
