@@ -14,6 +14,9 @@
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
 //! - `reaper`: kills the children by pid when `fanout` is stopped by a signal.
+//! - `peer`: Herald's peers (nats-server WebSocket, Node `ws`) as `fanout` paths, and their
+//!   `peer-receive` child processes.
+//! - `report`: turns a `fanout` JSON report into the comparison tables of BENCHMARKS.md.
 
 mod fanout;
 mod gateway;
@@ -21,9 +24,11 @@ mod hold;
 mod idle;
 mod lines;
 mod natsproc;
+mod peer;
 mod procfs;
 mod reaper;
 mod receive;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +54,10 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// (internal) Hold connections and measure every CHANGED; used by `fanout`.
     Receive(receive::ReceiveArgs),
+    /// (internal) Hold connections to a peer server and measure every delivery; used by `fanout`.
+    PeerReceive(peer::receive::PeerReceiveArgs),
+    /// Write the comparison tables of BENCHMARKS.md from a `fanout --json` report.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Hold(args) => hold::run(&args),
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
+        Command::PeerReceive(args) => peer::receive::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
