@@ -184,7 +184,8 @@ fn figures() -> Vec<Figure> {
         },
         Figure {
             title: "Burst deliveries per second",
-            unit: "Deliveries from the first publish of the burst to the last delivery",
+            unit: "Deliveries from the first publish of the burst to the last delivery; each system \
+                   takes the burst through its own publish interface (see Systems below)",
             better: Better::Higher,
             value: |p| phase(p, "burst")?["deliveries_per_s"].as_f64(),
             show: |v| format!("{}/s", thousands(v)),
@@ -371,7 +372,7 @@ fn render(run: &Value, args: &ReportArgs, machine: &Machine) -> anyhow::Result<S
     for p in paths {
         writeln!(
             w,
-            "- **{}**: {} Memory measured on `{}`; connections opened in {:.1} s.",
+            "- **{}**: {}. Memory measured on `{}`; connections opened in {:.1} s.",
             system_name(p),
             p["description"].as_str().unwrap_or(""),
             p["server"].as_str().unwrap_or("?"),

@@ -46,6 +46,7 @@ TIME_LIMIT="${HERALD_BENCH_TIME_LIMIT:-900}"
 OUT="${HERALD_BENCH_OUT:-BENCHMARKS.md}"
 NOTE="${HERALD_BENCH_NOTE:-}"
 REPORT=true
+ORIGINAL_ARGS=("$@")
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -75,7 +76,6 @@ BURST_BATCH=$(( NAMESPACES < 1000 ? NAMESPACES : 1000 ))
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-ORIGINAL_ARGS=("$@")
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUTDIR="$ROOT/target/bench/compare-$STAMP"
 mkdir -p "$OUTDIR"
@@ -116,7 +116,7 @@ cargo build --release -p herald-gateway -p herald-relay -p herald-loadgen
 LOADGEN="$ROOT/target/release/herald-loadgen"
 
 RUSTC_V="$(rustc --version)"
-NATS_V="$("$NATS_SERVER" --version)"
+NATS_V="$("$NATS_SERVER" --version | sed 's/^nats-server: //')"
 NODE_V="$(node --version)"
 WS_V="$(node -p "require('./ops/bench/node_modules/ws/package.json').version")"
 COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -132,7 +132,14 @@ FANOUT=("$LOADGEN" fanout
     --nats-server "$NATS_SERVER"
     --node-ws-script "$ROOT/ops/bench/node-ws-server.js"
     --json "$OUTDIR/fanout.json")
-COMMAND="ops/bench/compare.sh${ORIGINAL_ARGS[*]:+ ${ORIGINAL_ARGS[*]}}"
+COMMAND="ops/bench/compare.sh"
+for a in "${ORIGINAL_ARGS[@]}"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./,:=+-]+$ ]]; then
+        COMMAND+=" $a"
+    else
+        COMMAND+=" '${a//\'/\'\\\'\'}'"
+    fi
+done
 echo "==> $COMMAND"
 echo "    ${FANOUT[*]}"
 echo "    load average: $(cut -d' ' -f1-3 /proc/loadavg); output in $OUTDIR"

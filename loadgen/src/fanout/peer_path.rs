@@ -41,7 +41,7 @@ pub(super) fn run_peer_path(
             let description = format!(
                 "{} ({}): one process, a Map of namespace → Set of sockets, JSON text frames; \
                  POST /v1/publish over one kept-alive HTTP/1.1 connection",
-                script.display(),
+                shown_path(&script),
                 server.version
             );
             (server, "node", "node-ws", description)
@@ -138,4 +138,15 @@ fn node_ws_script(args: &FanoutArgs) -> anyhow::Result<PathBuf> {
                  directory: pass --node-ws-script"
             )
         })
+}
+
+/// `path` relative to the current directory when it is under it (reports name the script as
+/// `ops/bench/node-ws-server.js`, not by where one checkout happens to be).
+fn shown_path(path: &std::path::Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
