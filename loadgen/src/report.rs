@@ -280,6 +280,9 @@ fn render(run: &Value, args: &ReportArgs, machine: &Machine) -> anyhow::Result<S
          deliveries/s. The machine is shared with other work (load average below), so read the \
          ratios within this run, not the absolute values.\n"
     )?;
+    if let Some(warning) = load_warning(run, paths, machine.cpus) {
+        writeln!(w, "{warning}\n")?;
+    }
     for f in figures() {
         let best = best_peer(paths, &f);
         writeln!(w, "### {}\n\n{}.\n", f.title, f.unit)?;
@@ -372,11 +375,13 @@ fn render(run: &Value, args: &ReportArgs, machine: &Machine) -> anyhow::Result<S
     for p in paths {
         writeln!(
             w,
-            "- **{}**: {}. Memory measured on `{}`; connections opened in {:.1} s.",
+            "- **{}**: {}. Memory measured on `{}`; connections opened in {:.1} s; load average \
+             when it started: {}.",
             system_name(p),
             p["description"].as_str().unwrap_or(""),
             p["server"].as_str().unwrap_or("?"),
-            p["connect_seconds"].as_f64().unwrap_or(0.0)
+            p["connect_seconds"].as_f64().unwrap_or(0.0),
+            p["loadavg_start"].as_str().unwrap_or("?")
         )?;
     }
     writeln!(w, "\n### Machine\n")?;
@@ -402,6 +407,26 @@ fn render(run: &Value, args: &ReportArgs, machine: &Machine) -> anyhow::Result<S
     writeln!(w, "\n### Command\n\n```sh\n{}\n```\n", args.command)?;
     writeln!(w, "{END}")?;
     Ok(md)
+}
+
+/// A warning when other work had more runnable threads than the machine has CPUs while a path
+/// ran: the servers then waited for CPU, which shows in latency tails and burst rates.
+fn load_warning(run: &Value, paths: &[Value], cpus: usize) -> Option<String> {
+    let one_minute =
+        |v: &Value| -> Option<f64> { v.as_str()?.split_whitespace().next()?.parse().ok() };
+    let highest = std::iter::once(&run["loadavg_start"])
+        .chain(std::iter::once(&run["loadavg_end"]))
+        .chain(paths.iter().map(|p| &p["loadavg_start"]))
+        .filter_map(one_minute)
+        .fold(0.0f64, f64::max);
+    (cpus > 0 && highest > cpus as f64).then(|| {
+        format!(
+            "**Caution: the 1-minute load average reached {highest:.1} on {cpus} CPUs during this \
+             run.** Other work competed with the servers for CPU, unevenly over time, so the \
+             latency tails (p99, p99.9) and burst rates mostly measure that contention; memory \
+             per connection and CPU-seconds per delivery are the figures it disturbs least."
+        )
+    })
 }
 
 /// `1234567.8` → `1,234,568`.
@@ -519,6 +544,14 @@ mod tests {
         assert!(md.contains("Best peer: nats-server WebSocket."));
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
         assert!(md.contains("2025-11-26 04:06 UTC"), "{md}");
+        assert!(!md.contains("Caution"), "no load average, no warning");
+        let mut busy = run.clone();
+        busy["loadavg_start"] = json!("7.5 6.0 5.0");
+        assert!(
+            render(&busy, &args(), &machine)
+                .unwrap()
+                .contains("reached 7.5 on 2 CPUs")
+        );
     }
 
     #[test]

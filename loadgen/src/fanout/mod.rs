@@ -268,7 +268,8 @@ pub(crate) fn run(args: &FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn loadavg() -> String {
+/// The 1, 5 and 15 minute load averages.
+pub(super) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

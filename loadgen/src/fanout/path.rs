@@ -44,7 +44,7 @@ impl Drop for TempDir {
 }
 
 /// A binary next to this one, unless given.
-pub(super) fn sibling(explicit: Option<&String>, name: &str) -> anyhow::Result<String> {
+fn sibling(explicit: Option<&String>, name: &str) -> anyhow::Result<String> {
     if let Some(bin) = explicit {
         return Ok(bin.clone());
     }
@@ -70,6 +70,7 @@ pub(super) fn run_path(
     if kind.is_peer() {
         return super::peer_path::run_peer_path(rt, args, kind, index);
     }
+    let loadavg_start = super::loadavg();
     let dir = TempDir::new(kind.name())?;
     let gateway_bin = sibling(args.gateway_bin.as_ref(), "herald-gateway")?;
     let gateway_log = dir.0.join("gateway.log");
@@ -81,7 +82,7 @@ pub(super) fn run_path(
     ];
     let mut servers: Vec<(String, u32)> = Vec::new();
     let (nats, relay, description) = match kind {
-        PathKind::NatsWs | PathKind::NodeWs => unreachable!("peer paths return above"),
+        PathKind::NatsWs | PathKind::NodeWs => anyhow::bail!("{} is a peer path", kind.name()),
         PathKind::Standalone => {
             gateway_args.push("--data-dir".into());
             gateway_args.push(dir.0.join("data").display().to_string());
@@ -193,6 +194,7 @@ pub(super) fn run_path(
         subscribers_per_namespace: args.conns as f64 / args.namespaces as f64,
         receiver_processes: bench.receivers.0.len(),
         connect_seconds,
+        loadavg_start,
         server: "herald-gateway".into(),
         server_version: None,
         server_rss_before_bytes: rss_before,

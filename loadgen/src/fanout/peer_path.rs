@@ -22,6 +22,7 @@ pub(super) fn run_peer_path(
     kind: PathKind,
     index: usize,
 ) -> anyhow::Result<PathReport> {
+    let loadavg_start = super::loadavg();
     let dir = TempDir::new(kind.name())?;
     let (server, process, protocol, description) = match kind {
         PathKind::NatsWs => {
@@ -97,6 +98,7 @@ pub(super) fn run_peer_path(
         subscribers_per_namespace: args.conns as f64 / args.namespaces as f64,
         receiver_processes: bench.receivers.0.len(),
         connect_seconds,
+        loadavg_start,
         server: process.to_owned(),
         server_version: Some(server.version.clone()),
         server_rss_before_bytes: rss_before,

@@ -103,6 +103,8 @@ pub(super) struct PathReport {
     pub(super) subscribers_per_namespace: f64,
     pub(super) receiver_processes: usize,
     pub(super) connect_seconds: f64,
+    /// Load average (1, 5, 15 min) when the path started.
+    pub(super) loadavg_start: String,
     /// The process that holds the client connections: `herald-gateway`, `nats-server`, `node`.
     pub(super) server: String,
     /// Its version, when known (peers).
