@@ -84,6 +84,7 @@ mkdir -p "$OUTDIR"
 # Processes started in the background, stopped by pid on exit (herald-loadgen SIGKILLs its own
 # children when it gets SIGTERM).
 LOADGEN_PID=""
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     if [[ -n "$LOADGEN_PID" ]] && kill -0 "$LOADGEN_PID" 2>/dev/null; then
         kill -TERM "$LOADGEN_PID" 2>/dev/null || true
