@@ -375,13 +375,16 @@ fn render(run: &Value, args: &ReportArgs, machine: &Machine) -> anyhow::Result<S
     for p in paths {
         writeln!(
             w,
-            "- **{}**: {}. Memory measured on `{}`; connections opened in {:.1} s; load average \
-             when it started: {}.",
+            "- **{}**: {}. Memory measured on `{}`; connections opened in {:.1} s{}.",
             system_name(p),
             p["description"].as_str().unwrap_or(""),
             p["server"].as_str().unwrap_or("?"),
             p["connect_seconds"].as_f64().unwrap_or(0.0),
-            p["loadavg_start"].as_str().unwrap_or("?")
+            p["loadavg_start"]
+                .as_str()
+                .map_or(String::new(), |l| format!(
+                    "; load average when it started: {l}"
+                ))
         )?;
     }
     writeln!(w, "\n### Machine\n")?;
