@@ -17,6 +17,9 @@
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
 //! - `reaper`: kills the children by pid when `fanout` is stopped by a signal.
+//! - `peer`: Herald's peers (nats-server WebSocket, Node `ws`) as `fanout` paths, and their
+//!   `peer-receive` child processes.
+//! - `report`: turns a `fanout` JSON report into the comparison tables of BENCHMARKS.md.
 
 mod fanout;
 mod gateway;
@@ -25,9 +28,11 @@ mod hold;
 mod idle;
 mod lines;
 mod natsproc;
+mod peer;
 mod procfs;
 mod reaper;
 mod receive;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +60,10 @@ enum Command {
     Receive(receive::ReceiveArgs),
     /// TLS handshake benchmark: full handshakes/s on one gateway worker and gateway CPU per 1000.
     TlsHandshakes(handshakes::HandshakeArgs),
+    /// (internal) Hold connections to a peer server and measure every delivery; used by `fanout`.
+    PeerReceive(peer::receive::PeerReceiveArgs),
+    /// Write the comparison tables of BENCHMARKS.md from a `fanout --json` report.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
         Command::TlsHandshakes(args) => handshakes::run(&args),
+        Command::PeerReceive(args) => peer::receive::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
