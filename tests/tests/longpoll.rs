@@ -387,3 +387,41 @@ async fn a_forbidden_namespace_is_denied_and_the_rest_keeps_polling() {
     );
     poller.close().await;
 }
+
+/// Distributed mode: the cursor check waits for the relays' look-up (the task finishes it), and
+/// a held poll is answered by a change fanned out from NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_mode_looks_up_then_holds() {
+    use herald_e2e::fleet::{gateway_options, relay_options, PARTITIONS};
+    use herald_e2e::nats::{NatsServer, RelayProcess};
+    let nats = NatsServer::start();
+    let _relay = RelayProcess::start(&nats.url(), relay_options()).await;
+    let gw = GatewayProcess::start(gateway_options(&nats.url()));
+    let publisher = herald_relay::Publisher::new(
+        async_nats::jetstream::new(nats.client().await),
+        PARTITIONS,
+    );
+    publisher.publish(&[(21, 4)]).await.expect("publish");
+    let token = gw.token_all();
+    let reply = herald_e2e::eventually(WAIT, "the relay to know ns 21", || {
+        let (u, t) = (url(&gw), token.clone());
+        async move {
+            let r = poll_once(&u, &t, &[(21, 1), (22, 3)], 30).await.ok()?;
+            (!r.changes.is_empty()).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(reply.changes, vec![(21, 4)]);
+    assert_eq!(reply.reset, vec![22]);
+    let (u, t) = (url(&gw), token.clone());
+    let held = tokio::spawn(async move { poll_once(&u, &t, &[(21, 4)], 30).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a current cursor waits");
+    publisher.publish(&[(21, 5)]).await.expect("publish");
+    let reply = tokio::time::timeout(WAIT, held)
+        .await
+        .expect("answered by the fan-out")
+        .expect("task")
+        .expect("reply");
+    assert_eq!(reply.changes, vec![(21, 5)]);
+}
