@@ -137,7 +137,8 @@ impl Gateway {
             .filter_map(|l| {
                 let rest = l.strip_prefix(name)?;
                 let value = rest.rsplit(' ').next()?;
-                (rest.starts_with(' ') || rest.starts_with('{')).then(|| value.parse::<f64>().ok())?
+                (rest.starts_with(' ') || rest.starts_with('{'))
+                    .then(|| value.parse::<f64>().ok())?
             })
             .sum())
     }
