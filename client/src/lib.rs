@@ -71,8 +71,8 @@ pub use connection::{Connection, Incoming, Welcome};
 pub use cursors::Cursors;
 pub use error::ClientError;
 pub use event::{Event, EventStream};
-pub use longpoll::{LongPollConfig, LongPoller};
 pub use herald_proto::{ClientFrame, Code, ServerFrame};
 pub use tls::TlsRoots;
+pub use longpoll::{LongPollConfig, LongPoller};
 /// The WebSocket message type [`Connection::send_raw`] takes.
 pub use tokio_tungstenite::tungstenite::Message;

@@ -281,7 +281,7 @@ impl Conn {
                 *w = Some(cx.waker().clone());
             }
         }
-        if st.poll.as_ref().is_some_and(|p| p.due()) {
+        if st.phase == Phase::Open && st.poll.as_ref().is_some_and(|p| p.due()) {
             // A waiting long-poll got changes from the fan-out: the task answers it.
             return Poll::Ready(Ready::default());
         }

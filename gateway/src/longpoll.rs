@@ -70,8 +70,16 @@ pub struct Request {
 
 /// Decides on a complete `POST /v1/longpoll` head: read its body, or refuse.
 #[must_use]
-pub fn decide_head(req: &httparse::Request<'_, '_>, head_len: usize, admission: Admission) -> Decision {
-    let header = |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
+pub fn decide_head(
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    admission: Admission,
+) -> Decision {
+    let header = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
     if header("transfer-encoding").next().is_some() {
         return refuse(
             400,
@@ -89,7 +97,12 @@ pub fn decide_head(req: &httparse::Request<'_, '_>, head_len: usize, admission: 
         _ => None,
     };
     let Some(body_len) = body_len else {
-        return refuse(400, "bad_request", "one valid Content-Length is required", &[]);
+        return refuse(
+            400,
+            "bad_request",
+            "one valid Content-Length is required",
+            &[],
+        );
     };
     if body_len > MAX_BODY {
         return refuse(
@@ -245,8 +258,9 @@ pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep
     );
     match worker.source.local() {
         Some(latest) => {
-            let outcome =
-                session::complete(&mut st.subs, conn.key, reg, &mut interest, |ns| latest.get(ns));
+            let outcome = session::complete(&mut st.subs, conn.key, reg, &mut interest, |ns| {
+                latest.get(ns)
+            });
             drop(interest);
             completed(worker, conn.key, st, &outcome);
         }
@@ -503,8 +517,10 @@ mod tests {
 
     #[test]
     fn parses_requests_and_refuses_bad_ones() {
-        let r = parse_request(br#"{"token":"t","cursors":{"7":42,"9007199254740993":"18446744073709551615"}}"#)
-            .expect("valid");
+        let r = parse_request(
+            br#"{"token":"t","cursors":{"7":42,"9007199254740993":"18446744073709551615"}}"#,
+        )
+        .expect("valid");
         assert_eq!(r.timeout_s, 30);
         let mut c = r.cursors.clone();
         c.sort_unstable();
@@ -522,13 +538,21 @@ mod tests {
             br#"{"token":"t","cursors":{"1":-1}}"#,
             b"not json",
         ] {
-            assert!(parse_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn reply_merges_changes_and_quotes_big_numbers() {
-        let body = reply_body(vec![(7, 3), (2, 1), (7, 5), (u64::MAX, 1 << 60)], &[9], Some(4));
+        let body = reply_body(
+            vec![(7, 3), (2, 1), (7, 5), (u64::MAX, 1 << 60)],
+            &[9],
+            Some(4),
+        );
         assert_eq!(
             body,
             r#"{"changes":[{"ns":2,"sjid":1},{"ns":7,"sjid":5},{"ns":"18446744073709551615","sjid":"1152921504606846976"}],"reset":[9],"backoff_s":4}"#

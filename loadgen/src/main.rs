@@ -13,6 +13,8 @@
 //! - `receive`: a child process that holds subscribed connections and records latencies.
 //! - `handshakes`: the TLS handshake benchmark (`tls-handshakes`): full handshakes a second on
 //!   one gateway worker and the gateway's CPU per 1000 handshakes.
+//! - `longpoll_idle`: the same measure for waiting HTTP long-polls (`longpoll-idle`), with its
+//!   child process (`longpoll-hold`).
 //! - `procfs`: reading another process's memory and CPU time.
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
@@ -27,6 +29,7 @@ mod handshakes;
 mod hold;
 mod idle;
 mod lines;
+mod longpoll_idle;
 mod natsproc;
 mod peer;
 mod procfs;
@@ -53,6 +56,10 @@ enum Command {
     Idle(idle::IdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
+    /// Long-poll memory benchmark: RSS and heap per waiting poll at several counts.
+    LongpollIdle(longpoll_idle::LongPollIdleArgs),
+    /// (internal) Keep polls waiting; used by `longpoll-idle` as a child process.
+    LongpollHold(longpoll_idle::LongPollHoldArgs),
     /// Fan-out benchmark: publish→CHANGED latency, deliveries/s and CPU per 1M deliveries,
     /// standalone vs distributed (NATS) in one run.
     Fanout(fanout::FanoutArgs),
@@ -70,6 +77,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Idle(args) => idle::run(&args),
         Command::Hold(args) => hold::run(&args),
+        Command::LongpollIdle(args) => longpoll_idle::run(&args),
+        Command::LongpollHold(args) => longpoll_idle::hold(&args),
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
         Command::TlsHandshakes(args) => handshakes::run(&args),

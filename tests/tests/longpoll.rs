@@ -77,14 +77,21 @@ async fn a_held_poll_gets_one_batch_in_one_reply_then_polls_again_on_the_same_co
         (conn, r)
     });
     tokio::time::sleep(QUIET).await;
-    assert!(!held.is_finished(), "a poll with every cursor current waits");
+    assert!(
+        !held.is_finished(),
+        "a poll with every cursor current waits"
+    );
     gw.publish_ok(&[(1, 11), (2, 1), (2, 2)]).await;
     let (mut conn, reply) = tokio::time::timeout(WAIT, held)
         .await
         .expect("answered after the publish")
         .expect("task");
     let reply = reply.expect("reply");
-    assert_eq!(reply.changes, vec![(1, 11), (2, 2)], "one reply for the batch");
+    assert_eq!(
+        reply.changes,
+        vec![(1, 11), (2, 2)],
+        "one reply for the batch"
+    );
     assert!(reply.reset.is_empty());
     // Keep-alive: the next poll goes on the same connection.
     assert!(conn.is_open(), "the connection is kept after a reply");
@@ -151,7 +158,10 @@ async fn every_error_status() {
             json!({"token": token, "cursors": {"1": 9_007_199_254_740_993_u64}}),
             "a number above 2^53",
         ),
-        (json!({"token": token, "cursors": {"x": 0}}), "a key that is not a namespace"),
+        (
+            json!({"token": token, "cursors": {"x": 0}}),
+            "a key that is not a namespace",
+        ),
         (
             json!({"token": token, "cursors": {"1": 0, "2": 0, "3": 0, "4": 0}}),
             "over max_subscriptions",
@@ -165,7 +175,8 @@ async fn every_error_status() {
         .await
         .expect("answer");
     assert_error(&resp, 400, "bad_request");
-    let chunked = b"POST /v1/longpoll HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let chunked =
+        b"POST /v1/longpoll HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     assert_error(
         &http::raw(gw.ws_addr(), chunked).await.expect("answer"),
         400,
@@ -185,7 +196,11 @@ async fn every_error_status() {
     assert_error(&resp, 401, "token_expired");
 
     let some = gw.token(NsGrant::List(vec![1, 2]), 3600);
-    let resp = post(&gw, &json!({"token": some, "cursors": {"1": 0, "6": 0, "5": 0}})).await;
+    let resp = post(
+        &gw,
+        &json!({"token": some, "cursors": {"1": 0, "6": 0, "5": 0}}),
+    )
+    .await;
     let body = assert_error(&resp, 403, "forbidden_namespace");
     assert_eq!(body["namespaces"], json!([5, 6]));
 
@@ -310,10 +325,8 @@ impl Drop for Forwarder {
 async fn the_long_poller_misses_nothing_across_restarts() {
     let mut gw = GatewayProcess::start_default();
     let fwd = Forwarder::start(gw.ws_addr()).await;
-    let mut config = LongPollConfig::new(
-        format!("http://{}/v1/longpoll", fwd.addr),
-        gw.token_all(),
-    );
+    let mut config =
+        LongPollConfig::new(format!("http://{}/v1/longpoll", fwd.addr), gw.token_all());
     config.backoff_max = Duration::from_secs(1);
     let (poller, mut events) = LongPoller::spawn(config);
     let namespaces = [11_u64, 12, 13];
@@ -375,10 +388,7 @@ async fn a_forbidden_namespace_is_denied_and_the_rest_keeps_polling() {
             .expect("event");
         got.push(e);
     }
-    assert!(
-        matches!(got[0], Event::Denied { ns: 2, .. }),
-        "{got:?}"
-    );
+    assert!(matches!(got[0], Event::Denied { ns: 2, .. }), "{got:?}");
     assert_eq!(got[1], Event::Changed { ns: 1, sjid: 3 });
     let failure = poll_once(&url(&gw), "bad", &[(1, 0)], 30).await;
     assert!(
@@ -386,4 +396,40 @@ async fn a_forbidden_namespace_is_denied_and_the_rest_keeps_polling() {
         "{failure:?}"
     );
     poller.close().await;
+}
+
+/// Distributed mode: the cursor check waits for the relays' look-up (the task finishes it), and
+/// a held poll is answered by a change fanned out from NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_mode_looks_up_then_holds() {
+    use herald_e2e::fleet::{PARTITIONS, gateway_options, relay_options};
+    use herald_e2e::nats::{NatsServer, RelayProcess};
+    let nats = NatsServer::start();
+    let _relay = RelayProcess::start(&nats.url(), relay_options()).await;
+    let gw = GatewayProcess::start(gateway_options(&nats.url()));
+    let publisher =
+        herald_relay::Publisher::new(async_nats::jetstream::new(nats.client().await), PARTITIONS);
+    publisher.publish(&[(21, 4)]).await.expect("publish");
+    let token = gw.token_all();
+    let reply = herald_e2e::eventually(WAIT, "the relay to know ns 21", || {
+        let (u, t) = (url(&gw), token.clone());
+        async move {
+            let r = poll_once(&u, &t, &[(21, 1), (22, 3)], 30).await.ok()?;
+            (!r.changes.is_empty()).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(reply.changes, vec![(21, 4)]);
+    assert_eq!(reply.reset, vec![22]);
+    let (u, t) = (url(&gw), token.clone());
+    let held = tokio::spawn(async move { poll_once(&u, &t, &[(21, 4)], 30).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a current cursor waits");
+    publisher.publish(&[(21, 5)]).await.expect("publish");
+    let reply = tokio::time::timeout(WAIT, held)
+        .await
+        .expect("answered by the fan-out")
+        .expect("task")
+        .expect("reply");
+    assert_eq!(reply.changes, vec![(21, 5)]);
 }

@@ -120,22 +120,52 @@ fn longpoll_heads() {
     else {
         panic!("{d:?}")
     };
-    let d = decide(head("Content-Length: 5\r\nConnection: close\r\n").as_bytes(), OPEN);
-    assert!(matches!(d, Some(Decision::LongPoll { keep_alive: false, .. })), "{d:?}");
+    let d = decide(
+        head("Content-Length: 5\r\nConnection: close\r\n").as_bytes(),
+        OPEN,
+    );
+    assert!(
+        matches!(
+            d,
+            Some(Decision::LongPoll {
+                keep_alive: false,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
     assert_eq!(status(decide(head("").as_bytes(), OPEN)), 400);
-    assert_eq!(status(decide(head("Transfer-Encoding: chunked\r\n").as_bytes(), OPEN)), 400);
-    assert_eq!(status(decide(head("Content-Length: 70000\r\n").as_bytes(), OPEN)), 400);
+    assert_eq!(
+        status(decide(
+            head("Transfer-Encoding: chunked\r\n").as_bytes(),
+            OPEN
+        )),
+        400
+    );
+    assert_eq!(
+        status(decide(head("Content-Length: 70000\r\n").as_bytes(), OPEN)),
+        400
+    );
     let draining = Admission {
         full: false,
         draining: true,
         rate_limited: false,
     };
-    assert_eq!(status(decide(head("Content-Length: 5\r\n").as_bytes(), draining)), 503);
+    assert_eq!(
+        status(decide(head("Content-Length: 5\r\n").as_bytes(), draining)),
+        503
+    );
     let rate = Admission {
         full: false,
         draining: false,
         rate_limited: true,
     };
-    assert_eq!(status(decide(head("Content-Length: 5\r\n").as_bytes(), rate)), 429);
-    assert_eq!(status(decide(b"GET /v1/longpoll HTTP/1.1\r\n\r\n", OPEN)), 405);
+    assert_eq!(
+        status(decide(head("Content-Length: 5\r\n").as_bytes(), rate)),
+        429
+    );
+    assert_eq!(
+        status(decide(b"GET /v1/longpoll HTTP/1.1\r\n\r\n", OPEN)),
+        405
+    );
 }
