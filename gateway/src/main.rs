@@ -57,7 +57,8 @@ fn gen_key(out: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
-    let (cert_pem, key_pem) = herald_gateway::tls::self_signed(&args.sans, args.ed25519)?;
+    let (cert_pem, key_pem) =
+        herald_gateway::tls::self_signed_for_days(&args.sans, args.ed25519, args.days)?;
     let cert = args.out.with_extension("crt.pem");
     let key = args.out.with_extension("key.pem");
     if cert.exists() {
