@@ -67,7 +67,7 @@ fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
     write_private(&key, &key_pem)?;
     std::fs::write(&cert, cert_pem).with_context(|| format!("writing {}", cert.display()))?;
     println!(
-        "certificate: {} ({}, self-signed, for {})\nprivate key: {}",
+        "certificate: {} ({}, self-signed, for {}, {} days)\nprivate key: {}",
         cert.display(),
         if args.ed25519 {
             "Ed25519"
@@ -75,6 +75,7 @@ fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
             "ECDSA P-256"
         },
         args.sans.join(", "),
+        args.days,
         key.display()
     );
     Ok(())
