@@ -59,6 +59,9 @@ pub struct GenCertArgs {
     /// An Ed25519 key instead of ECDSA P-256.
     #[arg(long)]
     pub ed25519: bool,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
 }
 
 /// `mint-token` arguments.

@@ -191,7 +191,8 @@ pub struct ConnState {
     pub partial: Vec<u8>,
     /// Reassembly of fragmented WebSocket messages (empty unless one is in progress).
     pub assembler: ws::Assembler,
-    /// Frames the socket did not take yet. Empty (no allocation) while the socket keeps up.
+    /// Frames the socket did not take yet. Empty (no allocation) while the socket keeps up. On a
+    /// TLS connection these are still plaintext: they are encrypted when written (`tls_stream`).
     pub outbox: VecDeque<Bytes>,
     /// Bytes in `outbox`.
     pub outbox_bytes: usize,
@@ -511,8 +512,8 @@ mod tests {
         let state = std::mem::size_of::<ConnState>();
         println!("Conn {conn} B, ConnState {state} B");
         assert!(state <= 168, "ConnState grew to {state} B");
-        // 240 B before `Io::Tls` and `ConnState::poll` (the long-poll box pointer); each may
-        // cost 8 B.
+        // 240 B before `ConnState::poll` (the long-poll box pointer, +8 B); `Io::Tls` (a Box)
+        // fits in the socket's niche.
         assert!(conn <= 248, "Conn grew to {conn} B");
     }
 }

@@ -57,7 +57,8 @@ fn gen_key(out: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
-    let (cert_pem, key_pem) = herald_gateway::tls::self_signed(&args.sans, args.ed25519)?;
+    let (cert_pem, key_pem) =
+        herald_gateway::tls::self_signed_for_days(&args.sans, args.ed25519, args.days)?;
     let cert = args.out.with_extension("crt.pem");
     let key = args.out.with_extension("key.pem");
     if cert.exists() {
@@ -66,7 +67,7 @@ fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
     write_private(&key, &key_pem)?;
     std::fs::write(&cert, cert_pem).with_context(|| format!("writing {}", cert.display()))?;
     println!(
-        "certificate: {} ({}, self-signed, for {})\nprivate key: {}",
+        "certificate: {} ({}, self-signed, for {}, {} days)\nprivate key: {}",
         cert.display(),
         if args.ed25519 {
             "Ed25519"
@@ -74,6 +75,7 @@ fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
             "ECDSA P-256"
         },
         args.sans.join(", "),
+        args.days,
         key.display()
     );
     Ok(())

@@ -127,9 +127,18 @@ impl ReloadableConfig {
 }
 
 /// A self-signed certificate and its private key, both PEM, for `names` (DNS names or IP
-/// addresses): ECDSA P-256 by default, Ed25519 if `ed25519`. For development and tests; a
-/// production gateway uses a certificate from a CA.
+/// addresses): ECDSA P-256 by default, Ed25519 if `ed25519`; valid from an hour ago for 365
+/// days. For development and tests; a production gateway uses a certificate from a CA.
 pub fn self_signed(names: &[String], ed25519: bool) -> anyhow::Result<(String, String)> {
+    self_signed_for_days(names, ed25519, 365)
+}
+
+/// [`self_signed`], valid for `days` days.
+pub fn self_signed_for_days(
+    names: &[String],
+    ed25519: bool,
+    days: u32,
+) -> anyhow::Result<(String, String)> {
     let alg = if ed25519 {
         &rcgen::PKCS_ED25519
     } else {
@@ -143,6 +152,9 @@ pub fn self_signed(names: &[String], ed25519: bool) -> anyhow::Result<(String, S
         rcgen::DnType::CommonName,
         names.first().map_or("herald", String::as_str),
     );
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days.max(1)));
     let cert = params
         .self_signed(&key)
         .context("signing the certificate")?;

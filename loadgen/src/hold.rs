@@ -15,8 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 use tokio_tungstenite::{
-    Connector, MaybeTlsStream, WebSocketStream, client_async_tls_with_config,
-    client_async_with_config,
+    Connector, WebSocketStream, client_async_tls_with_config, client_async_with_config,
 };
 
 /// Arguments of `hold`.
@@ -61,14 +60,9 @@ pub(crate) struct HoldArgs {
 }
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
-/// A `wss` connection.
-pub(crate) type Wss = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Connections kept open (plain or TLS).
-enum Held {
-    Plain(#[allow(dead_code)] Ws),
-    Tls(#[allow(dead_code)] Wss),
-}
+/// A connection kept open (plain or TLS): never read again, only held until dropped.
+type Held = Box<dyn Send>;
 
 pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -157,7 +151,7 @@ async fn open(
         )
         .await??;
         setup(&mut ws, &args.conns.token, pairs, index).await?;
-        return Ok(Held::Tls(ws));
+        return Ok(Box::new(ws));
     }
     open_subscribed(
         args.conns.ws,
@@ -168,7 +162,7 @@ async fn open(
         config,
     )
     .await
-    .map(Held::Plain)
+    .map(|ws| Box::new(ws) as Held)
 }
 
 async fn connect_from(source: IpAddr, addr: SocketAddr) -> anyhow::Result<TcpStream> {

@@ -122,15 +122,26 @@ impl WsClient {
         addr: SocketAddr,
         roots: &TlsRoots,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        Self::connect_tls_on(addr, roots, RawSocket::default()).await
+    }
+
+    /// [`try_connect_tls`](Self::try_connect_tls) on a socket made with `opts` (e.g. a small
+    /// receive buffer, so that the gateway's writes back up).
+    pub async fn connect_tls_on(
+        addr: SocketAddr,
+        roots: &TlsRoots,
+        opts: RawSocket,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let mut req = format!("wss://{addr}/v1/connect").into_client_request()?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             WS_SUBPROTOCOL.parse().expect("header value"),
         );
+        let stream = raw_socket(addr, opts);
         let connector = tokio_tungstenite::Connector::Rustls(roots.0.clone());
         let (ws, resp) = tokio::time::timeout(
             crate::WAIT,
-            tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(connector)),
+            tokio_tungstenite::client_async_tls_with_config(req, stream, None, Some(connector)),
         )
         .await
         .expect("wss handshake timed out")?;
@@ -310,9 +321,8 @@ pub struct RawSocket {
     pub mss: Option<u32>,
 }
 
-/// Opens a TCP connection with `opts` and completes the WebSocket upgrade by hand. Returns the
-/// socket positioned just after the 101 response.
-pub async fn raw_upgrade(addr: SocketAddr, opts: RawSocket) -> TcpStream {
+/// A TCP connection to `addr` on a socket made with `opts`.
+fn raw_socket(addr: SocketAddr, opts: RawSocket) -> TcpStream {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     if let Some(n) = opts.recv_buf {
@@ -326,7 +336,13 @@ pub async fn raw_upgrade(addr: SocketAddr, opts: RawSocket) -> TcpStream {
         .connect_timeout(&addr.into(), crate::WAIT)
         .expect("connect");
     socket.set_nonblocking(true).expect("nonblocking");
-    let mut s = TcpStream::from_std(socket.into()).expect("tokio stream");
+    TcpStream::from_std(socket.into()).expect("tokio stream")
+}
+
+/// Opens a TCP connection with `opts` and completes the WebSocket upgrade by hand. Returns the
+/// socket positioned just after the 101 response.
+pub async fn raw_upgrade(addr: SocketAddr, opts: RawSocket) -> TcpStream {
+    let mut s = raw_socket(addr, opts);
     let req = format!(
         "GET /v1/connect HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\

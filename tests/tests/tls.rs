@@ -73,6 +73,50 @@ async fn wss_session_subscribe_changed_reset_denied() {
     assert_eq!(plain.subscribe(&[(10, 0)]).await, vec![changed(10, 6)]);
 }
 
+/// A client that stops reading: the gateway's encrypted records back up (kept per connection
+/// below the outbox), and once the client reads again every change arrives, in order.
+#[tokio::test]
+async fn encrypted_writes_back_up_and_resume_in_order() {
+    let gw = GatewayProcess::start(
+        GatewayOptions::new()
+            .tls()
+            .arg("--outbox-limit-bytes", 4 * 1024 * 1024),
+    );
+    let small = herald_e2e::RawSocket {
+        recv_buf: Some(4096),
+        mss: Some(536),
+    };
+    let mut c = WsClient::connect_tls_on(gw.wss_addr(), &gw.tls_roots(), small)
+        .await
+        .expect("wss");
+    c.hello(&gw.token_all()).await;
+    let namespaces = 500;
+    let pairs: Vec<(u64, u64)> = (0..namespaces).map(|ns| (ns, 0)).collect();
+    assert!(c.subscribe(&pairs).await.is_empty());
+    // Not reading now: 20 rounds of one change per namespace (10000 frames, ~200 KB).
+    let rounds = 20;
+    for round in 1..=rounds {
+        let changes: Vec<(u64, u64)> = (0..namespaces).map(|ns| (ns, round)).collect();
+        gw.publish_ok(&changes).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut last = vec![0u64; namespaces as usize];
+    let mut got = 0;
+    while got < namespaces * rounds {
+        match c.recv_frame(WAIT).await {
+            ServerFrame::Changed(p) => {
+                for (ns, sjid) in p {
+                    assert_eq!(sjid, last[ns as usize] + 1, "namespace {ns} out of order");
+                    last[ns as usize] = sjid;
+                    got += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(c.barrier().await.is_empty());
+}
+
 #[tokio::test]
 async fn bad_input_over_tls() {
     let gw = GatewayProcess::start(GatewayOptions::new().tls());
