@@ -10,7 +10,7 @@ use std::time::Duration;
 pub type TokenSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Options for one WebSocket session ([`Connection::connect`](crate::Connection::connect)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Bound on TCP connect + WebSocket upgrade (+ HELLO/WELCOME for `connect`). Default 10 s,
@@ -19,6 +19,9 @@ pub struct ConnectOptions {
     /// Sets `TCP_NODELAY`. Default true: frames are small and a doorbell should not wait for
     /// Nagle.
     pub nodelay: bool,
+    /// PEM certificates trusted as roots for `quic://` (the gateway's CA). Required for QUIC:
+    /// this build has no system trust store.
+    pub root_ca_pem: Option<Arc<str>>,
 }
 
 impl Default for ConnectOptions {
@@ -26,7 +29,17 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             nodelay: true,
+            root_ca_pem: None,
         }
+    }
+}
+
+impl ConnectOptions {
+    /// These options with `pem` as the `quic://` root CA.
+    #[must_use]
+    pub fn with_root_ca_pem(mut self, pem: impl Into<Arc<str>>) -> Self {
+        self.root_ca_pem = Some(pem.into());
+        self
     }
 }
 
@@ -57,6 +70,8 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Seeds the backoff jitter, for deterministic tests. `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// PEM root CA for `quic://` URLs (see [`ConnectOptions::root_ca_pem`]).
+    pub root_ca_pem: Option<Arc<str>>,
 }
 
 impl ClientConfig {
@@ -81,6 +96,7 @@ impl ClientConfig {
             heartbeat: None,
             event_capacity: 1024,
             rng_seed: None,
+            root_ca_pem: None,
         }
     }
 
@@ -97,6 +113,7 @@ impl ClientConfig {
     pub(crate) fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             connect_timeout: self.connect_timeout,
+            root_ca_pem: self.root_ca_pem.clone(),
             ..ConnectOptions::default()
         }
     }

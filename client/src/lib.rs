@@ -43,8 +43,9 @@
 //! - `client.rs`: [`Client`], the handle; `task.rs`: its background task (connect, sleep,
 //!   classify closes); `session.rs`: one live session inside it (heartbeat, frames, barriers).
 //!
-//! Not supported: `wss://` (the workspace builds tokio-tungstenite without TLS) and the QUIC and
-//! long-poll transports.
+//! Transports by URL scheme: `ws://` (WebSocket) and `quic://host:port` (QUIC, with
+//! [`ConnectOptions::root_ca_pem`] / [`ClientConfig::root_ca_pem`] naming the gateway's CA).
+//! Not supported: `wss://` (the workspace builds tokio-tungstenite without TLS) and long-poll.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -55,6 +56,7 @@ pub mod error;
 pub mod event;
 
 mod client;
+mod quic;
 mod session;
 mod task;
 

@@ -85,18 +85,24 @@ impl SharedChange {
 pub enum Io {
     /// A TCP socket: the HTTP request, then WebSocket frames (or a long-poll reply).
     Tcp(TcpStream),
+    /// A QUIC session stream (boxed: QUIC connections are rare next to WebSocket ones, and the
+    /// plain path stays lean). Its task polls the streams itself (`quic::run`), so readiness
+    /// below is only for TCP.
+    Quic(Box<crate::quic::QuicIo>),
 }
 
 impl Io {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Io::Tcp(s) => s.poll_read_ready(cx).map(|_| ()),
+            Io::Quic(_) => Poll::Pending,
         }
     }
 
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Io::Tcp(s) => s.poll_write_ready(cx).map(|_| ()),
+            Io::Quic(_) => Poll::Pending,
         }
     }
 
@@ -104,12 +110,16 @@ impl Io {
     pub fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Io::Tcp(s) => s.try_read(buf),
+            Io::Quic(_) => Err(std::io::ErrorKind::WouldBlock.into()),
         }
     }
 
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    /// Writes without waiting. `waker` (the connection task's) is woken when a QUIC stream that
+    /// refused bytes has room again; TCP readiness is polled by the task instead.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>], waker: &Waker) -> std::io::Result<usize> {
         match self {
             Io::Tcp(s) => s.try_write_vectored(bufs),
+            Io::Quic(q) => q.try_write(bufs, waker),
         }
     }
 }
@@ -186,6 +196,9 @@ pub struct ConnState {
     pub rate_limited: bool,
     /// Client class (from the token), which sets its heartbeat; 0 = default.
     pub class: u8,
+    /// The code a close started by the server carries (0: none yet): QUIC puts it in the
+    /// connection's application close (PROTOCOL.md "Transports").
+    pub close_code: u16,
     /// Random id, sent in WELCOME and written in logs.
     pub session_id: u64,
     /// What the token grants (Open only).
@@ -227,6 +240,7 @@ impl Conn {
                 counted: false,
                 rate_limited: false,
                 class: 0,
+                close_code: 0,
                 session_id,
                 grant: None,
                 subs: Subscriptions::default(),
@@ -245,12 +259,7 @@ impl Conn {
                 ..Ready::default()
             });
         }
-        {
-            let mut w = self.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
-        }
+        self.register_waker(cx);
         let writable = !st.outbox.is_empty() && self.io.poll_write_ready(cx).is_ready();
         let readable = self.io.poll_read_ready(cx).is_ready();
         if writable || readable {
@@ -261,6 +270,14 @@ impl Conn {
             })
         } else {
             Poll::Pending
+        }
+    }
+
+    /// Remembers the task's waker for [`Conn::wake`] and for QUIC writes from the fan-out.
+    pub fn register_waker(&self, cx: &Context<'_>) {
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
         }
     }
 
@@ -317,13 +334,15 @@ impl Conn {
 
     /// Writes as much of the outbox as the socket takes (one vectored write per call).
     pub fn flush_state(&self, st: &mut ConnState) {
+        let waker = self.waker.borrow();
+        let waker = waker.as_ref().unwrap_or(Waker::noop());
         while !st.outbox.is_empty() {
             let mut slices = [IoSlice::new(&[]); 64];
             let n = st.outbox.len().min(slices.len());
             for (slot, buf) in slices.iter_mut().zip(st.outbox.iter()) {
                 *slot = IoSlice::new(buf);
             }
-            match self.io.try_write_vectored(&slices[..n]) {
+            match self.io.try_write_vectored(&slices[..n], waker) {
                 Ok(0) => {
                     st.exit = true;
                     return;
@@ -392,6 +411,7 @@ pub fn close_with(st: &mut ConnState, frame: Option<ServerFrame>, code: Code, no
     if st.phase == Phase::Closing {
         return;
     }
+    st.close_code = u16::try_from(code.0).unwrap_or(u16::MAX);
     if st.phase == Phase::Http {
         st.exit = true;
         return;

@@ -52,6 +52,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
 
     let listeners = bind_reuseport(args.listen, workers)?;
     let ws_addr = listeners[0].local_addr()?;
+    let (mut quic, quic_addr) = quic_setups(&args, &limits, workers)?;
     let shared = Arc::new(Shared::default());
     let shutdown = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers);
@@ -67,6 +68,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
             shutdown: shutdown.clone(),
             drain: std::time::Duration::from_secs(args.drain_s),
             workers,
+            quic: quic.pop(),
         })?);
     }
 
@@ -95,7 +97,8 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     shared.ready.store(true, Ordering::Relaxed);
     tracing::info!(%ws_addr, %admin_addr, workers, max_connections = limits.max_connections, "herald gateway ready");
     // A machine-readable line for scripts and tests (logs go to stderr).
-    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}");
+    let quic_ready = quic_addr.map(|a| format!(" quic={a}")).unwrap_or_default();
+    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}{quic_ready}");
 
     wait_for_signal().await?;
     tracing::info!(drain_s = args.drain_s, "draining");
@@ -108,6 +111,42 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One QUIC socket and configuration per worker when `--quic-listen` is set (popped from the
+/// back, so any order), and the address they share.
+fn quic_setups(
+    args: &ServeArgs,
+    limits: &crate::config::ConnLimits,
+    workers: usize,
+) -> anyhow::Result<(Vec<crate::quic::QuicSetup>, Option<SocketAddr>)> {
+    let (Some(addr), Some(cert), Some(key)) = (args.quic_listen, &args.tls_cert, &args.tls_key)
+    else {
+        return Ok((Vec::new(), None));
+    };
+    let tls = crate::tls::server_config(cert, key, &[crate::tls::QUIC_ALPN])?;
+    // Longer than the longest heartbeat timeout (2.5 x heartbeat), so the sweep closes a silent
+    // client with code 104 before QUIC's idle timeout would.
+    let longest = (0..=limits.heartbeat_classes.len())
+        .map(|c| limits.heartbeat_of(c as u8))
+        .max()
+        .unwrap_or(limits.heartbeat);
+    let idle = longest.mul_f64(2.5) + std::time::Duration::from_secs(30);
+    let server = crate::quic::server_config(tls, idle)?;
+    // One stateless-reset key for all workers (see `quic`'s module doc).
+    let endpoint = quinn::EndpointConfig::default();
+    let sockets = crate::quic::bind_reuseport_udp(addr, workers)
+        .with_context(|| format!("binding the QUIC listener {addr}"))?;
+    let bound = sockets[0].local_addr()?;
+    let setups = sockets
+        .into_iter()
+        .map(|socket| crate::quic::QuicSetup {
+            socket,
+            endpoint: endpoint.clone(),
+            server: server.clone(),
+        })
+        .collect();
+    Ok((setups, Some(bound)))
 }
 
 /// Distributed mode: follow the relays over NATS and hand raised changes to every worker.
