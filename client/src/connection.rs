@@ -275,7 +275,7 @@ impl Connection {
         let Inner::Ws(ws) = &mut self.inner else {
             return Ok(());
         };
-        match ws.close(Some(frame)).await {
+        match (**ws).close(Some(frame)).await {
             Ok(()) => {}
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return Ok(());

@@ -12,8 +12,9 @@
 //! Known limit: connection migration. The kernel spreads datagrams over the workers' sockets by
 //! their 4-tuple, so a client whose address changes (NAT rebinding, Wi-Fi to cellular) lands on
 //! a worker whose endpoint does not know its connection. Migration is off, the workers share one
-//! stateless-reset key so that worker answers with a valid stateless reset, and the client
-//! reconnects (and resubscribes with its cursors) at once instead of waiting for an idle timeout.
+//! stateless-reset key ([`reset_key`]) so that worker answers with a valid stateless reset, and
+//! the client reconnects (and resubscribes with its cursors) at once instead of waiting for an
+//! idle timeout.
 
 use crate::conn::{Conn, ConnState, Io, Phase, Transport};
 use crate::dispatch::{bad_frame, finish_subscribe, on_frame};
@@ -106,6 +107,24 @@ impl QuicSetup {
             Arc::new(quinn::TokioRuntime),
         )
     }
+}
+
+/// The stateless-reset key, derived from the TLS private key: the same for every worker (a
+/// client that migrated to another worker's socket gets a reset it accepts, see the module doc)
+/// and across restarts with the same key, so the clients of a gateway that crashed or restarted
+/// learn it from their next packet and reconnect at once, instead of after their idle timeout.
+pub fn reset_key(tls_key: &std::path::Path) -> anyhow::Result<Arc<dyn quinn::crypto::HmacKey>> {
+    use anyhow::Context as _;
+    let secret = std::fs::read(tls_key)
+        .with_context(|| format!("--tls-key {}: cannot read", tls_key.display()))?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"herald quic stateless reset v1\0");
+    ctx.update(&secret);
+    let derived = ctx.finish();
+    Ok(Arc::new(aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        derived.as_ref(),
+    )))
 }
 
 /// The server's QUIC settings, tuned for many idle connections that exchange tiny frames.

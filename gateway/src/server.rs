@@ -133,8 +133,7 @@ fn quic_setups(
         .unwrap_or(limits.heartbeat);
     let idle = longest.mul_f64(2.5) + std::time::Duration::from_secs(30);
     let server = crate::quic::server_config(tls, idle)?;
-    // One stateless-reset key for all workers (see `quic`'s module doc).
-    let endpoint = quinn::EndpointConfig::default();
+    let endpoint = quinn::EndpointConfig::new(crate::quic::reset_key(key)?);
     let sockets = crate::quic::bind_reuseport_udp(addr, workers)
         .with_context(|| format!("binding the QUIC listener {addr}"))?;
     let bound = sockets[0].local_addr()?;

@@ -55,6 +55,8 @@ pub struct GatewayProcess {
     ws: SocketAddr,
     /// Admin (publish, health, metrics) listener.
     admin: SocketAddr,
+    /// QUIC listener, when started with `--quic-listen`.
+    quic: Option<SocketAddr>,
 }
 
 /// `target/<profile>/herald-gateway`, beside the directory of the running test executable.
@@ -94,6 +96,7 @@ impl GatewayProcess {
             options,
             ws: ([127, 0, 0, 1], 0).into(),
             admin: ([127, 0, 0, 1], 0).into(),
+            quic: None,
         };
         gw.spawn();
         gw
@@ -151,6 +154,10 @@ impl GatewayProcess {
                     if let Some((ws, admin)) = parse_ready(&line) {
                         self.ws = ws;
                         self.admin = admin;
+                        self.quic = line
+                            .split_whitespace()
+                            .find_map(|p| p.strip_prefix("quic="))
+                            .and_then(|v| v.parse().ok());
                         return;
                     }
                 }
@@ -166,6 +173,12 @@ impl GatewayProcess {
     #[must_use]
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws
+    }
+
+    /// The QUIC listener's address (`--quic-listen`), if on.
+    #[must_use]
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic
     }
 
     /// The admin listener's address.
