@@ -44,6 +44,8 @@ const RECEIVE_WINDOW: u32 = 2 * STREAM_RECEIVE_WINDOW;
 /// Bytes quinn may hold unacknowledged for one connection. Frames are tiny; the outbox (C11)
 /// queues the rest and decides when a client is a slow consumer.
 const SEND_WINDOW: u64 = 16 * 1024;
+/// Socket buffer asked for on each worker's UDP socket.
+const UDP_BUFFER: usize = 4 << 20;
 /// How long a closing connection waits for the client to acknowledge its last frame before the
 /// application close (which discards unsent stream data).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -181,6 +183,10 @@ pub fn bind_reuseport_udp(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // One socket carries every connection of its worker: room for a burst of handshakes
+        // (a reconnect storm). The kernel caps these at net.core.{r,w}mem_max (ops/README.md).
+        let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+        let _ = socket.set_send_buffer_size(UDP_BUFFER);
         socket.bind(&addr.into())?;
         let socket: std::net::UdpSocket = socket.into();
         addr = socket.local_addr()?;
@@ -268,6 +274,11 @@ async fn open(conn: &Conn, connecting: quinn::Connecting) -> Option<quinn::Conne
         c = connecting => c.ok()?,
         () = closing(conn) => return None,
     };
+    if !alpn_is_herald(&connection) {
+        // rustls refuses a mismatched ALPN; this catches a client that offered none.
+        connection.close(VarInt::from_u32(u32::from(Code::BAD_FRAME.0 as u16)), b"ALPN herald/1 required");
+        return None;
+    }
     let accepted = tokio::select! {
         s = connection.accept_bi() => s.ok(),
         () = closing(conn) => None,
@@ -280,6 +291,14 @@ async fn open(conn: &Conn, connecting: quinn::Connecting) -> Option<quinn::Conne
     *q.send.borrow_mut() = Some(send);
     *q.recv.borrow_mut() = Some(recv);
     Some(connection)
+}
+
+fn alpn_is_herald(connection: &quinn::Connection) -> bool {
+    connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == crate::tls::QUIC_ALPN)
 }
 
 /// Frames in and out until the session ends. Other bidirectional streams are reset with code 1.

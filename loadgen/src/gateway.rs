@@ -15,6 +15,8 @@ pub(crate) struct Gateway {
     pub(crate) admin: SocketAddr,
     pub(crate) pid: u32,
     pub(crate) token: String,
+    /// QUIC listener, when started with `--quic-listen`.
+    pub(crate) quic: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -53,6 +55,7 @@ impl Gateway {
             admin: ([127, 0, 0, 1], 0).into(),
             pid: child.id(),
             token: String::new(),
+            quic: None,
             child: Some(child),
         };
         let rx = crate::lines::stdout_lines(stdout);
@@ -78,6 +81,7 @@ impl Gateway {
                         .find_map(|f| f.strip_prefix(k))
                         .and_then(|v| v.parse::<SocketAddr>().ok())
                 };
+                gateway.quic = field("quic=");
                 break field("ws=")
                     .zip(field("admin="))
                     .ok_or_else(|| anyhow::anyhow!("unreadable ready line {line:?}"))?;
@@ -98,6 +102,7 @@ impl Gateway {
             admin,
             pid,
             token,
+            quic: None,
             child: None,
         }
     }

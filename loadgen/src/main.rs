@@ -10,6 +10,7 @@
 //!   latency, deliveries/s and server CPU per 1M deliveries. Connections live in `receive`
 //!   child processes, which keep reading and measure each CHANGED.
 //! - `receive`: a child process that holds subscribed connections and records latencies.
+//! - `quic_idle`: the idle-memory benchmark of QUIC connections, next to WebSocket in one run.
 //! - `procfs`: reading another process's memory and CPU time.
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
@@ -22,6 +23,7 @@ mod idle;
 mod lines;
 mod natsproc;
 mod procfs;
+mod quic_idle;
 mod reaper;
 mod receive;
 
@@ -42,6 +44,8 @@ struct Cli {
 enum Command {
     /// Idle-connection memory benchmark: RSS and heap per connection at several counts.
     Idle(idle::IdleArgs),
+    /// Idle memory per QUIC connection, next to plain WebSocket, at several counts.
+    QuicIdle(quic_idle::QuicIdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
     /// Fan-out benchmark: publish→CHANGED latency, deliveries/s and CPU per 1M deliveries,
@@ -54,6 +58,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Idle(args) => idle::run(&args),
+        Command::QuicIdle(args) => quic_idle::run(&args),
         Command::Hold(args) => hold::run(&args),
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
