@@ -197,7 +197,11 @@ pub fn bind_reuseport_udp(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std
 
 /// Accepts QUIC connections until shutdown. Over the connection cap, while draining or over
 /// the handshake rate, a connection attempt is refused before its handshake (CONNECTION_REFUSED).
-pub async fn accept_loop(worker: Rc<Worker>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+pub async fn accept_loop(
+    worker: Rc<Worker>,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -276,7 +280,10 @@ async fn open(conn: &Conn, connecting: quinn::Connecting) -> Option<quinn::Conne
     };
     if !alpn_is_herald(&connection) {
         // rustls refuses a mismatched ALPN; this catches a client that offered none.
-        connection.close(VarInt::from_u32(u32::from(Code::BAD_FRAME.0 as u16)), b"ALPN herald/1 required");
+        connection.close(
+            VarInt::from_u32(u32::from(Code::BAD_FRAME.0 as u16)),
+            b"ALPN herald/1 required",
+        );
         return None;
     }
     let accepted = tokio::select! {
@@ -432,6 +439,45 @@ async fn close(conn: &Conn, connection: quinn::Connection) {
 }
 
 fn app_close(connection: &quinn::Connection, code: u16) {
-    let reason = if code == 0 { "" } else { Code(u64::from(code)).name() };
+    let reason = if code == 0 {
+        ""
+    } else {
+        Code(u64::from(code)).name()
+    };
     connection.close(VarInt::from_u32(u32::from(code)), reason.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where a QUIC connection's memory goes, in the parts whose size is fixed: printed for the
+    /// report (`cargo test -p herald-gateway quic_state_sizes -- --nocapture`); the bound keeps
+    /// our own part small.
+    #[test]
+    fn quic_state_sizes() {
+        let ours = std::mem::size_of::<QuicIo>();
+        println!("QuicIo (boxed, per connection): {ours} B");
+        println!(
+            "quinn_proto::Connection: {} B",
+            std::mem::size_of::<quinn_proto::Connection>()
+        );
+        println!(
+            "quinn_proto::ConnectionEvent: {} B (tokio unbounded channel blocks hold 32 of these)",
+            std::mem::size_of::<quinn_proto::ConnectionEvent>()
+        );
+        println!(
+            "quinn_proto::EndpointEvent: {} B",
+            std::mem::size_of::<quinn_proto::EndpointEvent>()
+        );
+        println!(
+            "quinn::Connection (handle): {} B",
+            std::mem::size_of::<quinn::Connection>()
+        );
+        println!(
+            "quinn::SendStream: {} B",
+            std::mem::size_of::<quinn::SendStream>()
+        );
+        assert!(ours <= 128, "QuicIo grew to {ours} B");
+    }
 }

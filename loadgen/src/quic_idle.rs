@@ -236,7 +236,12 @@ fn client_config(ca_pem: &str) -> anyhow::Result<quinn::ClientConfig> {
 }
 
 /// HELLO, SUBSCRIBE(ns, 0), PING; waits for the PONG.
-async fn open(ep: &quinn::Endpoint, addr: SocketAddr, token: &str, ns: u64) -> anyhow::Result<Held> {
+async fn open(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    token: &str,
+    ns: u64,
+) -> anyhow::Result<Held> {
     let conn = ep.connect(addr, "localhost")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut wire = Vec::new();

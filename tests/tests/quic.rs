@@ -199,9 +199,9 @@ async fn wrong_or_missing_alpn_is_refused() {
 async fn refused_with_alpn(gw: &GatewayProcess, cert: &Cert, alpn: Vec<Vec<u8>>) {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls::pki_types::CertificateDer::from(
-            rcgen_der(&cert.pem),
-        ))
+        .add(rustls::pki_types::CertificateDer::from(rcgen_der(
+            &cert.pem,
+        )))
         .unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -238,7 +238,7 @@ fn rcgen_der(pem: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn handshake_and_heartbeat_timeouts_close_with_104() {
+async fn handshake_timeout_closes_with_104() {
     let cert = cert();
     let gw = start(
         &cert,
@@ -271,7 +271,11 @@ async fn handshake_and_heartbeat_timeouts_close_with_104() {
 #[tokio::test]
 async fn goaway_on_drain_closes_with_100() {
     let cert = cert();
-    let gw = start(&cert, "127.0.0.1:0", GatewayOptions::new().arg("--drain-s", 1));
+    let gw = start(
+        &cert,
+        "127.0.0.1:0",
+        GatewayOptions::new().arg("--drain-s", 1),
+    );
     let mut c = session(&gw, &cert).await;
     gw.sigterm();
     match next(&mut c).await {
@@ -305,12 +309,18 @@ async fn managed_client_over_quic_survives_a_gateway_restart() {
     wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
     client.barrier().await.unwrap();
     gw.publish_ok(&[(42, 1)]).await;
-    wait_for(&mut events, |e| matches!(e, Event::Changed { ns: 42, sjid: 1 })).await;
+    wait_for(&mut events, |e| {
+        matches!(e, Event::Changed { ns: 42, sjid: 1 })
+    })
+    .await;
     gw.restart();
     wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
     client.barrier().await.unwrap();
     gw.publish_ok(&[(42, 2)]).await;
-    wait_for(&mut events, |e| matches!(e, Event::Changed { ns: 42, sjid: 2 })).await;
+    wait_for(&mut events, |e| {
+        matches!(e, Event::Changed { ns: 42, sjid: 2 })
+    })
+    .await;
     client.close().await;
 }
 
