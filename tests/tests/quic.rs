@@ -336,3 +336,32 @@ async fn wait_for(events: &mut herald_client::EventStream, want: fn(&Event) -> b
         }
     }
 }
+
+#[tokio::test]
+async fn heartbeat_timeout_closes_silent_sessions_with_104() {
+    let cert = cert();
+    let gw = start(
+        &cert,
+        "127.0.0.1:0",
+        GatewayOptions::new().arg("--heartbeat-ms", 15000),
+    );
+    let mut c = session(&gw, &cert).await;
+    let last = Instant::now();
+    // Silent from here (no Herald PING; QUIC keep-alives from the client do not count, C15).
+    let incoming = tokio::time::timeout(Duration::from_secs(45), c.recv())
+        .await
+        .expect("closed within 45 s")
+        .expect("recv");
+    let elapsed = last.elapsed();
+    assert_eq!(
+        incoming,
+        Incoming::Closed {
+            code: Code::TIMEOUT.ws_close_code(),
+            reason: "timeout".into()
+        }
+    );
+    assert!(
+        elapsed >= Duration::from_millis(37_500),
+        "closed after {elapsed:?}: before 2.5 x heartbeat"
+    );
+}
