@@ -21,7 +21,7 @@ pub struct ConnectOptions {
     /// Sets `TCP_NODELAY`. Default true: frames are small and a doorbell should not wait for
     /// Nagle.
     pub nodelay: bool,
-    /// Whom `wss://` URLs trust. Default `None`: the system's certificate store.
+    /// Whom `wss://` and `quic://` URLs trust. Default `None`: the system's certificate store.
     pub tls: Option<TlsRoots>,
 }
 
@@ -40,7 +40,7 @@ impl Default for ConnectOptions {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
-    /// `ws://host:port/v1/connect` or `wss://host:port/v1/connect`.
+    /// `ws://host:port/v1/connect`, `wss://host:port/v1/connect` or `quic://host:port`.
     pub url: String,
     /// Other gateways to try: each connection attempt (after a failure, a GOAWAY or a dropped
     /// session) takes the next of `url`, then these, in turn. Empty by default.
@@ -62,7 +62,7 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Seeds the backoff jitter, for deterministic tests. `None` seeds from the OS.
     pub rng_seed: Option<u64>,
-    /// Whom `wss://` URLs trust (default `None`: the system's certificate store).
+    /// Whom `wss://` and `quic://` URLs trust (default `None`: the system's certificate store).
     pub tls: Option<TlsRoots>,
 }
 

@@ -60,8 +60,17 @@ pub enum Incoming {
 /// calling [`recv`](Connection::recv) (or sending).
 #[derive(Debug)]
 pub struct Connection {
+    /// The transport under the session.
+    inner: Inner,
+}
+
+/// WebSocket (`ws://`, `wss://`) or QUIC (`quic://`), chosen by the URL's scheme.
+#[derive(Debug)]
+enum Inner {
     /// The upgraded socket.
-    ws: Ws,
+    Ws(Box<Ws>),
+    /// A QUIC connection and its session stream.
+    Quic(Box<crate::quic::QuicSession>),
 }
 
 /// Small buffers: the load generator holds ~15k connections in one process, and Herald messages
@@ -108,6 +117,12 @@ impl Connection {
     }
 
     async fn open_inner(url: &str, opts: ConnectOptions) -> Result<Connection, ClientError> {
+        if url.starts_with(crate::quic::SCHEME) {
+            let session = crate::quic::QuicSession::open(url, &opts).await?;
+            return Ok(Connection {
+                inner: Inner::Quic(Box::new(session)),
+            });
+        }
         let mut req = url
             .into_client_request()
             .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
@@ -134,7 +149,9 @@ impl Connection {
         if selected.as_deref() != Some(WS_SUBPROTOCOL) {
             return Err(ClientError::NoSubprotocol { selected });
         }
-        Ok(Connection { ws })
+        Ok(Connection {
+            inner: Inner::Ws(Box::new(ws)),
+        })
     }
 
     /// Sends HELLO (version 1) and waits for WELCOME. No timeout of its own: `connect` bounds it.
@@ -178,13 +195,44 @@ impl Connection {
         if bytes.len() > MAX_CLIENT_FRAME {
             return Err(ClientError::FrameTooLarge(bytes.len()));
         }
-        self.send_raw(Message::binary(bytes)).await
+        match &mut self.inner {
+            Inner::Ws(_) => self.send_raw(Message::binary(bytes)).await,
+            Inner::Quic(q) => {
+                let mut wire = Vec::with_capacity(bytes.len() + 2);
+                herald_proto::quic::encode_frame(&bytes, &mut wire);
+                q.send_bytes(&wire).await
+            }
+        }
+    }
+
+    /// QUIC only: writes `bytes` on the session stream as they are (no length prefix added),
+    /// for tests of the server's error handling.
+    pub async fn send_stream_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match &mut self.inner {
+            Inner::Quic(q) => q.send_bytes(bytes).await,
+            Inner::Ws(_) => Err(ClientError::Unexpected(
+                "send_stream_bytes is for quic:// connections".into(),
+            )),
+        }
+    }
+
+    /// QUIC only: the QUIC connection (to open more streams, read statistics).
+    pub fn quic_connection(&self) -> Option<&quinn::Connection> {
+        match &self.inner {
+            Inner::Quic(q) => Some(q.connection()),
+            Inner::Ws(_) => None,
+        }
     }
 
     /// Sends any WebSocket message as is (text, garbage bytes, oversized frames, ...): for tests
     /// of the server's error handling.
     pub async fn send_raw(&mut self, msg: Message) -> Result<(), ClientError> {
-        self.ws.send(msg).await.map_err(ClientError::from_ws)
+        match &mut self.inner {
+            Inner::Ws(ws) => ws.send(msg).await.map_err(ClientError::from_ws),
+            Inner::Quic(_) => Err(ClientError::Unexpected(
+                "send_raw is for WebSocket connections; use send_stream_bytes".into(),
+            )),
+        }
     }
 
     /// Reads the next server frame, skipping WebSocket pings and pongs (tungstenite answers the
@@ -193,8 +241,12 @@ impl Connection {
     ///
     /// Cancel safe: it only awaits the socket's read, so it can be a `select!` branch.
     pub async fn recv(&mut self) -> Result<Incoming, ClientError> {
+        let ws = match &mut self.inner {
+            Inner::Ws(ws) => ws,
+            Inner::Quic(q) => return q.recv().await,
+        };
         loop {
-            let msg = match self.ws.next().await {
+            let msg = match ws.next().await {
                 None => return Ok(closed_without_frame()),
                 Some(Err(
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
@@ -221,6 +273,10 @@ impl Connection {
     /// Sends a normal (1000) close and reads until the server's close or EOF. Callers bound it
     /// with a timeout: a server that never answers would keep it waiting.
     pub async fn close(&mut self) -> Result<(), ClientError> {
+        if let Inner::Quic(q) = &mut self.inner {
+            q.close().await;
+            return Ok(());
+        }
         self.close_with(CloseCode::Normal, "").await
     }
 
@@ -229,7 +285,10 @@ impl Connection {
             code,
             reason: reason.to_owned().into(),
         };
-        match self.ws.close(Some(frame)).await {
+        let Inner::Ws(ws) = &mut self.inner else {
+            return Ok(());
+        };
+        match (**ws).close(Some(frame)).await {
             Ok(()) => {}
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return Ok(());

@@ -46,8 +46,9 @@
 //! - `client.rs`: [`Client`], the handle; `task.rs`: its background task (connect, sleep,
 //!   classify closes); `session.rs`: one live session inside it (heartbeat, frames, barriers).
 //!
-//! `wss://` URLs are served over rustls (aws-lc-rs); [`TlsRoots`] in [`ConnectOptions`] or
-//! [`ClientConfig`] says whom they trust (default: the system's store). Long-poll takes
+//! Transports by URL scheme: `ws://` and `wss://` (WebSocket; `wss` over rustls with aws-lc-rs),
+//! and `quic://host:port` (QUIC). [`TlsRoots`] in [`ConnectOptions`] or [`ClientConfig`] says whom
+//! `wss://` and `quic://` trust (default: the system's store). Long-poll ([`LongPoller`]) takes
 //! `http://` URLs only.
 #![warn(missing_docs)]
 
@@ -57,10 +58,11 @@ pub mod connection;
 pub mod cursors;
 pub mod error;
 pub mod event;
-pub mod tls;
 pub mod longpoll;
+pub mod tls;
 
 mod client;
+mod quic;
 mod session;
 mod task;
 
@@ -72,7 +74,7 @@ pub use cursors::Cursors;
 pub use error::ClientError;
 pub use event::{Event, EventStream};
 pub use herald_proto::{ClientFrame, Code, ServerFrame};
-pub use tls::TlsRoots;
 pub use longpoll::{LongPollConfig, LongPoller};
+pub use tls::TlsRoots;
 /// The WebSocket message type [`Connection::send_raw`] takes.
 pub use tokio_tungstenite::tungstenite::Message;

@@ -1,4 +1,4 @@
-//! [`TlsRoots`]: whom a `wss://` connection trusts.
+//! [`TlsRoots`]: whom a `wss://` or `quic://` connection trusts.
 
 use std::fmt;
 use std::path::Path;
@@ -9,8 +9,8 @@ use rustls::pki_types::pem::PemObject;
 
 use crate::error::ClientError;
 
-/// The trust anchors of `wss://` connections, as a ready rustls client configuration (aws-lc-rs
-/// provider, TLS 1.3 and 1.2). Cheap to clone. Without one, a `wss://` connection trusts the
+/// The trust anchors of `wss://` and `quic://` connections, as a ready rustls client configuration (aws-lc-rs
+/// provider, TLS 1.3 and 1.2). Cheap to clone. Without one, a connection trusts the
 /// system's certificate store ([`TlsRoots::native`]).
 #[derive(Clone)]
 pub struct TlsRoots(Arc<rustls::ClientConfig>);
@@ -26,6 +26,19 @@ impl TlsRoots {
         }
         if store.is_empty() {
             return Err(bad(&"no certificate in the file"));
+        }
+        Ok(Self::from_root_store(store))
+    }
+
+    /// Trusts every certificate in `pem` (PEM text, e.g. a test CA made at run time).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, ClientError> {
+        let bad = |e: &dyn fmt::Display| ClientError::Tls(format!("root certificates: {e}"));
+        let mut store = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            store.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        if store.is_empty() {
+            return Err(bad(&"no certificate in the PEM text"));
         }
         Ok(Self::from_root_store(store))
     }

@@ -90,6 +90,10 @@ pub enum Io {
     /// The same over TLS (`wss`, HTTPS). Boxed: the TLS session is large next to a socket, and
     /// plain connections should not pay for it.
     Tls(Box<TlsStream>),
+    /// A QUIC session stream (boxed: QUIC connections are rare next to WebSocket ones, and the
+    /// plain path stays lean). Its task polls the streams itself (`quic::run`), so readiness
+    /// below is only for TCP.
+    Quic(Box<crate::quic::QuicIo>),
 }
 
 impl Io {
@@ -97,6 +101,7 @@ impl Io {
         match self {
             Io::Tcp(s) => s.poll_read_ready(cx).map(|_| ()),
             Io::Tls(t) => t.tcp().poll_read_ready(cx).map(|_| ()),
+            Io::Quic(_) => Poll::Pending,
         }
     }
 
@@ -104,6 +109,7 @@ impl Io {
         match self {
             Io::Tcp(s) => s.poll_write_ready(cx).map(|_| ()),
             Io::Tls(t) => t.tcp().poll_write_ready(cx).map(|_| ()),
+            Io::Quic(_) => Poll::Pending,
         }
     }
 
@@ -113,13 +119,17 @@ impl Io {
         match self {
             Io::Tcp(s) => s.try_read(buf),
             Io::Tls(t) => t.read_plain(buf),
+            Io::Quic(_) => Err(std::io::ErrorKind::WouldBlock.into()),
         }
     }
 
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    /// Writes without waiting. `waker` (the connection task's) is woken when a QUIC stream that
+    /// refused bytes has room again; TCP readiness is polled by the task instead.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>], waker: &Waker) -> std::io::Result<usize> {
         match self {
             Io::Tcp(s) => s.try_write_vectored(bufs),
             Io::Tls(_) => Err(std::io::Error::other("TLS is written by TlsStream::flush")),
+            Io::Quic(q) => q.try_write(bufs, waker),
         }
     }
 
@@ -127,7 +137,7 @@ impl Io {
     #[must_use]
     pub fn has_pending_out(&self) -> bool {
         match self {
-            Io::Tcp(_) => false,
+            Io::Tcp(_) | Io::Quic(_) => false,
             Io::Tls(t) => t.has_pending_out(),
         }
     }
@@ -135,7 +145,7 @@ impl Io {
     /// The connection is over: TLS sends close_notify if it can (best effort, no waiting).
     pub fn shutdown(&self) {
         match self {
-            Io::Tcp(_) => {}
+            Io::Tcp(_) | Io::Quic(_) => {}
             Io::Tls(t) => t.shutdown(),
         }
     }
@@ -214,6 +224,9 @@ pub struct ConnState {
     pub rate_limited: bool,
     /// Client class (from the token), which sets its heartbeat; 0 = default.
     pub class: u8,
+    /// The code a close started by the server carries (0: none yet): QUIC puts it in the
+    /// connection's application close (PROTOCOL.md "Transports").
+    pub close_code: u16,
     /// Random id, sent in WELCOME and written in logs.
     pub session_id: u64,
     /// What the token grants (Open only).
@@ -257,6 +270,7 @@ impl Conn {
                 counted: false,
                 rate_limited: false,
                 class: 0,
+                close_code: 0,
                 session_id,
                 grant: None,
                 subs: Subscriptions::default(),
@@ -276,12 +290,7 @@ impl Conn {
                 ..Ready::default()
             });
         }
-        {
-            let mut w = self.waker.borrow_mut();
-            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
-        }
+        self.register_waker(cx);
         if st.phase == Phase::Open && st.poll.as_ref().is_some_and(|p| p.due()) {
             // A waiting long-poll got changes from the fan-out: the task answers it.
             return Poll::Ready(Ready::default());
@@ -303,6 +312,14 @@ impl Conn {
     #[must_use]
     pub fn has_output(&self, st: &ConnState) -> bool {
         !st.outbox.is_empty() || self.io.has_pending_out()
+    }
+
+    /// Remembers the task's waker for [`Conn::wake`] and for QUIC writes from the fan-out.
+    pub fn register_waker(&self, cx: &Context<'_>) {
+        let mut w = self.waker.borrow_mut();
+        if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *w = Some(cx.waker().clone());
+        }
     }
 
     /// Wakes the task (after the sweep or the fan-out changed its state).
@@ -381,13 +398,15 @@ impl Conn {
                 }
             }
         }
+        let waker = self.waker.borrow();
+        let waker = waker.as_ref().unwrap_or(Waker::noop());
         while !st.outbox.is_empty() {
             let mut slices = [IoSlice::new(&[]); 64];
             let n = st.outbox.len().min(slices.len());
             for (slot, buf) in slices.iter_mut().zip(st.outbox.iter()) {
                 *slot = IoSlice::new(buf);
             }
-            match self.io.try_write_vectored(&slices[..n]) {
+            match self.io.try_write_vectored(&slices[..n], waker) {
                 Ok(0) => {
                     st.exit = true;
                     return;
@@ -456,6 +475,7 @@ pub fn close_with(st: &mut ConnState, frame: Option<ServerFrame>, code: Code, no
     if st.phase == Phase::Closing {
         return;
     }
+    st.close_code = u16::try_from(code.0).unwrap_or(u16::MAX);
     if st.phase == Phase::Http {
         st.exit = true;
         return;

@@ -60,7 +60,8 @@ pub async fn finish_subscribe(worker: &Worker, conn: &Conn, reg: session::Regist
 fn resume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) {
     match st.transport {
         Transport::WebSocket => crate::handler::consume(worker, conn, st, buf),
-        Transport::Quic | Transport::LongPoll => {}
+        Transport::Quic => crate::quic::consume(worker, conn, st, buf),
+        Transport::LongPoll => {}
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`conn`]: one client connection's state, byte stream and writes, whatever the transport;
 //!   [`dispatch`]: what a client frame does to it, whatever the transport;
 //!   [`handler`]: the task of a TCP connection (HTTP, WebSocket); [`upgrade`]: its HTTP handshake;
+//!   [`quic`]: the QUIC listener and the task of a QUIC connection;
 //!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
 //! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters;
 //!   [`admission`]: handshake rate limits.
@@ -46,6 +47,7 @@ pub mod journal;
 pub mod keys;
 pub mod latest;
 pub mod longpoll;
+pub mod quic;
 pub mod server;
 pub mod session;
 pub mod source;

@@ -65,6 +65,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     if let Some((_, config)) = &wss {
         tokio::spawn(reload_on_sighup(config.clone()));
     }
+    let (mut quic, quic_addr) = quic_setups(&args, &limits, workers)?;
     let shared = Arc::new(Shared::default());
     let shutdown = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers);
@@ -86,6 +87,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
             drain: std::time::Duration::from_secs(args.drain_s),
             workers,
             tls: tls_listener.zip(wss.as_ref().map(|(_, config)| config.clone())),
+            quic: quic.pop(),
         })?);
     }
 
@@ -118,7 +120,8 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         .unwrap_or_default();
     tracing::info!(%ws_addr, %admin_addr, wss = %wss_part.trim(), workers, max_connections = limits.max_connections, "herald gateway ready");
     // A machine-readable line for scripts and tests (logs go to stderr).
-    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}{wss_part}");
+    let quic_ready = quic_addr.map(|a| format!(" quic={a}")).unwrap_or_default();
+    println!("herald-gateway ready ws={ws_addr} admin={admin_addr}{wss_part}{quic_ready}");
 
     wait_for_signal().await?;
     tracing::info!(drain_s = args.drain_s, "draining");
@@ -131,6 +134,41 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One QUIC socket and configuration per worker when `--quic-listen` is set (popped from the
+/// back, so any order), and the address they share.
+fn quic_setups(
+    args: &ServeArgs,
+    limits: &crate::config::ConnLimits,
+    workers: usize,
+) -> anyhow::Result<(Vec<crate::quic::QuicSetup>, Option<SocketAddr>)> {
+    let (Some(addr), Some(cert), Some(key)) = (args.quic_listen, &args.tls_cert, &args.tls_key)
+    else {
+        return Ok((Vec::new(), None));
+    };
+    let tls = crate::tls::server_config(cert, key, &[crate::tls::QUIC_ALPN])?;
+    // Longer than the longest heartbeat timeout (2.5 x heartbeat), so the sweep closes a silent
+    // client with code 104 before QUIC's idle timeout would.
+    let longest = (0..=limits.heartbeat_classes.len())
+        .map(|c| limits.heartbeat_of(c as u8))
+        .max()
+        .unwrap_or(limits.heartbeat);
+    let idle = longest.mul_f64(2.5) + std::time::Duration::from_secs(30);
+    let server = crate::quic::server_config(tls, idle)?;
+    let endpoint = quinn::EndpointConfig::new(crate::quic::reset_key(key)?);
+    let sockets = crate::quic::bind_reuseport_udp(addr, workers)
+        .with_context(|| format!("binding the QUIC listener {addr}"))?;
+    let bound = sockets[0].local_addr()?;
+    let setups = sockets
+        .into_iter()
+        .map(|socket| crate::quic::QuicSetup {
+            socket,
+            endpoint: endpoint.clone(),
+            server: server.clone(),
+        })
+        .collect();
+    Ok((setups, Some(bound)))
 }
 
 /// Distributed mode: follow the relays over NATS and hand raised changes to every worker.

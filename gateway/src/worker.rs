@@ -87,6 +87,8 @@ pub struct WorkerSetup {
     pub workers: usize,
     /// Its `wss` listener socket and the certificate holder, when `--tls-listen` is set.
     pub tls: Option<(std::net::TcpListener, Arc<ReloadableConfig>)>,
+    /// Its QUIC socket and settings, when `--quic-listen` is on.
+    pub quic: Option<crate::quic::QuicSetup>,
 }
 
 /// A worker's state, shared by its tasks (single-threaded).
@@ -165,6 +167,7 @@ async fn run(setup: WorkerSetup) {
         drain,
         workers,
         tls,
+        quic,
     } = setup;
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -182,6 +185,20 @@ async fn run(setup: WorkerSetup) {
         }
     };
     let worker = Rc::new(Worker::new(id, source, verifier, limits, shared, workers));
+    let quic = match quic.map(crate::quic::QuicSetup::endpoint).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "QUIC endpoint could not start");
+            None
+        }
+    };
+    if let Some(endpoint) = &quic {
+        tokio::task::spawn_local(crate::quic::accept_loop(
+            worker.clone(),
+            endpoint.clone(),
+            shutdown.clone(),
+        ));
+    }
     let w = worker.clone();
     tokio::task::spawn_local(async move {
         while let Some(batch) = fanout.recv().await {
@@ -317,7 +334,23 @@ impl Worker {
     }
 
     fn admit(self: &Rc<Self>, io: Io, source: std::net::IpAddr) {
-        let admitted = self.admission.borrow_mut().admit(source, Instant::now());
+        let admitted = self.within_rate(source);
+        let conn = self.insert(io, Transport::WebSocket);
+        if !admitted {
+            // Answered with 503 once its request head is read (C-rate: before any upgrade work).
+            conn.state.borrow_mut().rate_limited = true;
+            metrics::counter!("herald_handshakes_rate_limited_total").increment(1);
+        }
+        tokio::task::spawn_local(handler::run(self.clone(), conn));
+    }
+
+    /// Whether a new connection from `source` is within the handshake rates (and counts it).
+    pub fn within_rate(&self, source: std::net::IpAddr) -> bool {
+        self.admission.borrow_mut().admit(source, Instant::now())
+    }
+
+    /// Puts a new connection in the table, with its handshake deadline from now.
+    pub fn insert(&self, io: Io, transport: Transport) -> Rc<Conn> {
         let now = self.now();
         // Ticks are floored, so `now` may be up to one tick behind the accept: one tick more
         // keeps the timeout from firing early (C8: late by up to 1 s, never early).
@@ -326,20 +359,14 @@ impl Worker {
         let entry = conns.vacant_entry();
         let conn = Rc::new(Conn::new(
             io,
-            Transport::WebSocket,
+            transport,
             entry.key() as u32,
             now,
             deadline,
             rand::rng().random(),
         ));
-        if !admitted {
-            // Answered with 503 once its request head is read (C-rate: before any upgrade work).
-            conn.state.borrow_mut().rate_limited = true;
-            metrics::counter!("herald_handshakes_rate_limited_total").increment(1);
-        }
         entry.insert(conn.clone());
-        drop(conns);
-        tokio::task::spawn_local(handler::run(self.clone(), conn));
+        conn
     }
 
     /// Forgets a closed connection.

@@ -17,6 +17,8 @@ pub(crate) struct Gateway {
     pub(crate) token: String,
     /// The `wss` listener, when started with `--tls-listen`.
     pub(crate) wss: Option<SocketAddr>,
+    /// QUIC listener, when started with `--quic-listen`.
+    pub(crate) quic: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -56,6 +58,7 @@ impl Gateway {
             pid: child.id(),
             token: String::new(),
             wss: None,
+            quic: None,
             child: Some(child),
         };
         let rx = crate::lines::stdout_lines(stdout);
@@ -81,6 +84,7 @@ impl Gateway {
                         .find_map(|f| f.strip_prefix(k))
                         .and_then(|v| v.parse::<SocketAddr>().ok())
                 };
+                gateway.quic = field("quic=");
                 let (ws, admin) = field("ws=")
                     .zip(field("admin="))
                     .ok_or_else(|| anyhow::anyhow!("unreadable ready line {line:?}"))?;
@@ -104,6 +108,7 @@ impl Gateway {
             pid,
             token,
             wss: None,
+            quic: None,
             child: None,
         }
     }

@@ -15,6 +15,7 @@
 //!   one gateway worker and the gateway's CPU per 1000 handshakes.
 //! - `longpoll_idle`: the same measure for waiting HTTP long-polls (`longpoll-idle`), with its
 //!   child process (`longpoll-hold`).
+//! - `quic_idle`: the idle-memory benchmark of QUIC connections, next to WebSocket in one run.
 //! - `procfs`: reading another process's memory and CPU time.
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
@@ -33,6 +34,7 @@ mod longpoll_idle;
 mod natsproc;
 mod peer;
 mod procfs;
+mod quic_idle;
 mod reaper;
 mod receive;
 mod report;
@@ -54,6 +56,8 @@ struct Cli {
 enum Command {
     /// Idle-connection memory benchmark: RSS and heap per connection at several counts.
     Idle(idle::IdleArgs),
+    /// Idle memory per QUIC connection, next to plain WebSocket, at several counts.
+    QuicIdle(quic_idle::QuicIdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
     /// Long-poll memory benchmark: RSS and heap per waiting poll at several counts.
@@ -76,6 +80,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Idle(args) => idle::run(&args),
+        Command::QuicIdle(args) => quic_idle::run(&args),
         Command::Hold(args) => hold::run(&args),
         Command::LongpollIdle(args) => longpoll_idle::run(&args),
         Command::LongpollHold(args) => longpoll_idle::hold(&args),

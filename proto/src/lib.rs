@@ -16,6 +16,7 @@
 //! - [`code`]: the error/close codes shared by DENIED, GOAWAY, ERROR and close frames.
 //! - [`frame`]: HELLO … ERROR, encode and decode, size limits, splitting of long lists.
 //! - [`ws`]: server-side RFC 6455 framing (client frames in, server frames out).
+//! - [`quic`]: the QUIC session stream's framing (a varint length before each frame).
 //! - [`claims`]: the JWT claims a token carries, with the `ns` grant rules.
 //! - [`fanout`]: the NATS messages between journal, relays and gateways (batches, look-ups).
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub mod claims;
 pub mod code;
 pub mod fanout;
 pub mod frame;
+pub mod quic;
 pub mod varint;
 pub mod ws;
 

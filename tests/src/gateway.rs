@@ -67,6 +67,8 @@ pub struct GatewayProcess {
     admin: SocketAddr,
     /// `wss` listener, when started with [`GatewayOptions::tls`].
     wss: Option<SocketAddr>,
+    /// QUIC listener, when started with `--quic-listen`.
+    quic: Option<SocketAddr>,
 }
 
 /// `target/<profile>/herald-gateway`, beside the directory of the running test executable.
@@ -107,6 +109,7 @@ impl GatewayProcess {
             ws: ([127, 0, 0, 1], 0).into(),
             admin: ([127, 0, 0, 1], 0).into(),
             wss: None,
+            quic: None,
         };
         if gw.options.tls {
             gw.write_new_cert();
@@ -177,6 +180,10 @@ impl GatewayProcess {
                         self.ws = ws;
                         self.admin = admin;
                         self.wss = wss;
+                        self.quic = line
+                            .split_whitespace()
+                            .find_map(|p| p.strip_prefix("quic="))
+                            .and_then(|v| v.parse().ok());
                         return;
                     }
                 }
@@ -192,6 +199,12 @@ impl GatewayProcess {
     #[must_use]
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws
+    }
+
+    /// The QUIC listener's address (`--quic-listen`), if on.
+    #[must_use]
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic
     }
 
     /// The admin listener's address.
