@@ -40,13 +40,15 @@
 //! - [`backoff`]: [`Backoff`], exponential backoff with full jitter.
 //! - [`cursors`]: [`Cursors`], `ns -> cursor` and the splitting of long subscriptions.
 //! - [`event`]: [`Event`] and [`EventStream`].
+//! - [`longpoll`]: the HTTP long-poll transport: [`LongPoller`] (managed, same [`Event`]s) and
+//!   one-shot polls.
 //! - [`tls`]: [`TlsRoots`], the trust anchors of `wss://`.
 //! - `client.rs`: [`Client`], the handle; `task.rs`: its background task (connect, sleep,
 //!   classify closes); `session.rs`: one live session inside it (heartbeat, frames, barriers).
 //!
 //! `wss://` URLs are served over rustls (aws-lc-rs); [`TlsRoots`] in [`ConnectOptions`] or
-//! [`ClientConfig`] says whom they trust (default: the system's store). Not supported yet: the
-//! QUIC and long-poll transports.
+//! [`ClientConfig`] says whom they trust (default: the system's store). Long-poll takes
+//! `http://` URLs only.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -56,6 +58,7 @@ pub mod cursors;
 pub mod error;
 pub mod event;
 pub mod tls;
+pub mod longpoll;
 
 mod client;
 mod session;
@@ -70,5 +73,6 @@ pub use error::ClientError;
 pub use event::{Event, EventStream};
 pub use herald_proto::{ClientFrame, Code, ServerFrame};
 pub use tls::TlsRoots;
+pub use longpoll::{LongPollConfig, LongPoller};
 /// The WebSocket message type [`Connection::send_raw`] takes.
 pub use tokio_tungstenite::tungstenite::Message;

@@ -14,6 +14,13 @@ pub async fn finish_subscribe(worker: &Worker, conn: &Conn, reg: session::Regist
     let ns: Vec<u64> = reg.namespaces().collect();
     let looked_up = worker.source.resolve(&reg.added, &ns).await;
     let mut st = conn.state.borrow_mut();
+    if st.transport == Transport::LongPoll {
+        crate::longpoll::looked_up(worker, conn, &mut st, reg, looked_up);
+        if !st.outbox.is_empty() {
+            conn.flush_state(&mut st);
+        }
+        return;
+    }
     let latest = match looked_up {
         Ok(latest) => latest,
         Err(e) => {

@@ -1,7 +1,7 @@
 //! The task of one connection: wait for readiness, read into the worker's scratch buffer, run
 //! the bytes through the HTTP upgrade, the WebSocket framing and the session rules, and flush.
 
-use crate::conn::{Conn, ConnState, Phase, queue_bytes};
+use crate::conn::{Conn, ConnState, Phase, Transport, queue_bytes};
 use crate::dispatch::{bad_frame, finish_subscribe, on_frame};
 use crate::upgrade::{self, Admission, Decision};
 use crate::worker::{CLOSE_GRACE_TICKS, Worker};
@@ -24,6 +24,9 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>) {
         let ready = std::future::poll_fn(|cx| conn.poll_ready(cx)).await;
         if ready.exit {
             break;
+        }
+        if conn.state.borrow().transport == Transport::LongPoll {
+            crate::longpoll::on_wake(&worker, &conn);
         }
         if ready.readable {
             on_readable(&worker, &conn);
@@ -74,10 +77,17 @@ pub fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8])
 fn process(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) -> usize {
     let mut at = 0;
     if st.phase == Phase::Http {
-        match http(worker, st, buf) {
+        match http(worker, conn, st, buf) {
             Some(used) => at = used,
             None => return 0,
         }
+    }
+    if st.transport == Transport::LongPoll {
+        // No pipelining: bytes sent before the reply to a poll end the connection (C16).
+        if at < buf.len() && st.phase != Phase::Closing {
+            st.exit = true;
+        }
+        return buf.len();
     }
     while at < buf.len() && !st.exit && st.pending.is_none() {
         if matches!(st.phase, Phase::Http) || (st.phase == Phase::Closing && st.exit_when_flushed) {
@@ -105,10 +115,12 @@ fn process(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) -> 
 }
 
 /// The HTTP phase. `None`: the head is incomplete; `Some(n)`: `n` bytes were the request.
-fn http(worker: &Worker, st: &mut ConnState, buf: &[u8]) -> Option<usize> {
+fn http(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &[u8]) -> Option<usize> {
     let shared = &worker.shared;
     let admission = Admission {
-        full: shared.connections.load(Ordering::Relaxed) >= worker.limits.max_connections,
+        // A long-poll connection kept alive is already counted.
+        full: !st.counted
+            && shared.connections.load(Ordering::Relaxed) >= worker.limits.max_connections,
         draining: shared.draining.load(Ordering::Relaxed),
         rate_limited: st.rate_limited,
     };
@@ -123,9 +135,24 @@ fn http(worker: &Worker, st: &mut ConnState, buf: &[u8]) -> Option<usize> {
         Decision::Upgrade { response, head_len } => {
             queue_bytes(st, response);
             st.phase = Phase::AwaitHello;
-            st.counted = true;
-            shared.connections.fetch_add(1, Ordering::Relaxed);
+            st.transport = Transport::WebSocket;
+            if !st.counted {
+                st.counted = true;
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+            }
             Some(head_len)
+        }
+        Decision::LongPoll {
+            head_len,
+            body_len,
+            keep_alive,
+        } => {
+            let end = head_len + body_len;
+            if buf.len() < end {
+                return None;
+            }
+            crate::longpoll::start(worker, conn, st, &buf[head_len..end], keep_alive);
+            Some(end)
         }
         Decision::Refuse { status, response } => {
             metrics::counter!("herald_http_refusals_total", "status" => status.to_string())

@@ -45,6 +45,7 @@ pub mod interest;
 pub mod journal;
 pub mod keys;
 pub mod latest;
+pub mod longpoll;
 pub mod server;
 pub mod session;
 pub mod source;

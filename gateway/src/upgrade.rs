@@ -23,6 +23,16 @@ pub enum Decision {
         /// Length of the request head.
         head_len: usize,
     },
+    /// A long-poll request (`POST /v1/longpoll`): its body is the `body_len` bytes after the
+    /// `head_len` bytes of head (see [`crate::longpoll`]).
+    LongPoll {
+        /// Length of the request head.
+        head_len: usize,
+        /// Content-Length of the body (at most [`crate::longpoll::MAX_BODY`]).
+        body_len: usize,
+        /// HTTP/1.1 without `Connection: close`: keep the connection after the reply.
+        keep_alive: bool,
+    },
     /// Answer with `response` and close.
     Refuse {
         /// Status code, for metrics and logs.
@@ -32,7 +42,7 @@ pub enum Decision {
     },
 }
 
-/// Admission state the listener checks after a valid upgrade request.
+/// Admission state the listener checks after a valid upgrade (or long-poll) request.
 #[derive(Debug, Clone, Copy)]
 pub struct Admission {
     /// Over the connection cap.
@@ -70,11 +80,10 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
             ));
         }
         ("POST", "/v1/longpoll") => {
-            return Some(refuse(
-                501,
-                "the long-poll transport is not enabled on this gateway",
-                &[],
-            ));
+            return Some(crate::longpoll::decide_head(&req, head_len, admission));
+        }
+        (_, "/v1/longpoll") => {
+            return Some(refuse(405, "use POST", &[("Allow", "POST")]));
         }
         _ => {
             return Some(refuse(

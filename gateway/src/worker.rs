@@ -124,7 +124,9 @@ pub fn ticks(epoch: Instant, at: Instant) -> u32 {
         .min(u128::from(u32::MAX - 1)) as u32
 }
 
-fn duration_ticks(d: Duration) -> u32 {
+/// Ticks in `d`, rounded up.
+#[must_use]
+pub fn duration_ticks(d: Duration) -> u32 {
     d.as_millis()
         .div_ceil(TICK.as_millis())
         .min(u128::from(u32::MAX / 2)) as u32
@@ -407,6 +409,14 @@ impl Worker {
         for (_, conn) in conns.iter() {
             let mut st = conn.state.borrow_mut();
             let acted = match st.phase {
+                Phase::Open if st.transport == Transport::LongPoll => {
+                    crate::longpoll::sweep(self, conn.key, &mut st, now, draining)
+                }
+                // A long-poll connection idle between polls: nothing to wait for while draining.
+                Phase::Http if draining && st.transport == Transport::LongPoll => {
+                    st.exit = true;
+                    true
+                }
                 Phase::Http | Phase::AwaitHello if now >= st.deadline => {
                     close_with(&mut st, None, Code::TIMEOUT, now);
                     st.exit_when_flushed = true;

@@ -135,6 +135,20 @@ impl Gateway {
         }))
     }
 
+    /// The sum of every series of a metric (e.g. a gauge labelled per worker).
+    pub(crate) fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let body = self.get("/metrics")?;
+        Ok(body
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let value = rest.rsplit(' ').next()?;
+                (rest.starts_with(' ') || rest.starts_with('{'))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum())
+    }
+
     fn get(&self, path: &str) -> anyhow::Result<String> {
         Ok(self.request(path)?.1)
     }

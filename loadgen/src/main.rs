@@ -13,10 +13,15 @@
 //! - `receive`: a child process that holds subscribed connections and records latencies.
 //! - `handshakes`: the TLS handshake benchmark (`tls-handshakes`): full handshakes a second on
 //!   one gateway worker and the gateway's CPU per 1000 handshakes.
+//! - `longpoll_idle`: the same measure for waiting HTTP long-polls (`longpoll-idle`), with its
+//!   child process (`longpoll-hold`).
 //! - `procfs`: reading another process's memory and CPU time.
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
 //! - `reaper`: kills the children by pid when `fanout` is stopped by a signal.
+//! - `peer`: Herald's peers (nats-server WebSocket, Node `ws`) as `fanout` paths, and their
+//!   `peer-receive` child processes.
+//! - `report`: turns a `fanout` JSON report into the comparison tables of BENCHMARKS.md.
 
 mod fanout;
 mod gateway;
@@ -24,10 +29,13 @@ mod handshakes;
 mod hold;
 mod idle;
 mod lines;
+mod longpoll_idle;
 mod natsproc;
+mod peer;
 mod procfs;
 mod reaper;
 mod receive;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +56,10 @@ enum Command {
     Idle(idle::IdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
+    /// Long-poll memory benchmark: RSS and heap per waiting poll at several counts.
+    LongpollIdle(longpoll_idle::LongPollIdleArgs),
+    /// (internal) Keep polls waiting; used by `longpoll-idle` as a child process.
+    LongpollHold(longpoll_idle::LongPollHoldArgs),
     /// Fan-out benchmark: publish→CHANGED latency, deliveries/s and CPU per 1M deliveries,
     /// standalone vs distributed (NATS) in one run.
     Fanout(fanout::FanoutArgs),
@@ -55,14 +67,22 @@ enum Command {
     Receive(receive::ReceiveArgs),
     /// TLS handshake benchmark: full handshakes/s on one gateway worker and gateway CPU per 1000.
     TlsHandshakes(handshakes::HandshakeArgs),
+    /// (internal) Hold connections to a peer server and measure every delivery; used by `fanout`.
+    PeerReceive(peer::receive::PeerReceiveArgs),
+    /// Write the comparison tables of BENCHMARKS.md from a `fanout --json` report.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Idle(args) => idle::run(&args),
         Command::Hold(args) => hold::run(&args),
+        Command::LongpollIdle(args) => longpoll_idle::run(&args),
+        Command::LongpollHold(args) => longpoll_idle::hold(&args),
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
         Command::TlsHandshakes(args) => handshakes::run(&args),
+        Command::PeerReceive(args) => peer::receive::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }

@@ -57,7 +57,7 @@ fn version_of(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// A free loopback port (bound, then released for the child to take).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -128,7 +128,7 @@ impl Drop for NatsServer {
 }
 
 /// Whether something on `port` answers with a NATS `INFO` line.
-fn accepts_nats(port: u16) -> bool {
+pub(crate) fn accepts_nats(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

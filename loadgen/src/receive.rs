@@ -108,7 +108,7 @@ pub(crate) struct Report {
 
 /// One connection's bookkeeping.
 #[derive(Debug, Clone, Copy)]
-struct Conn {
+pub(crate) struct Conn {
     ns: u64,
     /// Highest SJID received (over the whole run).
     last: u64,
@@ -116,8 +116,9 @@ struct Conn {
     received: u64,
 }
 
-/// Everything the connection tasks update; one thread, so a `RefCell`.
-struct State {
+/// Everything the connection tasks update; one thread, so a `RefCell`. Shared with the peer
+/// receivers (`crate::peer::receive`), which speak other protocols but count the same way.
+pub(crate) struct State {
     conns: Vec<Conn>,
     from_us: u64,
     all: Histogram<u64>,
@@ -162,6 +163,20 @@ pub(crate) fn decode_histogram(text: &str) -> anyhow::Result<Histogram<u64>> {
 }
 
 impl State {
+    /// Bookkeeping for `count` connections, the first being connection `first` of the run
+    /// (connection `i` subscribes to namespace `i % namespaces`).
+    pub(crate) fn for_connections(first: u64, count: usize, namespaces: u64) -> Self {
+        State::new(
+            (0..count)
+                .map(|i| Conn {
+                    ns: (first + i as u64) % namespaces,
+                    last: 0,
+                    received: 0,
+                })
+                .collect(),
+        )
+    }
+
     fn new(conns: Vec<Conn>) -> Self {
         State {
             conns,
@@ -182,7 +197,7 @@ impl State {
         }
     }
 
-    fn error(&mut self, e: String) {
+    pub(crate) fn error(&mut self, e: String) {
         if self.errors.len() < MAX_ERRORS {
             self.errors.push(e);
         }
@@ -202,7 +217,8 @@ impl State {
         }
     }
 
-    fn changed(&mut self, i: usize, pairs: &[(u64, u64)]) {
+    /// Connection `i` got `(ns, sjid)` pairs.
+    pub(crate) fn changed(&mut self, i: usize, pairs: &[(u64, u64)]) {
         let now = now_us();
         if self.first_recv_us == 0 {
             self.first_recv_us = now;
@@ -227,6 +243,14 @@ impl State {
                 self.measured.saturating_record(latency);
                 self.measured_count += 1;
             }
+        }
+    }
+
+    /// A connection closed (or failed with `error`).
+    pub(crate) fn closed(&mut self, error: Option<String>) {
+        self.closed += 1;
+        if let Some(e) = error {
+            self.error(e);
         }
     }
 
@@ -332,19 +356,22 @@ async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
             sockets[i] = Some(ws);
         }
     }
-    let conns = (0..args.conns.count)
-        .map(|i| Conn {
-            ns: (args.conns.first + i as u64) % args.conns.namespaces,
-            last: 0,
-            received: 0,
-        })
-        .collect();
-    let state = Rc::new(RefCell::new(State::new(conns)));
+    let state = Rc::new(RefCell::new(State::for_connections(
+        args.conns.first,
+        args.conns.count,
+        args.conns.namespaces,
+    )));
     for (i, ws) in sockets.into_iter().enumerate() {
         let ws = ws.ok_or_else(|| anyhow::anyhow!("connection {i} was not opened"))?;
         tokio::task::spawn_local(read_loop(i, ws, state.clone()));
     }
-    say(&format!("ready {}", args.conns.count))?;
+    serve(&state).await
+}
+
+/// Says `ready <connections>`, then answers the parent's commands (module docs) until it closes
+/// stdin, and exits the process. The connections' read loops update `state` meanwhile.
+pub(crate) async fn serve(state: &Rc<RefCell<State>>) -> anyhow::Result<()> {
+    say(&format!("ready {}", state.borrow().conns.len()))?;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {

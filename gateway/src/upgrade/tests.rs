@@ -31,6 +31,7 @@ fn good() -> Vec<u8> {
 fn status(d: Option<Decision>) -> u16 {
     match d.unwrap() {
         Decision::Upgrade { .. } => 101,
+        Decision::LongPoll { .. } => 200,
         Decision::Refuse { status, .. } => status,
     }
 }
@@ -105,4 +106,66 @@ fn whole_head_over_the_limit_is_431() {
     let filler = format!("X-Filler: {}", "a".repeat(MAX_HEAD));
     let big = req(&["GET /v1/connect HTTP/1.1", "Host: x", &filler]);
     assert_eq!(status(decide(&big, OPEN)), 431);
+}
+
+#[test]
+fn longpoll_heads() {
+    let head = |extra: &str| format!("POST /v1/longpoll HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    let d = decide(head("Content-Length: 12\r\n").as_bytes(), OPEN);
+    let Some(Decision::LongPoll {
+        body_len: 12,
+        keep_alive: true,
+        ..
+    }) = d
+    else {
+        panic!("{d:?}")
+    };
+    let d = decide(
+        head("Content-Length: 5\r\nConnection: close\r\n").as_bytes(),
+        OPEN,
+    );
+    assert!(
+        matches!(
+            d,
+            Some(Decision::LongPoll {
+                keep_alive: false,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+    assert_eq!(status(decide(head("").as_bytes(), OPEN)), 400);
+    assert_eq!(
+        status(decide(
+            head("Transfer-Encoding: chunked\r\n").as_bytes(),
+            OPEN
+        )),
+        400
+    );
+    assert_eq!(
+        status(decide(head("Content-Length: 70000\r\n").as_bytes(), OPEN)),
+        400
+    );
+    let draining = Admission {
+        full: false,
+        draining: true,
+        rate_limited: false,
+    };
+    assert_eq!(
+        status(decide(head("Content-Length: 5\r\n").as_bytes(), draining)),
+        503
+    );
+    let rate = Admission {
+        full: false,
+        draining: false,
+        rate_limited: true,
+    };
+    assert_eq!(
+        status(decide(head("Content-Length: 5\r\n").as_bytes(), rate)),
+        429
+    );
+    assert_eq!(
+        status(decide(b"GET /v1/longpoll HTTP/1.1\r\n\r\n", OPEN)),
+        405
+    );
 }

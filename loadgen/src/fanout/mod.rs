@@ -6,7 +6,13 @@
 //!  nats:        loadgen ──herald_relay::Publisher──► nats-server -js ──► herald-relay ──► herald-gateway --nats
 //!                                                                                            │ WebSocket
 //!                                       `receive` child processes (≤ per-process connections each) ◄┘
+//!  nats-ws:     loadgen ──PUB ns.<n> (async-nats)──► nats-server ──NATS over WebSocket──► `peer-receive` children
+//!  node-ws:     loadgen ──POST /v1/publish──► node ops/bench/node-ws-server.js ──JSON over WebSocket──► `peer-receive`
 //! ```
+//!
+//! The peer paths (`crate::peer`) run the same workload against the systems a user would pick
+//! instead of Herald; every path also reports the user-space memory per idle connection of the
+//! process that holds the connections (its RSS before and after they are opened).
 //!
 //! The SJID of every publish is the publisher's wall clock in µs since the Unix epoch (strictly
 //! increasing), so each receiver measures publish→CHANGED latency as `now_us - sjid` on its own.
@@ -22,9 +28,11 @@
 //! - `receiver`: the `receive` child processes and the line protocol to them.
 //! - `report`: the JSON report and the nats ÷ standalone comparison.
 //! - `print`: the tables printed after each path.
+//! - `peer_path`: one peer path (nats-ws, node-ws): its server, receivers and phases.
 
 mod bench;
 mod path;
+mod peer_path;
 mod print;
 mod publish;
 mod receiver;
@@ -39,12 +47,16 @@ use std::path::PathBuf;
 
 /// A fan-out path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum PathKind {
     /// `herald-gateway` with its embedded journal; publishes by `POST /v1/publish`.
     Standalone,
     /// nats-server + herald-relay + `herald-gateway --nats`; publishes to JetStream.
     Nats,
+    /// Peer: core nats-server's WebSocket listener; publishes to `ns.<n>` subjects.
+    NatsWs,
+    /// Peer: the Node `ws` server `ops/bench/node-ws-server.js`; publishes by HTTP POST.
+    NodeWs,
 }
 
 impl PathKind {
@@ -52,14 +64,21 @@ impl PathKind {
         match self {
             PathKind::Standalone => "standalone",
             PathKind::Nats => "nats",
+            PathKind::NatsWs => "nats-ws",
+            PathKind::NodeWs => "node-ws",
         }
+    }
+
+    /// A peer (not Herald).
+    fn is_peer(self) -> bool {
+        matches!(self, PathKind::NatsWs | PathKind::NodeWs)
     }
 }
 
 /// Arguments of `fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct FanoutArgs {
-    /// Paths to measure, one after another.
+    /// Paths to measure, one after another (nats-ws and node-ws are Herald's peers).
     #[arg(
         long,
         value_enum,
@@ -120,7 +139,15 @@ pub(crate) struct FanoutArgs {
     /// nats-server 2.10+ (default: $HERALD_NATS_SERVER, then the pyenv one, then PATH).
     #[arg(long)]
     nats_server: Option<String>,
-    /// Extra arguments for the gateway (both paths).
+    /// Node.js for the node-ws path.
+    #[arg(long, default_value = "node")]
+    node: String,
+    /// The Node `ws` server script (default: $HERALD_NODE_WS_SERVER, then
+    /// ops/bench/node-ws-server.js of the checkout this binary was built in, then of the current
+    /// directory); its `ws` dependency must be installed (`npm ci --prefix ops/bench`).
+    #[arg(long, env = "HERALD_NODE_WS_SERVER")]
+    node_ws_script: Option<PathBuf>,
+    /// Extra arguments for the gateway (both Herald paths).
     #[arg(long, allow_hyphen_values = true)]
     gateway_arg: Vec<String>,
     /// Write the whole report as JSON here.
@@ -241,7 +268,8 @@ pub(crate) fn run(args: &FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn loadavg() -> String {
+/// The 1, 5 and 15 minute load averages.
+pub(super) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

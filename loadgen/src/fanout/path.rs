@@ -22,10 +22,10 @@ const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const HEARTBEAT_MS: &str = "900000";
 
 /// A temp dir removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(name: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "herald-fanout-{}-{name}-{}",
             std::process::id(),
@@ -67,6 +67,10 @@ pub(super) fn run_path(
     kind: PathKind,
     index: usize,
 ) -> anyhow::Result<PathReport> {
+    if kind.is_peer() {
+        return super::peer_path::run_peer_path(rt, args, kind, index);
+    }
+    let loadavg_start = super::loadavg();
     let dir = TempDir::new(kind.name())?;
     let gateway_bin = sibling(args.gateway_bin.as_ref(), "herald-gateway")?;
     let gateway_log = dir.0.join("gateway.log");
@@ -78,6 +82,7 @@ pub(super) fn run_path(
     ];
     let mut servers: Vec<(String, u32)> = Vec::new();
     let (nats, relay, description) = match kind {
+        PathKind::NatsWs | PathKind::NodeWs => anyhow::bail!("{} is a peer path", kind.name()),
         PathKind::Standalone => {
             gateway_args.push("--data-dir".into());
             gateway_args.push(dir.0.join("data").display().to_string());
@@ -148,45 +153,26 @@ pub(super) fn run_path(
         args.partitions,
     ))?;
 
-    // Receivers: each path uses its own 127.0.<index + 1>.x source addresses, so sockets a
-    // previous path left in TIME_WAIT never take the ports this one needs.
-    let started = Instant::now();
-    let mut receivers = Receivers(Vec::new());
-    let mut first = 0;
-    while first < args.conns {
-        let count = (args.conns - first).min(args.per_process);
-        let k = receivers.0.len();
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, (index + 1) as u8, (2 + k) as u8));
-        receivers
-            .0
-            .push(Receiver::spawn(args, &gateway, source, count, first)?);
-        first += count;
-    }
-    let deadline = started + Duration::from_secs(args.connect_timeout_s);
-    for r in &receivers.0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = r
-            .recv(left)
-            .map_err(|e| anyhow::anyhow!("opening connections: {e}"))?;
-        anyhow::ensure!(
-            line.starts_with("ready"),
-            "receiver said {line:?} instead of ready"
-        );
-    }
-    let connect_seconds = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(500));
-    let gateway_rss_bytes = procfs::rss_bytes(gateway.pid)?;
+    let rss_before = settled_rss(gateway.pid, BEFORE_SETTLE)?;
+    let (receivers, connect_seconds) = open_receivers(args, index, |source, count, first| {
+        Receiver::spawn(args, &gateway, source, count, first)
+    })?;
+    let gateway_rss_bytes = settled_rss(gateway.pid, IDLE_SETTLE)?;
+    let rss_per_connection = per_connection(rss_before, gateway_rss_bytes, args.conns);
     println!(
-        "  {} connections in {} receiver processes subscribed in {:.1} s; gateway RSS {:.1} MiB",
+        "  {} connections in {} receiver processes subscribed in {:.1} s; gateway RSS {:.1} MiB \
+         → {:.1} MiB idle: {:.0} B per connection",
         args.conns,
         receivers.0.len(),
         connect_seconds,
-        mib(gateway_rss_bytes)
+        mib(rss_before),
+        mib(gateway_rss_bytes),
+        rss_per_connection
     );
 
     let resyncs = |g: &Gateway| match kind {
         PathKind::Nats => g.metric("herald_upstream_resyncs_total").ok().flatten(),
-        PathKind::Standalone => None,
+        _ => None,
     };
     let gateway_upstream_resyncs_at_start = resyncs(&gateway);
     let mut bench = Bench::new(args, servers, receivers, publisher);
@@ -208,6 +194,11 @@ pub(super) fn run_path(
         subscribers_per_namespace: args.conns as f64 / args.namespaces as f64,
         receiver_processes: bench.receivers.0.len(),
         connect_seconds,
+        loadavg_start,
+        server: "herald-gateway".into(),
+        server_version: None,
+        server_rss_before_bytes: rss_before,
+        rss_per_connection,
         gateway_rss_bytes,
         gateway_rss_end_bytes,
         gateway_notifications_sent: gateway
@@ -227,4 +218,55 @@ pub(super) fn run_path(
     drop(bench);
     drop(dir);
     Ok(report)
+}
+
+/// Settling time before the RSS of a server with no clients is read.
+pub(super) const BEFORE_SETTLE: Duration = Duration::from_secs(1);
+/// Settling time after the last connection subscribed, before the idle RSS is read (lets a
+/// garbage-collected server collect what setting up connections left behind, as it would idle).
+pub(super) const IDLE_SETTLE: Duration = Duration::from_secs(2);
+
+/// RSS of `pid` after waiting `settle`.
+pub(super) fn settled_rss(pid: u32, settle: Duration) -> anyhow::Result<u64> {
+    std::thread::sleep(settle);
+    procfs::rss_bytes(pid)
+}
+
+/// RSS growth per connection, bytes.
+pub(super) fn per_connection(before: u64, after: u64, conns: usize) -> f64 {
+    after.saturating_sub(before) as f64 / conns.max(1) as f64
+}
+
+/// Starts the receiver child processes of a path (`spawn(source, count, first)` starts one) and
+/// waits until each said `ready`; returns them and the seconds it took.
+///
+/// Each path uses its own 127.0.<index + 1>.x source addresses, so sockets a previous path left
+/// in TIME_WAIT never take the ports this one needs.
+pub(super) fn open_receivers(
+    args: &FanoutArgs,
+    index: usize,
+    mut spawn: impl FnMut(IpAddr, usize, usize) -> anyhow::Result<Receiver>,
+) -> anyhow::Result<(Receivers, f64)> {
+    let started = Instant::now();
+    let mut receivers = Receivers(Vec::new());
+    let mut first = 0;
+    while first < args.conns {
+        let count = (args.conns - first).min(args.per_process);
+        let k = receivers.0.len();
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, (index + 1) as u8, (2 + k) as u8));
+        receivers.0.push(spawn(source, count, first)?);
+        first += count;
+    }
+    let deadline = started + Duration::from_secs(args.connect_timeout_s);
+    for r in &receivers.0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = r
+            .recv(left)
+            .map_err(|e| anyhow::anyhow!("opening connections: {e}"))?;
+        anyhow::ensure!(
+            line.starts_with("ready"),
+            "receiver said {line:?} instead of ready"
+        );
+    }
+    Ok((receivers, started.elapsed().as_secs_f64()))
 }

@@ -3,18 +3,27 @@
 use super::report::PathReport;
 
 pub(super) fn print_path(p: &PathReport) {
+    let gateway_counters = if p.server == "herald-gateway" {
+        format!(
+            "; gateway sent {} notifications, {} slow consumers",
+            p.gateway_notifications_sent
+                .map_or("?".into(), |v| format!("{v:.0}")),
+            p.gateway_slow_consumers
+                .map_or("?".into(), |v| format!("{v:.0}"))
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  {} connections, {} namespaces × {:.1} subscribers; gateway RSS {:.1} MiB → {:.1} MiB; \
-         gateway sent {} notifications, {} slow consumers{}",
+        "  {} connections, {} namespaces × {:.1} subscribers; {} RSS {:.1} MiB idle ({:.0} B per \
+         connection) → {:.1} MiB at the end{gateway_counters}{}",
         p.connections,
         p.namespaces,
         p.subscribers_per_namespace,
+        p.server,
         mib(p.gateway_rss_bytes),
+        p.rss_per_connection,
         mib(p.gateway_rss_end_bytes),
-        p.gateway_notifications_sent
-            .map_or("?".into(), |v| format!("{v:.0}")),
-        p.gateway_slow_consumers
-            .map_or("?".into(), |v| format!("{v:.0}")),
         p.gateway_upstream_resyncs
             .zip(p.gateway_upstream_resyncs_at_start)
             .map_or(String::new(), |(end, start)| format!(

@@ -1,5 +1,5 @@
-//! Publishing changes: `POST /v1/publish` on the standalone path, `herald_relay::Publisher`
-//! to JetStream on the nats path.
+//! Publishing changes: `POST /v1/publish` on the standalone path (and to the Node peer),
+//! `herald_relay::Publisher` to JetStream on the nats path, core NATS subjects to the nats-ws peer.
 
 use super::PathKind;
 use std::io::Write;
@@ -15,6 +15,8 @@ pub(super) enum Publish {
     Http(HttpPublisher),
     /// Boxed: it is much larger than the HTTP one. Its JetStream context keeps the client.
     Nats(Box<herald_relay::Publisher>),
+    /// `PUB ns.<n>` to core NATS (the nats-ws peer).
+    Subjects(crate::peer::publish::NatsPublisher),
 }
 
 impl Publish {
@@ -40,8 +42,21 @@ impl Publish {
         }
     }
 
+    /// `POST /v1/publish` to `addr` over one kept-alive connection.
+    pub(super) async fn http(addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Publish::Http(HttpPublisher::connect(addr).await?))
+    }
+
+    /// Core NATS at `url`.
+    pub(super) async fn subjects(url: &str) -> anyhow::Result<Self> {
+        Ok(Publish::Subjects(
+            crate::peer::publish::NatsPublisher::connect(url).await?,
+        ))
+    }
+
     pub(super) async fn publish(&mut self, changes: &[(u64, u64)]) -> anyhow::Result<()> {
         match self {
+            Publish::Subjects(publisher) => publisher.publish(changes).await,
             Publish::Http(http) => tokio::time::timeout(PUBLISH_TIMEOUT, http.publish(changes))
                 .await
                 .map_err(|_| anyhow::anyhow!("POST /v1/publish took over {PUBLISH_TIMEOUT:?}"))?,

@@ -5,7 +5,7 @@ use super::FanoutArgs;
 use crate::gateway::Gateway;
 use crate::receive::{Progress, Report as ReceiverReport};
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -29,13 +29,39 @@ impl Receiver {
         count: usize,
         first: usize,
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .arg("receive")
             .args(["--ws", &gateway.ws.to_string(), "--token", &gateway.token])
             .args(["--source", &source.to_string()])
             .args(["--count", &count.to_string(), "--first", &first.to_string()])
             .args(["--namespaces", &args.namespaces.to_string()])
-            .args(["--read-buffer", &args.read_buffer.to_string()])
+            .args(["--read-buffer", &args.read_buffer.to_string()]);
+        Self::start(command)
+    }
+
+    /// A `peer-receive` child for a peer server's WebSocket listener at `addr`.
+    pub(super) fn spawn_peer(
+        args: &FanoutArgs,
+        protocol: &str,
+        addr: SocketAddr,
+        source: IpAddr,
+        count: usize,
+        first: usize,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("peer-receive")
+            .args(["--protocol", protocol, "--addr", &addr.to_string()])
+            .args(["--source", &source.to_string()])
+            .args(["--count", &count.to_string(), "--first", &first.to_string()])
+            .args(["--namespaces", &args.namespaces.to_string()])
+            .args(["--read-buffer", &args.read_buffer.to_string()]);
+        Self::start(command)
+    }
+
+    fn start(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;

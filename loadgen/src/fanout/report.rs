@@ -103,7 +103,19 @@ pub(super) struct PathReport {
     pub(super) subscribers_per_namespace: f64,
     pub(super) receiver_processes: usize,
     pub(super) connect_seconds: f64,
-    /// Gateway RSS once every connection is subscribed, and at the end.
+    /// Load average (1, 5, 15 min) when the path started.
+    pub(super) loadavg_start: String,
+    /// The process that holds the client connections: `herald-gateway`, `nats-server`, `node`.
+    pub(super) server: String,
+    /// Its version, when known (peers).
+    pub(super) server_version: Option<String>,
+    /// Its RSS before the connections were opened.
+    pub(super) server_rss_before_bytes: u64,
+    /// User-space memory per idle connection: (RSS once every connection is subscribed and idle
+    /// − RSS before) ÷ connections, bytes.
+    pub(super) rss_per_connection: f64,
+    /// RSS of the process holding the connections (the gateway; the peer server on peer paths)
+    /// once every connection is subscribed and idle, and at the end.
     pub(super) gateway_rss_bytes: u64,
     pub(super) gateway_rss_end_bytes: u64,
     /// Gateway counters at the end (`/metrics`).
