@@ -57,8 +57,8 @@ pub mod connection;
 pub mod cursors;
 pub mod error;
 pub mod event;
-pub mod tls;
 pub mod longpoll;
+pub mod tls;
 
 mod client;
 mod session;
@@ -72,7 +72,7 @@ pub use cursors::Cursors;
 pub use error::ClientError;
 pub use event::{Event, EventStream};
 pub use herald_proto::{ClientFrame, Code, ServerFrame};
-pub use tls::TlsRoots;
 pub use longpoll::{LongPollConfig, LongPoller};
+pub use tls::TlsRoots;
 /// The WebSocket message type [`Connection::send_raw`] takes.
 pub use tokio_tungstenite::tungstenite::Message;
