@@ -263,6 +263,44 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
     );
 }
 
+/// The TLS listener serves the plain listener's HTTP requests too: a long-poll over HTTPS.
+#[tokio::test]
+async fn longpoll_over_https() {
+    let gw = GatewayProcess::start(GatewayOptions::new().tls());
+    gw.publish_ok(&[(4, 2)]).await;
+    let body = serde_json::json!({
+        "token": gw.token_all(),
+        "cursors": {"4": 0},
+        "timeout_s": 30
+    })
+    .to_string();
+    let request = format!(
+        "POST /v1/longpoll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(gw.wss_addr()).await?;
+        let connector = tokio_rustls::TlsConnector::from(gw.tls_roots().0);
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(request.as_bytes()).await?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("HTTPS long-poll answered")
+        .expect("HTTPS exchange");
+    let resp = herald_e2e::http::parse(&out).expect("HTTP response");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        resp.json()["changes"],
+        serde_json::json!([{"ns": 4, "sjid": 2}])
+    );
+}
+
 #[tokio::test]
 async fn managed_client_over_wss() {
     let gw = GatewayProcess::start(GatewayOptions::new().tls());
