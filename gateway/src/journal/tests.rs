@@ -1,11 +1,15 @@
 use super::*;
 
 fn open(dir: &Path) -> (Journal, Arc<LatestTable>, mpsc::Receiver<Batch>) {
+    open_with(dir, true)
+}
+
+fn open_with(dir: &Path, sync: bool) -> (Journal, Arc<LatestTable>, mpsc::Receiver<Batch>) {
     let latest = Arc::new(LatestTable::new());
     let (tx, rx) = mpsc::channel(16);
     let cfg = JournalConfig {
         dir: dir.to_owned(),
-        sync: true,
+        sync,
     };
     (
         Journal::open(&cfg, latest.clone(), vec![tx]).unwrap(),
@@ -16,17 +20,31 @@ fn open(dir: &Path) -> (Journal, Arc<LatestTable>, mpsc::Receiver<Batch>) {
 
 #[tokio::test]
 async fn survives_restart_and_fans_out_only_raises() {
+    restart_and_raises(true).await;
+}
+
+/// `--journal-no-sync` appends on the caller's task instead of the writer thread: the same log,
+/// the same table and the same fan-out.
+#[tokio::test]
+async fn without_sync_appends_inline_with_the_same_effects() {
+    restart_and_raises(false).await;
+}
+
+async fn restart_and_raises(sync: bool) {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (j, latest, mut rx) = open(dir.path());
+        let (j, latest, mut rx) = open_with(dir.path(), sync);
         j.append(vec![(1, 5), (2, 3), (1, 7)]).await.unwrap();
         assert_eq!(latest.get(1), 7);
         let b = rx.recv().await.unwrap();
         assert_eq!(&b.changes[..], &[(1, 5), (2, 3), (1, 7)]);
         j.append(vec![(1, 6), (2, 4)]).await.unwrap();
         assert_eq!(&rx.recv().await.unwrap().changes[..], &[(2, 4)]);
+        // Nothing raised: nothing fanned out.
+        j.append(vec![(1, 7)]).await.unwrap();
+        assert!(rx.try_recv().is_err());
     }
-    let (_j, latest, _rx) = open(dir.path());
+    let (_j, latest, _rx) = open_with(dir.path(), sync);
     assert_eq!((latest.get(1), latest.get(2), latest.get(3)), (7, 4, 0));
 }
 
