@@ -122,15 +122,23 @@ impl Journal {
                 rx.await.map_err(|_| "journal writer stopped".to_owned())?
             }
             Mode::Inline(log) => {
-                let mut log = log.lock().await;
-                let raised = log.commit(std::iter::once(&changes[..]))?;
-                if let Some(batch) = raised {
-                    for worker in &log.fanout {
-                        // A worker that has stopped (shutdown) is simply skipped.
-                        let _ = worker.send(batch.clone()).await;
+                let log = log.clone();
+                // Its own task (on the caller's runtime: no thread hop), so a publisher that goes
+                // away (its HTTP request dropped) cannot stop an append between the log and the
+                // fan-out: a change written and raised is always handed to every worker.
+                tokio::spawn(async move {
+                    let mut log = log.lock().await;
+                    let raised = log.commit(std::iter::once(&changes[..]))?;
+                    if let Some(batch) = raised {
+                        for worker in &log.fanout {
+                            // A worker that has stopped (shutdown) is simply skipped.
+                            let _ = worker.send(batch.clone()).await;
+                        }
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
+                .await
+                .map_err(|_| "journal append stopped".to_owned())?
             }
         }
     }

@@ -30,6 +30,35 @@ async fn without_sync_appends_inline_with_the_same_effects() {
     restart_and_raises(false).await;
 }
 
+/// hyper drops a handler's future when its client goes away; an append already under way must
+/// still reach the fan-out, or a change would be on disk and in the table but never delivered.
+#[tokio::test]
+async fn without_sync_a_dropped_publish_is_still_fanned_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, latest, mut rx) = open_with(dir.path(), false);
+    // A worker that is behind: its queue (16 here) is full, so the next fan-out has to wait.
+    for ns in 0..16 {
+        j.append(vec![(100 + ns, 1)]).await.unwrap();
+    }
+    // One poll starts the append (written, raised, waiting for the worker); then it is dropped.
+    let mut append = Box::pin(j.append(vec![(3, 9)]));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(append.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "the append finished within its first poll"
+    );
+    drop(append);
+    for ns in 0..16 {
+        assert_eq!(&rx.recv().await.unwrap().changes[..], &[(100 + ns, 1)]);
+    }
+    let batch = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .expect("fanned out")
+        .unwrap();
+    assert_eq!(&batch.changes[..], &[(3, 9)]);
+    assert_eq!(latest.get(3), 9);
+}
+
 async fn restart_and_raises(sync: bool) {
     let dir = tempfile::tempdir().unwrap();
     {
