@@ -2,6 +2,7 @@
 //! for a managed [`Client`](crate::Client).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ pub struct ConnectOptions {
     /// Sets `TCP_NODELAY`. Default true: frames are small and a doorbell should not wait for
     /// Nagle.
     pub nodelay: bool,
+    /// Source address to bind the socket to (port chosen by the kernel). Default `None`: the
+    /// kernel picks. The load generator spreads clients over 127.0.0.2, 127.0.0.3, … so that
+    /// they do not run out of ephemeral ports.
+    pub local_addr: Option<IpAddr>,
 }
 
 impl Default for ConnectOptions {
@@ -26,6 +31,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             nodelay: true,
+            local_addr: None,
         }
     }
 }
@@ -57,6 +63,8 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Seeds the backoff jitter, for deterministic tests. `None` seeds from the OS.
     pub rng_seed: Option<u64>,
+    /// Source address of every connection attempt (see [`ConnectOptions::local_addr`]).
+    pub local_addr: Option<IpAddr>,
 }
 
 impl ClientConfig {
@@ -81,6 +89,7 @@ impl ClientConfig {
             heartbeat: None,
             event_capacity: 1024,
             rng_seed: None,
+            local_addr: None,
         }
     }
 
@@ -97,6 +106,7 @@ impl ClientConfig {
     pub(crate) fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             connect_timeout: self.connect_timeout,
+            local_addr: self.local_addr,
             ..ConnectOptions::default()
         }
     }
@@ -114,6 +124,7 @@ impl fmt::Debug for ClientConfig {
             .field("heartbeat", &self.heartbeat)
             .field("event_capacity", &self.event_capacity)
             .field("rng_seed", &self.rng_seed)
+            .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
 }

@@ -14,7 +14,14 @@
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
 //! - `reaper`: kills the children by pid when `fanout` is stopped by a signal.
+//! - `storm`: the reconnect storm. Managed `herald_client::Client`s in `storm-clients` child
+//!   processes; every connection drops at once (gateway SIGKILLed and restarted, or sockets cut),
+//!   and it measures how long until every client is resubscribed and caught up.
+//! - `progress`: progress bars on stderr; `chart`: SVG charts next to a JSON report;
+//!   `authkey`: a key pair shared by several gateway processes.
 
+mod authkey;
+mod chart;
 mod fanout;
 mod gateway;
 mod hold;
@@ -22,8 +29,10 @@ mod idle;
 mod lines;
 mod natsproc;
 mod procfs;
+mod progress;
 mod reaper;
 mod receive;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +58,13 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// (internal) Hold connections and measure every CHANGED; used by `fanout`.
     Receive(receive::ReceiveArgs),
+    /// Reconnect storm: drop every connection at once; time until every client (the client
+    /// library's backoff and resubscription) is resubscribed and caught up, none missed.
+    Storm(storm::StormArgs),
+    /// (internal) Run managed clients; used by `storm`.
+    StormClients(storm::clients::ClientsArgs),
+    /// Draw the charts of JSON reports (latency CDF, memory per connection) next to them.
+    Chart(chart::ChartArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +73,8 @@ fn main() -> anyhow::Result<()> {
         Command::Hold(args) => hold::run(&args),
         Command::Fanout(args) => fanout::run(&args),
         Command::Receive(args) => receive::run(&args),
+        Command::Storm(args) => storm::run(&args),
+        Command::StormClients(args) => storm::clients::run(&args),
+        Command::Chart(args) => chart::run(&args),
     }
 }
