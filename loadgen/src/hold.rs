@@ -3,7 +3,7 @@
 //! so larger runs start several, each bound to its own source address (127.0.0.2, 127.0.0.3, …)
 //! so that none runs out of ephemeral ports.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_proto::frame::decode_server;
 use herald_proto::{ClientFrame, ServerFrame};
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +52,16 @@ pub(crate) struct HoldArgs {
     /// Subscriptions per connection.
     #[arg(long, default_value_t = 1)]
     subs_per_conn: u64,
+    /// Connections opened per second (0: as fast as `parallel` allows). Pacing spreads the
+    /// gateway's TCP keepalive timers: connections accepted in one burst probe in one burst, and
+    /// on loopback a burst beyond `net.core.netdev_max_backlog` (1000) is dropped.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// While holding, send each connection a PING every this many seconds, spread evenly over
+    /// the period (0: never), as a client's heartbeat would. Data from the client keeps the
+    /// gateway's TCP keepalive from probing (see `idle --ping-s`).
+    #[arg(long, default_value_t = 0)]
+    ping_s: u64,
 }
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
@@ -65,6 +75,8 @@ pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
 
 async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut tasks = Vec::new();
     for _ in 0..args.conns.parallel.min(args.conns.count).max(1) {
         let (args, next) = (args.clone(), next.clone());
@@ -74,6 +86,9 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= args.conns.count {
                     return Ok::<_, anyhow::Error>(held);
+                }
+                if let Some(gap) = gap {
+                    tokio::time::sleep_until(start + gap * i as u32).await;
                 }
                 held.push(open(&args, args.conns.first + i as u64).await?);
             }
@@ -85,17 +100,45 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     }
     println!("ready {}", conns.len());
     // Hold until the parent closes our stdin.
-    tokio::task::spawn_blocking(|| {
+    let stdin_closed = tokio::task::spawn_blocking(|| {
         let mut sink = String::new();
         while std::io::stdin()
             .read_line(&mut sink)
             .map(|n| n > 0)
             .unwrap_or(false)
         {}
-    })
-    .await?;
+    });
+    if args.ping_s == 0 {
+        stdin_closed.await?;
+    } else {
+        tokio::select! {
+            r = stdin_closed => r?,
+            r = heartbeat(&mut conns, Duration::from_secs(args.ping_s)) => r?,
+        }
+    }
     drop(conns);
     Ok(())
+}
+
+/// Sends every connection a PING once per `period`, one connection after another, evenly spread,
+/// first reading what already arrived on it (the previous PONG): unread, each PONG would pin a
+/// socket buffer of about a KB in the kernel.
+async fn heartbeat(conns: &mut [Ws], period: Duration) -> anyhow::Result<()> {
+    let gap = period / u32::try_from(conns.len().max(1)).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval(gap.max(Duration::from_micros(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    loop {
+        for ws in conns.iter_mut() {
+            tick.tick().await;
+            while let Some(Some(msg)) = ws.next().now_or_never() {
+                msg?;
+            }
+            nonce += 1;
+            let ping = Message::binary(ClientFrame::Ping(nonce).to_vec());
+            tokio::time::timeout(Duration::from_secs(10), ws.send(ping)).await??;
+        }
+    }
 }
 
 /// Connects, says HELLO, subscribes, and waits for the PONG that proves the subscription is live.

@@ -44,6 +44,19 @@ pub(crate) struct IdleArgs {
     /// summed. Each needs its own 20000 open files: keep connections / K well under 19k.
     #[arg(long, default_value_t = 1)]
     gateway_processes: usize,
+    /// Connections each holder opens per second (0: unpaced). Pace big runs (e.g. 1000): the
+    /// gateway sets TCP keepalive (60 s, then every 10 s), and the probes of connections accepted
+    /// in one burst leave in one burst, which loopback drops beyond `netdev_max_backlog` (1000);
+    /// after 9 lost probes the gateway's kernel drops the connection.
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u64,
+    /// Each holder sends every connection a PING this often, in seconds (0: never), as a
+    /// client's heartbeat would. Needed past ~100k connections here: without data from the
+    /// client, the gateway's TCP keepalive probes every idle connection each ~60 s, loopback
+    /// drops probes beyond `net.core.netdev_max_backlog` (1000 queued), and after 9 lost probes
+    /// the kernel drops the connection.
+    #[arg(long, default_value_t = 0)]
+    ping_s: u64,
     /// Hold the last step this many seconds, then measure again (does idle memory creep?).
     #[arg(long, default_value_t = 0)]
     hold_s: u64,
@@ -65,6 +78,9 @@ pub(crate) struct IdleArgs {
     /// Token for an attached gateway.
     #[arg(long)]
     token: Option<String>,
+    /// Write each started gateway's stderr (its log) to DIR/gateway-K.log instead of discarding it.
+    #[arg(long)]
+    gateway_log_dir: Option<std::path::PathBuf>,
     /// Write the report as JSON here (and the memory chart next to it, as SVG).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -82,12 +98,20 @@ struct ProcessFigures {
 
 #[derive(Debug, Clone, Serialize)]
 struct Step {
+    /// Connections the holders opened.
     connections: usize,
+    /// Connections the gateways count (`herald_connections`, summed); the per-connection figures
+    /// divide by this.
+    gateway_connections: Option<f64>,
     /// Summed over the gateway processes.
     rss_bytes: u64,
     heap_bytes: Option<u64>,
     rss_per_conn: f64,
     heap_per_conn: Option<f64>,
+    /// Growth since the previous step ÷ connections added: the cost of one more connection,
+    /// free of the processes' fixed costs (first step: none).
+    marginal_rss_per_conn: Option<f64>,
+    marginal_heap_per_conn: Option<f64>,
     /// Machine-wide `Slab` growth per connection (both ends of each loopback connection).
     kernel_slab_per_conn: f64,
     /// Machine-wide TCP sockets in use and TCP buffer pages (`/proc/net/sockstat`).
@@ -147,7 +171,7 @@ fn start_target(args: &IdleArgs, dir: &std::path::Path) -> anyhow::Result<Target
     let mut extra = vec!["--heartbeat-ms".to_owned(), "900000".to_owned()];
     if args.gateway_processes <= 1 {
         extra.extend(args.gateway_arg.iter().cloned());
-        let gw = Gateway::start(&bin, &dir.join("data"), &extra)?;
+        let gw = start_gateway(args, &bin, &dir.join("data"), &extra, 0)?;
         let (ws, token) = (gw.ws, gw.token.clone());
         return Ok(Target {
             gateways: vec![gw],
@@ -162,10 +186,12 @@ fn start_target(args: &IdleArgs, dir: &std::path::Path) -> anyhow::Result<Target
     extra.extend(args.gateway_arg.iter().cloned());
     let mut gateways = Vec::new();
     for k in 0..args.gateway_processes {
-        gateways.push(Gateway::start(
+        gateways.push(start_gateway(
+            args,
             &bin,
             &dir.join(format!("data-{k}")),
             &extra,
+            k,
         )?);
     }
     Ok(Target {
@@ -173,6 +199,29 @@ fn start_target(args: &IdleArgs, dir: &std::path::Path) -> anyhow::Result<Target
         ws: SocketAddr::from(([127, 0, 0, 1], port)),
         token: key.token,
     })
+}
+
+/// Starts gateway `k` like `Gateway::start`, its stderr to `--gateway-log-dir`/gateway-`k`.log
+/// if given.
+fn start_gateway(
+    args: &IdleArgs,
+    bin: &str,
+    data_dir: &std::path::Path,
+    extra: &[String],
+    k: usize,
+) -> anyhow::Result<Gateway> {
+    let Some(dir) = &args.gateway_log_dir else {
+        return Gateway::start(bin, data_dir, extra);
+    };
+    let mut all = vec![
+        "--journal-no-sync".to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ];
+    all.extend(extra.iter().cloned());
+    std::fs::create_dir_all(dir)?;
+    let log = std::fs::File::create(dir.join(format!("gateway-{k}.log")))?;
+    Gateway::start_with(bin, &all, log.into())
 }
 
 fn idle(args: &IdleArgs, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -233,7 +282,17 @@ fn idle(args: &IdleArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             bar.finish_and_clear();
             let connect_seconds = started.elapsed().as_secs_f64();
             bars.sleep(Duration::from_secs(2), "settling");
-            let s = measure(&target, &base, held, connect_seconds)?;
+            let mut s = measure(&target, &base, held, connect_seconds)?;
+            if let Some(prev) = report.steps.last() {
+                let count = |st: &Step| st.gateway_connections.unwrap_or(st.connections as f64);
+                let added = (count(&s) - count(prev)).max(1.0);
+                let grow = |now: u64, then: u64| (now as f64 - then as f64) / added;
+                s.marginal_rss_per_conn = Some(grow(s.rss_bytes, prev.rss_bytes));
+                s.marginal_heap_per_conn = s
+                    .heap_bytes
+                    .zip(prev.heap_bytes)
+                    .map(|(now, then)| grow(now, then));
+            }
             bars.println(&line(&s));
             report.steps.push(s);
         }
@@ -277,17 +336,24 @@ fn measure(
             heap_bytes: heap(g),
         });
     }
+    // The gateways' own count, when they report it: connections they closed (or never got)
+    // must not dilute the figure.
+    let counted: Option<f64> = processes.iter().map(|p| p.connections).sum();
+    let denominator = counted.map_or(held as f64, |c| c.max(1.0));
     let rss: u64 = processes.iter().map(|p| p.rss_bytes).sum();
     let heap_now: Option<u64> = processes.iter().map(|p| p.heap_bytes).sum();
     let slab = procfs::slab_bytes()?;
-    let per = |now: u64, base: u64| now.saturating_sub(base) as f64 / held as f64;
+    let per = |now: u64, base: u64| now.saturating_sub(base) as f64 / denominator;
     let (tcp_inuse, tcp_mem_pages) = sockstat_tcp();
     Ok(Step {
         connections: held,
+        gateway_connections: counted,
         rss_bytes: rss,
         heap_bytes: heap_now,
         rss_per_conn: per(rss, base.rss),
         heap_per_conn: heap_now.zip(base.heap).map(|(h, b)| per(h, b)),
+        marginal_rss_per_conn: None,
+        marginal_heap_per_conn: None,
         kernel_slab_per_conn: per(slab, base.slab),
         tcp_inuse,
         tcp_mem_pages,
@@ -309,8 +375,21 @@ fn line(s: &Step) -> String {
     } else {
         String::new()
     };
+    let lost = match s.gateway_connections {
+        Some(c) if (c as usize) < s.connections => format!(
+            " (the gateways hold only {c:.0}: the rest were closed; the figures divide by {c:.0})"
+        ),
+        _ => String::new(),
+    };
+    let marginal = match (s.marginal_rss_per_conn, s.marginal_heap_per_conn) {
+        (Some(r), h) => format!(
+            "; since the previous step {r:.0} B RSS, {} B heap per added conn",
+            h.map_or("n/a".into(), |h| format!("{h:.0}"))
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{:>7} conns: gateway RSS {:>7.1} MiB = {:>6.0} B/conn; heap {:>6} B/conn; kernel slab ~{:>5.0} B/conn (machine-wide); connected in {:.1} s{spread}",
+        "{:>7} conns{lost}: gateway RSS {:>7.1} MiB = {:>6.0} B/conn; heap {:>6} B/conn; kernel slab ~{:>5.0} B/conn (machine-wide){marginal}; connected in {:.1} s{spread}",
         s.connections,
         mib(s.rss_bytes),
         s.rss_per_conn,
@@ -364,6 +443,10 @@ fn spawn_holder(
             &args.namespaces.to_string(),
             "--subs-per-conn",
             &args.subs_per_conn.to_string(),
+            "--rate",
+            &args.connect_rate.to_string(),
+            "--ping-s",
+            &args.ping_s.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

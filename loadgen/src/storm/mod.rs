@@ -184,6 +184,9 @@ struct Report {
     fatal: u64,
     gateway_before: GatewayMemory,
     gateway_after: GatewayMemory,
+    /// RSS of the `storm-clients` processes once every client was subscribed (what managed
+    /// clients cost on the client side, runtime included).
+    client_processes_rss_bytes: u64,
     errors: Vec<String>,
 }
 
@@ -365,6 +368,16 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     ));
     std::thread::sleep(Duration::from_secs(2));
     let before = GatewayMemory::of(&gw)?;
+    let client_processes_rss_bytes = children
+        .procs
+        .iter()
+        .map(|(c, _, _)| procfs::rss_bytes(c.id()))
+        .sum::<anyhow::Result<u64>>()?;
+    bars.println(&format!(
+        "client processes: RSS {:.1} MiB = {:.1} KiB per managed client",
+        client_processes_rss_bytes as f64 / 1048576.0,
+        client_processes_rss_bytes as f64 / 1024.0 / args.conns as f64
+    ));
 
     // The drop.
     let mark = now_us();
@@ -500,6 +513,7 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         fatal: 0,
         gateway_before: before,
         gateway_after: after,
+        client_processes_rss_bytes,
         errors: Vec::new(),
     };
     let (mut resub, mut caught) = (new_histogram(), new_histogram());
@@ -602,7 +616,7 @@ fn print_report(r: &Report) {
         r.failed_attempts,
         r.http_503,
         r.gateway_rate_limited
-            .map_or("n/a".to_owned(), |v| format!("{v:.0}"))
+            .map_or("none".to_owned(), |v| format!("{v:.0}"))
     );
     println!(
         "  missing {} (clients below their namespace's last SJID), non-increasing {}, foreign {}, resets {}, denied {}, goaways {}, fatal {}",
