@@ -388,3 +388,77 @@ fn say(line: &str) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::decode_histogram;
+
+    fn state(nss: &[u64]) -> State {
+        State {
+            clients: nss
+                .iter()
+                .map(|&ns| One {
+                    ns,
+                    ..One::default()
+                })
+                .collect(),
+            ..State::default()
+        }
+    }
+
+    fn connected() -> Event {
+        Event::Connected {
+            session_id: vec![1],
+            heartbeat_ms: 60_000,
+            max_subscriptions: 1024,
+        }
+    }
+
+    #[test]
+    fn a_client_below_its_namespace_target_is_missing() {
+        let mut st = state(&[0, 1]);
+        st.mark(now_us());
+        for i in 0..2 {
+            st.event(i, connected());
+            st.clients[i].resubscribed_at_us = now_us();
+        }
+        st.event(0, Event::Changed { ns: 0, sjid: 10 });
+        st.event(1, Event::Changed { ns: 1, sjid: 5 });
+        // Nobody is caught up before the target is known.
+        assert_eq!(st.progress().caught_up, 0);
+        st.target = Some(vec![10, 7]);
+        let p = st.progress();
+        assert_eq!((p.resubscribed, p.caught_up, p.live), (2, 1, 2));
+        let r = st.report().unwrap();
+        assert_eq!(r.missing, 1);
+        assert_eq!(r.reconnects, 2);
+        assert_eq!(decode_histogram(&r.hist_caught_up).unwrap().len(), 1);
+        // A later CHANGED catches client 1 up; an old SJID counts as non-increasing.
+        st.event(1, Event::Changed { ns: 1, sjid: 7 });
+        st.event(1, Event::Changed { ns: 1, sjid: 6 });
+        let r = st.report().unwrap();
+        assert_eq!((r.missing, r.non_increasing), (0, 1));
+    }
+
+    #[test]
+    fn failed_attempts_and_503s_are_told_apart_from_dropped_sessions() {
+        let mut st = state(&[0]);
+        st.event(0, connected());
+        st.mark(now_us());
+        let gone = |reason: &str| Event::Disconnected {
+            reason: reason.into(),
+            close_code: None,
+        };
+        st.event(0, gone("connection reset"));
+        st.event(0, gone("upgrade refused with HTTP 503"));
+        st.event(0, gone("transport: connection refused"));
+        let p = st.progress();
+        assert_eq!(
+            (p.disconnects, p.failed_attempts, p.http_503, p.live),
+            (1, 2, 1, 0)
+        );
+        // `mark` started the storm's counters and resubscription times over.
+        assert_eq!(p.resubscribed, 0);
+    }
+}
