@@ -113,7 +113,7 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     } else {
         tokio::select! {
             r = stdin_closed => r?,
-            r = heartbeat(&mut conns, Duration::from_secs(args.ping_s)) => r?,
+            never = heartbeat(&mut conns, Duration::from_secs(args.ping_s)) => match never {},
         }
     }
     drop(conns);
@@ -122,21 +122,46 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
 
 /// Sends every connection a PING once per `period`, one connection after another, evenly spread,
 /// first reading what already arrived on it (the previous PONG): unread, each PONG would pin a
-/// socket buffer of about a KB in the kernel.
-async fn heartbeat(conns: &mut [Ws], period: Duration) -> anyhow::Result<()> {
+/// socket buffer of about a KB in the kernel. A connection that failed is left alone from then
+/// on (and reported once on stderr): the others stay held, and the gateway's count shows the loss.
+async fn heartbeat(conns: &mut [Ws], period: Duration) -> std::convert::Infallible {
     let gap = period / u32::try_from(conns.len().max(1)).unwrap_or(u32::MAX);
     let mut tick = tokio::time::interval(gap.max(Duration::from_micros(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dead = vec![false; conns.len()];
     let mut nonce = 0u64;
     loop {
-        for ws in conns.iter_mut() {
+        for (i, ws) in conns.iter_mut().enumerate() {
             tick.tick().await;
-            while let Some(Some(msg)) = ws.next().now_or_never() {
-                msg?;
+            if dead[i] {
+                continue;
             }
-            nonce += 1;
-            let ping = Message::binary(ClientFrame::Ping(nonce).to_vec());
-            tokio::time::timeout(Duration::from_secs(10), ws.send(ping)).await??;
+            let mut failed = None;
+            while let Some(msg) = ws.next().now_or_never() {
+                match msg {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => failed = Some(e.to_string()),
+                    None => failed = Some("closed by the gateway".into()),
+                }
+                if failed.is_some() {
+                    break;
+                }
+            }
+            if failed.is_none() {
+                nonce += 1;
+                let ping = Message::binary(ClientFrame::Ping(nonce).to_vec());
+                match tokio::time::timeout(Duration::from_secs(10), ws.send(ping)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failed = Some(e.to_string()),
+                    Err(_) => failed = Some("PING blocked for 10 s".into()),
+                }
+            }
+            if let Some(why) = failed {
+                if !dead.contains(&true) {
+                    eprintln!("hold: connection {i} lost ({why}); later losses are not reported");
+                }
+                dead[i] = true;
+            }
         }
     }
 }
