@@ -2,6 +2,7 @@
 //! for a managed [`Client`](crate::Client).
 
 use std::fmt;
+use std::net::IpAddr;
 
 use crate::tls::TlsRoots;
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub struct ConnectOptions {
     pub nodelay: bool,
     /// Whom `wss://` and `quic://` URLs trust. Default `None`: the system's certificate store.
     pub tls: Option<TlsRoots>,
+    /// Source address to bind the socket to (port chosen by the kernel). Default `None`: the
+    /// kernel picks. The load generator spreads clients over 127.0.0.2, 127.0.0.3, … so that
+    /// they do not run out of ephemeral ports.
+    pub local_addr: Option<IpAddr>,
 }
 
 impl Default for ConnectOptions {
@@ -31,6 +36,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             nodelay: true,
             tls: None,
+            local_addr: None,
         }
     }
 }
@@ -64,6 +70,8 @@ pub struct ClientConfig {
     pub rng_seed: Option<u64>,
     /// Whom `wss://` and `quic://` URLs trust (default `None`: the system's certificate store).
     pub tls: Option<TlsRoots>,
+    /// Source address of every connection attempt (see [`ConnectOptions::local_addr`]).
+    pub local_addr: Option<IpAddr>,
 }
 
 impl ClientConfig {
@@ -89,6 +97,7 @@ impl ClientConfig {
             event_capacity: 1024,
             rng_seed: None,
             tls: None,
+            local_addr: None,
         }
     }
 
@@ -106,6 +115,7 @@ impl ClientConfig {
         ConnectOptions {
             connect_timeout: self.connect_timeout,
             tls: self.tls.clone(),
+            local_addr: self.local_addr,
             ..ConnectOptions::default()
         }
     }
@@ -123,6 +133,7 @@ impl fmt::Debug for ClientConfig {
             .field("heartbeat", &self.heartbeat)
             .field("event_capacity", &self.event_capacity)
             .field("rng_seed", &self.rng_seed)
+            .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
 }

@@ -8,7 +8,8 @@ use herald_proto::frame::decode_server;
 use herald_proto::{
     ClientFrame, MAX_CLIENT_FRAME, MAX_SERVER_FRAME, PROTOCOL_VERSION, ServerFrame,
 };
-use tokio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -17,7 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{
-    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+    Connector, MaybeTlsStream, WebSocketStream, client_async_tls_with_config,
+    connect_async_tls_with_config,
 };
 
 use crate::config::ConnectOptions;
@@ -138,10 +140,17 @@ impl Connection {
             })),
             _ => None,
         };
-        let (ws, resp) =
-            connect_async_tls_with_config(req, Some(ws_config()), opts.nodelay, connector)
+        let (ws, resp) = match opts.local_addr {
+            None => connect_async_tls_with_config(req, Some(ws_config()), opts.nodelay, connector)
                 .await
-                .map_err(ClientError::from_ws)?;
+                .map_err(ClientError::from_ws)?,
+            Some(local) => {
+                let stream = connect_from(local, req.uri(), opts.nodelay).await?;
+                client_async_tls_with_config(req, stream, Some(ws_config()), connector)
+                    .await
+                    .map_err(ClientError::from_ws)?
+            }
+        };
         let selected = resp
             .headers()
             .get(SEC_WEBSOCKET_PROTOCOL)
@@ -298,6 +307,41 @@ impl Connection {
         while let Ok(Incoming::Frame(_)) = self.recv().await {}
         Ok(())
     }
+}
+
+/// A TCP connection to the `ws://` URI's host and port from source address `local` (what
+/// `connect_async_with_config` does, plus the bind it has no option for).
+async fn connect_from(
+    local: IpAddr,
+    uri: &tungstenite::http::Uri,
+    nodelay: bool,
+) -> Result<TcpStream, ClientError> {
+    let transport = |e: std::io::Error| ClientError::Transport(e.to_string());
+    if uri.scheme_str() != Some("ws") {
+        return Err(ClientError::InvalidUrl(format!(
+            "{uri}: only ws:// is supported"
+        )));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::InvalidUrl(format!("{uri}: no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let remote = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(transport)?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| ClientError::InvalidUrl(format!("{uri}: no address like {local}")))?;
+    let socket = if local.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(transport)?;
+    socket.bind(SocketAddr::new(local, 0)).map_err(transport)?;
+    let stream = socket.connect(remote).await.map_err(transport)?;
+    stream.set_nodelay(nodelay).map_err(transport)?;
+    Ok(stream)
 }
 
 fn closed_without_frame() -> Incoming {

@@ -210,3 +210,20 @@ async fn reconnects_and_resubscribes_with_the_advanced_cursor() {
     assert_eq!(client.barrier().await, Err(ClientError::ClientClosed));
     gateway.abort();
 }
+
+/// `ClientConfig::local_addr` binds every connection to that source address (the load generator
+/// spreads clients over 127.0.0.2, 127.0.0.3, … so that they do not run out of ports).
+#[tokio::test]
+async fn connects_from_the_configured_source_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut config = ClientConfig::new(format!("ws://{addr}/v1/connect"), "tok");
+    config.local_addr = Some("127.0.0.3".parse().unwrap());
+    let (client, mut events) = Client::spawn(config);
+    let (tcp, peer) = timeout(STEP, listener.accept()).await.unwrap().unwrap();
+    assert_eq!(peer.ip().to_string(), "127.0.0.3");
+    tokio::spawn(serve_conn(5, tcp, tx, Arc::new(Notify::new())));
+    event(&mut events, connected(5)).await;
+    client.close().await;
+}

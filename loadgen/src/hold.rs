@@ -3,7 +3,7 @@
 //! so larger runs start several, each bound to its own source address (127.0.0.2, 127.0.0.3, …)
 //! so that none runs out of ephemeral ports.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_proto::frame::decode_server;
 use herald_proto::{ClientFrame, ServerFrame};
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 use tokio_tungstenite::{
-    Connector, WebSocketStream, client_async_tls_with_config, client_async_with_config,
+    Connector, MaybeTlsStream, WebSocketStream, client_async_tls_with_config,
+    client_async_with_config,
 };
 
 /// Arguments of `hold`.
@@ -57,12 +58,22 @@ pub(crate) struct HoldArgs {
     /// Connect with `wss` (`--ws` is then the TLS listener), trusting this PEM certificate.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// Connections opened per second (0: as fast as `parallel` allows). Pacing spreads the
+    /// gateway's TCP keepalive timers: connections accepted in one burst probe in one burst, and
+    /// on loopback a burst beyond `net.core.netdev_max_backlog` (1000) is dropped.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// While holding, send each connection a PING every this many seconds, spread evenly over
+    /// the period (0: never), as a client's heartbeat would. Data from the client keeps the
+    /// gateway's TCP keepalive from probing (see `idle --ping-s`).
+    #[arg(long, default_value_t = 0)]
+    ping_s: u64,
 }
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-/// A connection kept open (plain or TLS): never read again, only held until dropped.
-type Held = Box<dyn Send>;
+/// A connection kept open, plain or TLS (read only by the heartbeat, when on).
+type Held = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -74,6 +85,8 @@ pub(crate) fn run(args: &HoldArgs) -> anyhow::Result<()> {
 async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let tls = args.tls_ca.as_deref().map(client_tls).transpose()?;
+    let start = tokio::time::Instant::now();
+    let gap = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / args.rate as f64));
     let mut tasks = Vec::new();
     for _ in 0..args.conns.parallel.min(args.conns.count).max(1) {
         let (args, next, tls) = (args.clone(), next.clone(), tls.clone());
@@ -83,6 +96,9 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= args.conns.count {
                     return Ok::<_, anyhow::Error>(held);
+                }
+                if let Some(gap) = gap {
+                    tokio::time::sleep_until(start + gap * i as u32).await;
                 }
                 held.push(open(&args, tls.as_ref(), args.conns.first + i as u64).await?);
             }
@@ -94,17 +110,70 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     }
     println!("ready {}", conns.len());
     // Hold until the parent closes our stdin.
-    tokio::task::spawn_blocking(|| {
+    let stdin_closed = tokio::task::spawn_blocking(|| {
         let mut sink = String::new();
         while std::io::stdin()
             .read_line(&mut sink)
             .map(|n| n > 0)
             .unwrap_or(false)
         {}
-    })
-    .await?;
+    });
+    if args.ping_s == 0 {
+        stdin_closed.await?;
+    } else {
+        tokio::select! {
+            r = stdin_closed => r?,
+            never = heartbeat(&mut conns, Duration::from_secs(args.ping_s)) => match never {},
+        }
+    }
     drop(conns);
     Ok(())
+}
+
+/// Sends every connection a PING once per `period`, one connection after another, evenly spread,
+/// first reading what already arrived on it (the previous PONG): unread, each PONG would pin a
+/// socket buffer of about a KB in the kernel. A connection that failed is left alone from then
+/// on (and reported once on stderr): the others stay held, and the gateway's count shows the loss.
+async fn heartbeat(conns: &mut [Held], period: Duration) -> std::convert::Infallible {
+    let gap = period / u32::try_from(conns.len().max(1)).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval(gap.max(Duration::from_micros(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dead = vec![false; conns.len()];
+    let mut nonce = 0u64;
+    loop {
+        for (i, ws) in conns.iter_mut().enumerate() {
+            tick.tick().await;
+            if dead[i] {
+                continue;
+            }
+            let mut failed = None;
+            while let Some(msg) = ws.next().now_or_never() {
+                match msg {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => failed = Some(e.to_string()),
+                    None => failed = Some("closed by the gateway".into()),
+                }
+                if failed.is_some() {
+                    break;
+                }
+            }
+            if failed.is_none() {
+                nonce += 1;
+                let ping = Message::binary(ClientFrame::Ping(nonce).to_vec());
+                match tokio::time::timeout(Duration::from_secs(10), ws.send(ping)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failed = Some(e.to_string()),
+                    Err(_) => failed = Some("PING blocked for 10 s".into()),
+                }
+            }
+            if let Some(why) = failed {
+                if !dead.contains(&true) {
+                    eprintln!("hold: connection {i} lost ({why}); later losses are not reported");
+                }
+                dead[i] = true;
+            }
+        }
+    }
 }
 
 /// A rustls client configuration (aws-lc-rs) trusting the certificates in the PEM file `ca`.
@@ -124,7 +193,8 @@ pub(crate) fn client_tls(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::Cli
     ))
 }
 
-/// Connects, says HELLO, subscribes, and waits for the PONG that proves the subscription is live.
+/// Connects (over TLS when `tls` is set), says HELLO, subscribes, and waits for the PONG that
+/// proves the subscription is live.
 async fn open(
     args: &HoldArgs,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -137,32 +207,17 @@ async fn open(
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    if let Some(tls) = tls {
-        let stream = connect_from(args.conns.source, args.conns.ws).await?;
-        let request = upgrade_request(&format!("wss://{}/v1/connect", args.conns.ws))?;
-        let (mut ws, _) = tokio::time::timeout(
-            Duration::from_secs(30),
-            client_async_tls_with_config(
-                request,
-                stream,
-                Some(config),
-                Some(Connector::Rustls(tls.clone())),
-            ),
-        )
-        .await??;
-        setup(&mut ws, &args.conns.token, pairs, index).await?;
-        return Ok(Box::new(ws));
-    }
-    open_subscribed(
-        args.conns.ws,
-        &args.conns.token,
-        args.conns.source,
-        pairs,
-        index,
-        config,
+    let stream = connect_from(args.conns.source, args.conns.ws).await?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let request = upgrade_request(&format!("{scheme}://{}/v1/connect", args.conns.ws))?;
+    let connector = tls.map(|c| Connector::Rustls(c.clone()));
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        client_async_tls_with_config(request, stream, Some(config), connector),
     )
-    .await
-    .map(|ws| Box::new(ws) as Held)
+    .await??;
+    setup(&mut ws, &args.conns.token, pairs, index).await?;
+    Ok(ws)
 }
 
 async fn connect_from(source: IpAddr, addr: SocketAddr) -> anyhow::Result<TcpStream> {

@@ -23,7 +23,14 @@
 //! - `peer`: Herald's peers (nats-server WebSocket, Node `ws`) as `fanout` paths, and their
 //!   `peer-receive` child processes.
 //! - `report`: turns a `fanout` JSON report into the comparison tables of BENCHMARKS.md.
+//! - `storm`: the reconnect storm. Managed `herald_client::Client`s in `storm-clients` child
+//!   processes; every connection drops at once (gateway SIGKILLed and restarted, or sockets cut),
+//!   and it measures how long until every client is resubscribed and caught up.
+//! - `progress`: progress bars on stderr; `chart`: SVG charts next to a JSON report;
+//!   `authkey`: a key pair shared by several gateway processes.
 
+mod authkey;
+mod chart;
 mod fanout;
 mod gateway;
 mod handshakes;
@@ -34,10 +41,12 @@ mod longpoll_idle;
 mod natsproc;
 mod peer;
 mod procfs;
+mod progress;
 mod quic_idle;
 mod reaper;
 mod receive;
 mod report;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -75,6 +84,13 @@ enum Command {
     PeerReceive(peer::receive::PeerReceiveArgs),
     /// Write the comparison tables of BENCHMARKS.md from a `fanout --json` report.
     Report(report::ReportArgs),
+    /// Reconnect storm: drop every connection at once; time until every client (the client
+    /// library's backoff and resubscription) is resubscribed and caught up, none missed.
+    Storm(storm::StormArgs),
+    /// (internal) Run managed clients; used by `storm`.
+    StormClients(storm::clients::ClientsArgs),
+    /// Draw the charts of JSON reports (latency CDF, memory per connection) next to them.
+    Chart(chart::ChartArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,5 +105,8 @@ fn main() -> anyhow::Result<()> {
         Command::TlsHandshakes(args) => handshakes::run(&args),
         Command::PeerReceive(args) => peer::receive::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Storm(args) => storm::run(&args),
+        Command::StormClients(args) => storm::clients::run(&args),
+        Command::Chart(args) => chart::run(&args),
     }
 }

@@ -296,6 +296,7 @@ impl<'a> Bench<'a> {
             window_seconds,
             deliveries_per_s: measured as f64 / window_seconds.max(1e-9),
             latency_us: Quantiles::of(&latency),
+            latency_hist: crate::receive::encode_histogram(&latency)?,
             cpu,
             server_cpu_per_1m,
             receivers_cpu_seconds: cpu1.receivers - cpu0.receivers,

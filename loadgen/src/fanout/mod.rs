@@ -34,7 +34,7 @@ mod bench;
 mod path;
 mod peer_path;
 mod print;
-mod publish;
+pub(crate) mod publish;
 mod receiver;
 mod report;
 
@@ -254,6 +254,9 @@ pub(crate) fn run(args: &FanoutArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", path.display());
+        for chart in crate::chart::write_charts(path)? {
+            println!("chart written to {}", chart.display());
+        }
     }
     let bad: u64 = report
         .paths

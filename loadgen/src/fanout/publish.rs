@@ -80,7 +80,7 @@ impl Publish {
 }
 
 /// `POST /v1/publish` over one kept-alive HTTP/1.1 connection.
-pub(super) struct HttpPublisher {
+pub(crate) struct HttpPublisher {
     conn: tokio::io::BufReader<tokio::net::TcpStream>,
     request: Vec<u8>,
     body: String,
@@ -88,7 +88,7 @@ pub(super) struct HttpPublisher {
 }
 
 impl HttpPublisher {
-    async fn connect(admin: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(admin: SocketAddr) -> anyhow::Result<Self> {
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(admin),
@@ -103,7 +103,7 @@ impl HttpPublisher {
         })
     }
 
-    async fn publish(&mut self, changes: &[(u64, u64)]) -> anyhow::Result<()> {
+    pub(crate) async fn publish(&mut self, changes: &[(u64, u64)]) -> anyhow::Result<()> {
         use std::fmt::Write as _;
         self.body.clear();
         self.body.push_str(r#"{"changes":["#);

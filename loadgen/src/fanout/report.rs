@@ -83,6 +83,8 @@ pub(super) struct PhaseReport {
     pub(super) deliveries_per_s: f64,
     /// publish→CHANGED of the measured deliveries, µs.
     pub(super) latency_us: Quantiles,
+    /// The same as an HdrHistogram (V2, base64), for the latency CDF chart.
+    pub(super) latency_hist: String,
     /// Per server process, over the measured window.
     pub(super) cpu: Vec<CpuFigure>,
     /// Sum over the server processes, CPU-seconds per 1M measured deliveries.

@@ -1,0 +1,464 @@
+//! A child process of `storm`: holds managed [`herald_client::Client`]s (the client library's
+//! reconnect, backoff, cursors and resubscription), one subscription each, and follows what
+//! happens to them when every connection drops at once.
+//!
+//! Client `i` of the whole run subscribes to namespace `i % namespaces` with cursor 0. After each
+//! `Connected` event it asks the client for a barrier (`Client::barrier`: resolves once the
+//! resubscription of that session is live on the server), which is when it counts as
+//! *resubscribed*. It is *caught up* once its cursor reached the last SJID the parent published
+//! to its namespace.
+//!
+//! The parent drives it over stdin/stdout, one line each way per command:
+//!
+//! | stdin | stdout |
+//! |---|---|
+//! | (after start) | `ready <clients>` once every client is connected and resubscribed |
+//! | `mark <t_us>` | `ok`: the storm starts at `t_us`; per-storm times and counters start again |
+//! | `cut` | `ok`: every client drops its socket as a network cut would (`Client::disconnect_now`) |
+//! | `target <json [u64]>` | `ok`: the last SJID published to each namespace (index = ns) |
+//! | `progress` | JSON [`StormProgress`] |
+//! | `report` | JSON [`StormReport`] |
+//!
+//! EOF on stdin ends the process.
+
+use crate::receive::{encode_histogram, new_histogram, now_us};
+use herald_client::{Client, ClientConfig, Event};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::io::Write;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Errors a child keeps to report (the first ones).
+const MAX_ERRORS: usize = 5;
+/// Longest wait for one barrier (the client library's barrier has no timeout of its own).
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait for every client to be connected and resubscribed at the start.
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Arguments of `storm-clients`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClientsArgs {
+    /// Gateway WebSocket URL, `ws://host:port/v1/connect`.
+    #[arg(long)]
+    url: String,
+    /// Token for HELLO.
+    #[arg(long)]
+    token: String,
+    /// Clients to run.
+    #[arg(long)]
+    count: usize,
+    /// Source address every connection of this process binds.
+    #[arg(long, default_value = "127.0.0.1")]
+    source: IpAddr,
+    /// Namespaces in the pattern (client i of the run subscribes to namespace i % this).
+    #[arg(long, default_value_t = 1000)]
+    namespaces: u64,
+    /// Index of this process's first client in the whole run.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// The client library's first backoff cap, ms.
+    #[arg(long, default_value_t = 100)]
+    backoff_initial_ms: u64,
+    /// The client library's largest backoff cap, ms.
+    #[arg(long, default_value_t = 30_000)]
+    backoff_max_ms: u64,
+    /// Clients started per second at the beginning (keeps the first connects under the
+    /// gateway's handshake rate; the storm itself is not paced).
+    #[arg(long, default_value_t = 4000)]
+    start_rate: u64,
+}
+
+/// Answer to `progress`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct StormProgress {
+    pub(crate) clients: u64,
+    /// Clients with a live session now.
+    pub(crate) live: u64,
+    /// Clients whose barrier resolved since `mark`.
+    pub(crate) resubscribed: u64,
+    /// Clients whose cursor reached the target (0 before `target`).
+    pub(crate) caught_up: u64,
+    /// Sessions that ended since `mark`.
+    pub(crate) disconnects: u64,
+    /// Connection attempts that failed since `mark` (refused, timed out, HTTP 503, …).
+    pub(crate) failed_attempts: u64,
+    /// Of those, refused with HTTP 503 (the gateway's admission control).
+    pub(crate) http_503: u64,
+    /// Clients stopped for good (`Event::Fatal`; must be 0).
+    pub(crate) fatal: u64,
+}
+
+/// Answer to `report`: the storm as this process saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct StormReport {
+    pub(crate) progress: StormProgress,
+    /// Sessions started (`Connected`) since `mark`.
+    pub(crate) reconnects: u64,
+    /// Wall clock of the first and last `Connected` since `mark`, µs since the epoch (0: none).
+    pub(crate) first_connect_us: u64,
+    pub(crate) last_connect_us: u64,
+    /// Per client, `mark` → resubscribed (barrier resolved), µs; HdrHistogram V2, base64.
+    pub(crate) hist_resubscribed: String,
+    /// Per client, `mark` → its cursor reached the target, µs.
+    pub(crate) hist_caught_up: String,
+    /// Clients whose cursor is below the target (must be 0 once the storm settled).
+    pub(crate) missing: u64,
+    /// `Changed` events whose SJID was not above the client's cursor (must be 0: the library
+    /// filters them).
+    pub(crate) non_increasing: u64,
+    /// `Changed` for a namespace the client did not subscribe to (must be 0).
+    pub(crate) foreign: u64,
+    pub(crate) resets: u64,
+    pub(crate) denied: u64,
+    pub(crate) goaways: u64,
+    pub(crate) errors: Vec<String>,
+}
+
+/// One client's bookkeeping.
+#[derive(Debug, Clone, Copy, Default)]
+struct One {
+    ns: u64,
+    /// Highest SJID reported by `Changed`.
+    cursor: u64,
+    /// When the cursor last advanced, µs since the epoch.
+    cursor_at_us: u64,
+    live: bool,
+    /// When its barrier last resolved (0: not since `mark`).
+    resubscribed_at_us: u64,
+}
+
+/// Everything the client tasks update; one thread, so a `RefCell`.
+#[derive(Default)]
+struct State {
+    clients: Vec<One>,
+    mark_us: u64,
+    target: Option<Vec<u64>>,
+    reconnects: u64,
+    first_connect_us: u64,
+    last_connect_us: u64,
+    disconnects: u64,
+    failed_attempts: u64,
+    http_503: u64,
+    fatal: u64,
+    non_increasing: u64,
+    foreign: u64,
+    resets: u64,
+    denied: u64,
+    goaways: u64,
+    errors: Vec<String>,
+}
+
+impl State {
+    fn error(&mut self, e: String) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(e);
+        }
+    }
+
+    fn mark(&mut self, t_us: u64) {
+        let clients = std::mem::take(&mut self.clients);
+        *self = State {
+            clients,
+            mark_us: t_us,
+            ..State::default()
+        };
+        for c in &mut self.clients {
+            c.resubscribed_at_us = 0;
+        }
+    }
+
+    fn event(&mut self, i: usize, ev: Event) {
+        let now = now_us();
+        match ev {
+            Event::Connected { .. } => {
+                self.clients[i].live = true;
+                self.reconnects += 1;
+                if self.first_connect_us == 0 {
+                    self.first_connect_us = now;
+                }
+                self.last_connect_us = now;
+            }
+            Event::Changed { ns, sjid } => {
+                let c = &mut self.clients[i];
+                if ns != c.ns {
+                    self.foreign += 1;
+                } else if sjid <= c.cursor {
+                    self.non_increasing += 1;
+                } else {
+                    c.cursor = sjid;
+                    c.cursor_at_us = now;
+                }
+            }
+            Event::Disconnected { reason, .. } => {
+                let c = &mut self.clients[i];
+                if c.live {
+                    c.live = false;
+                    self.disconnects += 1;
+                } else {
+                    self.failed_attempts += 1;
+                    if reason.contains("HTTP 503") {
+                        self.http_503 += 1;
+                    }
+                }
+            }
+            Event::Reset { ns } => {
+                self.resets += 1;
+                self.error(format!("client {i}: RESET {ns}"));
+            }
+            Event::Denied { code, ns } => {
+                self.denied += 1;
+                self.error(format!("client {i}: DENIED {code} {ns}"));
+            }
+            Event::Goaway { .. } => self.goaways += 1,
+            Event::Fatal { code, message } => {
+                self.fatal += 1;
+                self.clients[i].live = false;
+                self.error(format!("client {i}: FATAL {code} {message}"));
+            }
+            other => self.error(format!("client {i}: unexpected {other:?}")),
+        }
+    }
+
+    /// The target SJID of namespace `ns` (`u64::MAX` before `target`, so nobody is caught up).
+    fn target_of(&self, ns: u64) -> u64 {
+        self.target
+            .as_ref()
+            .map_or(u64::MAX, |t| t.get(ns as usize).copied().unwrap_or(0))
+    }
+
+    fn progress(&self) -> StormProgress {
+        let mut p = StormProgress {
+            clients: self.clients.len() as u64,
+            disconnects: self.disconnects,
+            failed_attempts: self.failed_attempts,
+            http_503: self.http_503,
+            fatal: self.fatal,
+            ..StormProgress::default()
+        };
+        for c in &self.clients {
+            p.live += u64::from(c.live);
+            p.resubscribed += u64::from(c.resubscribed_at_us != 0);
+            p.caught_up += u64::from(c.cursor >= self.target_of(c.ns));
+        }
+        p
+    }
+
+    fn report(&self) -> anyhow::Result<StormReport> {
+        let mut resubscribed = new_histogram();
+        let mut caught_up = new_histogram();
+        let mut missing = 0;
+        for c in &self.clients {
+            if c.resubscribed_at_us != 0 {
+                resubscribed.saturating_record(c.resubscribed_at_us.saturating_sub(self.mark_us));
+            }
+            if c.cursor >= self.target_of(c.ns) {
+                caught_up.saturating_record(c.cursor_at_us.saturating_sub(self.mark_us));
+            } else {
+                missing += 1;
+            }
+        }
+        Ok(StormReport {
+            progress: self.progress(),
+            reconnects: self.reconnects,
+            first_connect_us: self.first_connect_us,
+            last_connect_us: self.last_connect_us,
+            hist_resubscribed: encode_histogram(&resubscribed)?,
+            hist_caught_up: encode_histogram(&caught_up)?,
+            missing,
+            non_increasing: self.non_increasing,
+            foreign: self.foreign,
+            resets: self.resets,
+            denied: self.denied,
+            goaways: self.goaways,
+            errors: self.errors.clone(),
+        })
+    }
+}
+
+pub(crate) fn run(args: &ClientsArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, clients(args.clone()))
+}
+
+async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
+    let state = Rc::new(RefCell::new(State::default()));
+    state.borrow_mut().clients = (0..args.count)
+        .map(|i| One {
+            ns: (args.first + i as u64) % args.namespaces,
+            ..One::default()
+        })
+        .collect();
+    let mut handles = Vec::with_capacity(args.count);
+    let gap = Duration::from_secs(1) / u32::try_from(args.start_rate.max(1)).unwrap_or(u32::MAX);
+    let mut pace = tokio::time::interval(gap.max(Duration::from_micros(10)));
+    for i in 0..args.count {
+        pace.tick().await;
+        let mut config = ClientConfig::new(args.url.clone(), args.token.clone());
+        config.backoff_initial = Duration::from_millis(args.backoff_initial_ms);
+        config.backoff_max = Duration::from_millis(args.backoff_max_ms);
+        config.local_addr = Some(args.source);
+        // Small: one subscription, and this task reads the events at once.
+        config.event_capacity = 16;
+        let (client, mut events) = Client::spawn(config);
+        client.subscribe(&[(state.borrow().clients[i].ns, 0)]);
+        let (st, c) = (state.clone(), client.clone());
+        tokio::task::spawn_local(async move {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, Event::Connected { .. }) {
+                    tokio::task::spawn_local(barrier(i, c.clone(), st.clone()));
+                }
+                st.borrow_mut().event(i, ev);
+            }
+        });
+        handles.push(client);
+    }
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let p = state.borrow().progress();
+        if p.resubscribed == p.clients {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} clients subscribed within {READY_TIMEOUT:?} (errors: {:?})",
+            p.resubscribed,
+            p.clients,
+            state.borrow().errors
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    say(&format!("ready {}", args.count))?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        let (cmd, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        match cmd {
+            "mark" => {
+                state.borrow_mut().mark(rest.trim().parse()?);
+                say("ok")?;
+            }
+            "cut" => {
+                for c in &handles {
+                    c.disconnect_now();
+                }
+                say("ok")?;
+            }
+            "target" => {
+                state.borrow_mut().target = Some(serde_json::from_str(rest)?);
+                say("ok")?;
+            }
+            "progress" => say(&serde_json::to_string(&state.borrow().progress())?)?,
+            "report" => say(&serde_json::to_string(&state.borrow().report()?)?)?,
+            other => anyhow::bail!("unknown command {other:?}"),
+        }
+    }
+    // The parent closed stdin: leave at once (the sockets close with the process).
+    std::process::exit(0)
+}
+
+/// Waits until the session that just started has resubscribed (`Client::barrier`), and notes when.
+async fn barrier(i: usize, client: Client, state: Rc<RefCell<State>>) {
+    match tokio::time::timeout(BARRIER_TIMEOUT, client.barrier()).await {
+        Ok(Ok(())) => state.borrow_mut().clients[i].resubscribed_at_us = now_us(),
+        Ok(Err(e)) => state
+            .borrow_mut()
+            .error(format!("client {i}: barrier: {e}")),
+        Err(_) => state
+            .borrow_mut()
+            .error(format!("client {i}: barrier took over {BARRIER_TIMEOUT:?}")),
+    }
+}
+
+fn say(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::decode_histogram;
+
+    fn state(nss: &[u64]) -> State {
+        State {
+            clients: nss
+                .iter()
+                .map(|&ns| One {
+                    ns,
+                    ..One::default()
+                })
+                .collect(),
+            ..State::default()
+        }
+    }
+
+    fn connected() -> Event {
+        Event::Connected {
+            session_id: vec![1],
+            heartbeat_ms: 60_000,
+            max_subscriptions: 1024,
+        }
+    }
+
+    #[test]
+    fn a_client_below_its_namespace_target_is_missing() {
+        let mut st = state(&[0, 1]);
+        st.mark(now_us());
+        for i in 0..2 {
+            st.event(i, connected());
+            st.clients[i].resubscribed_at_us = now_us();
+        }
+        st.event(0, Event::Changed { ns: 0, sjid: 10 });
+        st.event(1, Event::Changed { ns: 1, sjid: 5 });
+        // Nobody is caught up before the target is known.
+        assert_eq!(st.progress().caught_up, 0);
+        st.target = Some(vec![10, 7]);
+        let p = st.progress();
+        assert_eq!((p.resubscribed, p.caught_up, p.live), (2, 1, 2));
+        let r = st.report().unwrap();
+        assert_eq!(r.missing, 1);
+        assert_eq!(r.reconnects, 2);
+        assert_eq!(decode_histogram(&r.hist_caught_up).unwrap().len(), 1);
+        // A later CHANGED catches client 1 up; an old SJID counts as non-increasing.
+        st.event(1, Event::Changed { ns: 1, sjid: 7 });
+        st.event(1, Event::Changed { ns: 1, sjid: 6 });
+        let r = st.report().unwrap();
+        assert_eq!((r.missing, r.non_increasing), (0, 1));
+    }
+
+    #[test]
+    fn failed_attempts_and_503s_are_told_apart_from_dropped_sessions() {
+        let mut st = state(&[0]);
+        st.event(0, connected());
+        st.mark(now_us());
+        let gone = |reason: &str| Event::Disconnected {
+            reason: reason.into(),
+            close_code: None,
+        };
+        st.event(0, gone("connection reset"));
+        st.event(0, gone("upgrade refused with HTTP 503"));
+        st.event(0, gone("transport: connection refused"));
+        let p = st.progress();
+        assert_eq!(
+            (p.disconnects, p.failed_attempts, p.http_503, p.live),
+            (1, 2, 1, 0)
+        );
+        // `mark` started the storm's counters and resubscription times over.
+        assert_eq!(p.resubscribed, 0);
+    }
+}

@@ -1,0 +1,640 @@
+//! The reconnect storm: every connection drops at once, the clients come back with the client
+//! library's backoff and resubscribe with their cursors, and changes published meanwhile must all
+//! arrive.
+//!
+//! ```text
+//!  storm-clients children (managed herald_client::Client each, 127.0.0.2, .3, … as source)
+//!        │ WebSocket, one subscription per client (namespace i % namespaces)
+//!        ▼
+//!  herald-gateway ──(restart: SIGKILL, then started again on the same port, data dir and key)
+//!        ▲
+//!  loadgen ── POST /v1/publish, paced, from the moment of the drop (restart: once the new one is up)
+//! ```
+//!
+//! Measured from the drop: when every client has a new session whose resubscription is live
+//! (`Client::barrier`), when every client's cursor reached the last SJID published to its
+//! namespace, the reconnect rate, the connection attempts refused with HTTP 503 by the gateway's
+//! admission control, clients that never caught up (*missing*, must be 0), and the gateway's RSS
+//! and heap before and after.
+//!
+//! # Layout
+//! - `clients`: the `storm-clients` child process and its line protocol.
+//! - this module: the gateway, the children, the drop, the publishing and the report.
+
+pub(crate) mod clients;
+
+use crate::authkey::{SharedKey, free_port};
+use crate::fanout::publish::HttpPublisher;
+use crate::gateway::Gateway;
+use crate::procfs;
+use crate::progress::Bars;
+use crate::receive::{decode_histogram, new_histogram, now_us};
+use clients::{StormProgress, StormReport};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Changes per `POST /v1/publish` when publishing the starting SJIDs.
+const SEED_BATCH: usize = 200;
+/// How long a child may take to answer one command.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How every connection is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DropKind {
+    /// SIGKILL the gateway and start it again on the same port, data dir and key.
+    Restart,
+    /// Every client cuts its socket at once (`Client::disconnect_now`); the gateway stays up.
+    Cut,
+}
+
+/// Arguments of `storm`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StormArgs {
+    /// Clients (managed `herald_client::Client`s, one connection and one subscription each).
+    #[arg(long, default_value_t = 15_000)]
+    conns: usize,
+    /// Namespaces; client i subscribes to namespace i % namespaces.
+    #[arg(long, default_value_t = 1000)]
+    namespaces: u64,
+    /// Clients per child process (each child binds its own source address, 127.0.0.2, …).
+    #[arg(long, default_value_t = 5000)]
+    per_process: usize,
+    /// How the connections are dropped.
+    #[arg(long, value_enum, default_value = "restart")]
+    drop: DropKind,
+    /// Changes published from the drop on (one namespace each, round-robin).
+    #[arg(long, default_value_t = 5000)]
+    publishes: u64,
+    /// Their rate, per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// The client library's first backoff cap, ms (its default).
+    #[arg(long, default_value_t = 100)]
+    backoff_initial_ms: u64,
+    /// The client library's largest backoff cap, ms (its default).
+    #[arg(long, default_value_t = 30_000)]
+    backoff_max_ms: u64,
+    /// Clients each child starts per second before the storm.
+    #[arg(long, default_value_t = 4000)]
+    start_rate: u64,
+    /// Longest wait, from the drop, for every client to be caught up.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Gateway binary (default: `herald-gateway` next to this binary).
+    #[arg(long)]
+    gateway_bin: Option<String>,
+    /// Extra arguments for the gateway (both starts).
+    #[arg(long, allow_hyphen_values = true)]
+    gateway_arg: Vec<String>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Time quantiles of the storm, seconds from the drop.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Times {
+    clients: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Times {
+    fn of(h: &Histogram<u64>) -> Self {
+        let s = |us: u64| us as f64 / 1e6;
+        if h.is_empty() {
+            return Times::default();
+        }
+        Times {
+            clients: h.len(),
+            p50: s(h.value_at_quantile(0.5)),
+            p90: s(h.value_at_quantile(0.9)),
+            p99: s(h.value_at_quantile(0.99)),
+            max: s(h.max()),
+        }
+    }
+}
+
+/// The gateway's memory at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+struct GatewayMemory {
+    pid: u32,
+    connections: Option<f64>,
+    rss_bytes: u64,
+    heap_bytes: Option<u64>,
+}
+
+impl GatewayMemory {
+    fn of(gw: &Gateway) -> anyhow::Result<Self> {
+        Ok(GatewayMemory {
+            pid: gw.pid,
+            connections: gw.metric("herald_connections").ok().flatten(),
+            rss_bytes: procfs::rss_bytes(gw.pid)?,
+            heap_bytes: gw
+                .metric("herald_heap_allocated_bytes")
+                .ok()
+                .flatten()
+                .map(|v| v as u64),
+        })
+    }
+}
+
+/// The JSON report.
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    drop: DropKind,
+    clients: usize,
+    namespaces: u64,
+    processes: usize,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+    connect_seconds: f64,
+    /// Restart: SIGKILL → the new gateway printed its ready line.
+    restart_seconds: Option<f64>,
+    publishes: u64,
+    /// Drop → last publish answered.
+    publish_seconds: f64,
+    /// Drop → every client resubscribed / caught up (None: not within the timeout).
+    all_resubscribed_seconds: Option<f64>,
+    all_caught_up_seconds: Option<f64>,
+    resubscribed: Times,
+    caught_up: Times,
+    /// Sessions started after the drop, and their rate from the first to the last.
+    reconnects: u64,
+    reconnects_per_second: f64,
+    sessions_dropped: u64,
+    failed_attempts: u64,
+    http_503: u64,
+    /// The gateway's own count of handshakes refused by its rate limit (the serving one).
+    gateway_rate_limited: Option<f64>,
+    missing: u64,
+    non_increasing: u64,
+    foreign: u64,
+    resets: u64,
+    denied: u64,
+    goaways: u64,
+    fatal: u64,
+    gateway_before: GatewayMemory,
+    gateway_after: GatewayMemory,
+    /// RSS of the `storm-clients` processes once every client was subscribed (what managed
+    /// clients cost on the client side, runtime included).
+    client_processes_rss_bytes: u64,
+    errors: Vec<String>,
+}
+
+/// One `storm-clients` child and its line protocol.
+struct Children {
+    procs: Vec<(Child, ChildStdin, mpsc::Receiver<String>)>,
+}
+
+impl Children {
+    fn spawn(args: &StormArgs, url: &str, token: &str) -> anyhow::Result<Self> {
+        let mut procs = Vec::new();
+        let mut first = 0;
+        while first < args.conns {
+            let count = (args.conns - first).min(args.per_process.max(1));
+            let source = format!("127.0.0.{}", 2 + procs.len());
+            let mut child = Command::new(std::env::current_exe()?)
+                .arg("storm-clients")
+                .args(["--url", url, "--token", token, "--source", &source])
+                .args(["--count", &count.to_string(), "--first", &first.to_string()])
+                .args(["--namespaces", &args.namespaces.to_string()])
+                .args(["--backoff-initial-ms", &args.backoff_initial_ms.to_string()])
+                .args(["--backoff-max-ms", &args.backoff_max_ms.to_string()])
+                .args(["--start-rate", &args.start_rate.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            crate::reaper::register(child.id());
+            let stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            procs.push((child, stdin, crate::lines::stdout_lines(stdout)));
+            first += count;
+        }
+        Ok(Children { procs })
+    }
+
+    /// Waits for every child's `ready` line.
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        for (i, (_, _, rx)) in self.procs.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .map_err(|_| anyhow::anyhow!("client process {i} was not ready in {limit:?}"))?;
+            anyhow::ensure!(line.starts_with("ready"), "client process {i}: {line}");
+        }
+        Ok(())
+    }
+
+    /// Sends `cmd` to every child and returns their answers.
+    fn all(&mut self, cmd: &str) -> anyhow::Result<Vec<String>> {
+        for (_, stdin, _) in &mut self.procs {
+            writeln!(stdin, "{cmd}")?;
+            stdin.flush()?;
+        }
+        self.procs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, rx))| {
+                rx.recv_timeout(ANSWER_TIMEOUT)
+                    .map_err(|_| anyhow::anyhow!("client process {i} did not answer {cmd:?}"))
+            })
+            .collect()
+    }
+
+    fn progress(&mut self) -> anyhow::Result<StormProgress> {
+        let mut sum = StormProgress::default();
+        for line in self.all("progress")? {
+            let p: StormProgress = serde_json::from_str(&line)?;
+            sum.clients += p.clients;
+            sum.live += p.live;
+            sum.resubscribed += p.resubscribed;
+            sum.caught_up += p.caught_up;
+            sum.disconnects += p.disconnects;
+            sum.failed_attempts += p.failed_attempts;
+            sum.http_503 += p.http_503;
+            sum.fatal += p.fatal;
+        }
+        Ok(sum)
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (mut child, stdin, _) in self.procs.drain(..) {
+            drop(stdin);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            crate::reaper::unregister(child.id());
+        }
+    }
+}
+
+/// What the publisher thread did.
+struct Published {
+    /// Last SJID per namespace (index = ns; the seed SJID for namespaces not published).
+    last: Vec<u64>,
+    count: u64,
+    /// Drop → last publish answered.
+    seconds: f64,
+}
+
+pub(crate) fn run(args: &StormArgs) -> anyhow::Result<()> {
+    crate::reaper::install()?;
+    let dir = std::env::temp_dir().join(format!("herald-storm-{}", std::process::id()));
+    crate::reaper::register_dir(&dir);
+    let result = storm(args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let bars = Bars::new();
+    let bin = args
+        .gateway_bin
+        .clone()
+        .unwrap_or_else(crate::idle::sibling_gateway);
+    let key = SharedKey::generate(&bin, &dir.join("key"))?;
+    let port = free_port()?;
+    let mut gw_args = vec![
+        "--journal-no-sync".to_owned(),
+        "--data-dir".to_owned(),
+        dir.join("data").display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    gw_args.extend(key.gateway_args());
+    gw_args.extend(args.gateway_arg.iter().cloned());
+    let mut gw = Gateway::start_with(&bin, &gw_args, Stdio::null())?;
+    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    println!(
+        "gateway pid {} on 127.0.0.1:{port}; {} clients in {} processes, drop = {:?}",
+        gw.pid,
+        args.conns,
+        args.conns.div_ceil(args.per_process.max(1)),
+        args.drop
+    );
+
+    // Every namespace starts at one SJID, so that every cursor is non-zero before the storm.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let seed = now_us();
+    let last = vec![seed; args.namespaces as usize];
+    rt.block_on(async {
+        let mut publisher = HttpPublisher::connect(gw.admin).await?;
+        let all: Vec<(u64, u64)> = (0..args.namespaces).map(|ns| (ns, seed)).collect();
+        for batch in all.chunks(SEED_BATCH) {
+            publisher.publish(batch).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+
+    let started = Instant::now();
+    let mut children = Children::spawn(args, &url, &key.token)?;
+    let connecting = bars.bar(args.conns as u64, "connecting");
+    let watch = watch_metric(&gw, connecting.clone());
+    let ready = children.wait_ready(Duration::from_secs(600));
+    drop(watch);
+    connecting.finish_and_clear();
+    ready?;
+    children.all(&format!("target {}", serde_json::to_string(&last)?))?;
+    wait_until(&mut children, Duration::from_secs(60), |p| {
+        p.caught_up == p.clients
+    })?;
+    let connect_seconds = started.elapsed().as_secs_f64();
+    bars.println(&format!(
+        "{} clients connected, subscribed and at their seed SJID in {connect_seconds:.1} s",
+        args.conns
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let before = GatewayMemory::of(&gw)?;
+    let client_processes_rss_bytes = children
+        .procs
+        .iter()
+        .map(|(c, _, _)| procfs::rss_bytes(c.id()))
+        .sum::<anyhow::Result<u64>>()?;
+    bars.println(&format!(
+        "client processes: RSS {:.1} MiB = {:.1} KiB per managed client",
+        client_processes_rss_bytes as f64 / 1048576.0,
+        client_processes_rss_bytes as f64 / 1024.0 / args.conns as f64
+    ));
+
+    // The drop.
+    let mark = now_us();
+    let dropped = Instant::now();
+    children.all(&format!("mark {mark}"))?;
+    let mut restart_seconds = None;
+    match args.drop {
+        DropKind::Cut => {
+            children.all("cut")?;
+        }
+        DropKind::Restart => {
+            drop(gw);
+            gw = Gateway::start_with(&bin, &gw_args, Stdio::null())?;
+            restart_seconds = Some(dropped.elapsed().as_secs_f64());
+        }
+    }
+    let publishing = bars.bar(args.publishes, "publishing");
+    let publisher = {
+        let (admin, publishes, rate, namespaces) =
+            (gw.admin, args.publishes, args.rate, args.namespaces);
+        let mut last = last.clone();
+        let bar = publishing.clone();
+        std::thread::spawn(move || -> anyhow::Result<Published> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut publisher = HttpPublisher::connect(admin).await?;
+                let per_tick = (rate / 100).max(1);
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut prev = 0;
+                let mut count = 0;
+                while count < publishes {
+                    tick.tick().await;
+                    let n = per_tick.min(publishes - count);
+                    let batch: Vec<(u64, u64)> = (0..n)
+                        .map(|k| {
+                            prev = now_us().max(prev + 1);
+                            ((count + k) % namespaces, prev)
+                        })
+                        .collect();
+                    publisher.publish(&batch).await?;
+                    for &(ns, sjid) in &batch {
+                        last[ns as usize] = sjid;
+                    }
+                    count += n;
+                    bar.set_position(count);
+                }
+                Ok(Published {
+                    last,
+                    count,
+                    seconds: dropped.elapsed().as_secs_f64(),
+                })
+            })
+        })
+    };
+
+    let resubscribing = bars.bar(args.conns as u64, "resubscribed");
+    let catching_up = bars.bar(args.conns as u64, "caught up");
+    let deadline = dropped + Duration::from_secs(args.timeout_s);
+    let mut publisher = Some(publisher);
+    let mut published = None;
+    let mut all_resubscribed = None;
+    let mut all_caught_up = None;
+    while Instant::now() < deadline {
+        if publisher.as_ref().is_some_and(|p| p.is_finished())
+            && let Some(p) = publisher.take()
+        {
+            let p = p
+                .join()
+                .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
+            publishing.finish_and_clear();
+            children.all(&format!("target {}", serde_json::to_string(&p.last)?))?;
+            published = Some(p);
+        }
+        let p = children.progress()?;
+        resubscribing.set_position(p.resubscribed);
+        resubscribing.set_message(format!(
+            "{} refused with 503, {} failed attempts",
+            p.http_503, p.failed_attempts
+        ));
+        catching_up.set_position(p.caught_up);
+        if all_resubscribed.is_none() && p.resubscribed == p.clients {
+            all_resubscribed = Some(dropped.elapsed().as_secs_f64());
+        }
+        if published.is_some() && p.caught_up == p.clients {
+            all_caught_up = Some(dropped.elapsed().as_secs_f64());
+        }
+        if all_resubscribed.is_some() && all_caught_up.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    resubscribing.finish_and_clear();
+    catching_up.finish_and_clear();
+    publishing.finish_and_clear();
+    let Some(published) = published else {
+        anyhow::bail!("publishing did not finish within {} s", args.timeout_s);
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let after = GatewayMemory::of(&gw)?;
+
+    let mut report = Report {
+        drop: args.drop,
+        clients: args.conns,
+        namespaces: args.namespaces,
+        processes: children.procs.len(),
+        backoff_initial_ms: args.backoff_initial_ms,
+        backoff_max_ms: args.backoff_max_ms,
+        connect_seconds,
+        restart_seconds,
+        publishes: published.count,
+        publish_seconds: published.seconds,
+        all_resubscribed_seconds: all_resubscribed,
+        all_caught_up_seconds: all_caught_up,
+        resubscribed: Times::default(),
+        caught_up: Times::default(),
+        reconnects: 0,
+        reconnects_per_second: 0.0,
+        sessions_dropped: 0,
+        failed_attempts: 0,
+        http_503: 0,
+        gateway_rate_limited: gw
+            .metric("herald_handshakes_rate_limited_total")
+            .ok()
+            .flatten(),
+        missing: 0,
+        non_increasing: 0,
+        foreign: 0,
+        resets: 0,
+        denied: 0,
+        goaways: 0,
+        fatal: 0,
+        gateway_before: before,
+        gateway_after: after,
+        client_processes_rss_bytes,
+        errors: Vec::new(),
+    };
+    let (mut resub, mut caught) = (new_histogram(), new_histogram());
+    let (mut first_connect, mut last_connect) = (u64::MAX, 0);
+    for line in children.all("report")? {
+        let r: StormReport = serde_json::from_str(&line)?;
+        resub.add(decode_histogram(&r.hist_resubscribed)?)?;
+        caught.add(decode_histogram(&r.hist_caught_up)?)?;
+        if r.first_connect_us != 0 {
+            first_connect = first_connect.min(r.first_connect_us);
+        }
+        last_connect = last_connect.max(r.last_connect_us);
+        report.reconnects += r.reconnects;
+        report.sessions_dropped += r.progress.disconnects;
+        report.failed_attempts += r.progress.failed_attempts;
+        report.http_503 += r.progress.http_503;
+        report.fatal += r.progress.fatal;
+        report.missing += r.missing;
+        report.non_increasing += r.non_increasing;
+        report.foreign += r.foreign;
+        report.resets += r.resets;
+        report.denied += r.denied;
+        report.goaways += r.goaways;
+        report.errors.extend(r.errors);
+    }
+    report.resubscribed = Times::of(&resub);
+    report.caught_up = Times::of(&caught);
+    if last_connect > first_connect {
+        report.reconnects_per_second =
+            report.reconnects as f64 / ((last_connect - first_connect) as f64 / 1e6);
+    }
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    drop(children);
+    drop(gw);
+    anyhow::ensure!(
+        report.missing == 0 && report.fatal == 0 && report.foreign == 0,
+        "some clients never caught up or were refused for good (see above)"
+    );
+    Ok(())
+}
+
+/// Polls the children until `done` holds for the sum of their progress, at most `limit`.
+fn wait_until(
+    children: &mut Children,
+    limit: Duration,
+    done: impl Fn(&StormProgress) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = children.progress()?;
+        if done(&p) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not done within {limit:?}: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A thread that shows the gateway's `herald_connections` on `bar` until the guard is dropped.
+fn watch_metric(gw: &Gateway, bar: indicatif::ProgressBar) -> crate::idle::MetricWatch {
+    let gw = Gateway::attach(gw.ws, gw.admin, gw.pid, String::new());
+    crate::idle::MetricWatch::start(vec![gw], bar)
+}
+
+fn print_report(r: &Report) {
+    let opt =
+        |v: Option<f64>| v.map_or("not within the timeout".to_owned(), |s| format!("{s:.2} s"));
+    println!(
+        "drop ({:?}){}: every client resubscribed after {}, caught up after {} (publishing {} changes took {:.2} s)",
+        r.drop,
+        r.restart_seconds
+            .map_or(String::new(), |s| format!(", gateway back in {s:.2} s")),
+        opt(r.all_resubscribed_seconds),
+        opt(r.all_caught_up_seconds),
+        r.publishes,
+        r.publish_seconds
+    );
+    println!(
+        "  resubscribed: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s; caught up: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        r.resubscribed.p50,
+        r.resubscribed.p90,
+        r.resubscribed.p99,
+        r.resubscribed.max,
+        r.caught_up.p50,
+        r.caught_up.p99,
+        r.caught_up.max
+    );
+    println!(
+        "  {} reconnects at {:.0}/s; {} sessions dropped, {} failed attempts, {} refused with HTTP 503 (gateway counted {})",
+        r.reconnects,
+        r.reconnects_per_second,
+        r.sessions_dropped,
+        r.failed_attempts,
+        r.http_503,
+        r.gateway_rate_limited
+            .map_or("none".to_owned(), |v| format!("{v:.0}"))
+    );
+    println!(
+        "  missing {} (clients below their namespace's last SJID), non-increasing {}, foreign {}, resets {}, denied {}, goaways {}, fatal {}",
+        r.missing, r.non_increasing, r.foreign, r.resets, r.denied, r.goaways, r.fatal
+    );
+    let mem = |m: &GatewayMemory| {
+        format!(
+            "pid {} with {} connections: RSS {:.1} MiB, heap {}",
+            m.pid,
+            m.connections.map_or("?".into(), |c| format!("{c:.0}")),
+            m.rss_bytes as f64 / 1048576.0,
+            m.heap_bytes
+                .map_or("n/a".into(), |h| format!("{:.1} MiB", h as f64 / 1048576.0))
+        )
+    };
+    println!("  gateway before: {}", mem(&r.gateway_before));
+    println!("  gateway after:  {}", mem(&r.gateway_after));
+    for e in r.errors.iter().take(5) {
+        println!("  error: {e}");
+    }
+}
