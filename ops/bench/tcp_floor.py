@@ -1,4 +1,4 @@
-"""Kernel floor of one fan-out delivery on this machine (CPU.md, "Where the cycles go").
+"""Kernel floor of one fan-out delivery on this machine (BENCHMARKS.md, "Where the cycles go").
 
 Paced rounds of 15 small TCP writes (1000 rounds/s, like `herald-loadgen fanout`), round-robin
 over N loopback connections with TCP_NODELAY, read by another process with epoll. Prints the
