@@ -220,3 +220,24 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// The gateway's jemalloc heap (`herald_heap_allocated_bytes`), when it reports one.
+pub(crate) fn heap(gw: &Gateway) -> Option<u64> {
+    gw.metric("herald_heap_allocated_bytes")
+        .ok()
+        .flatten()
+        .map(|v| v as u64)
+}
+
+/// `herald-gateway` beside this executable (the same build), else from `PATH`.
+pub(crate) fn sibling_gateway() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("herald-gateway")))
+        .map_or_else(|| "herald-gateway".into(), |p| p.display().to_string())
+}
+
+/// Bytes as MiB, for printing.
+pub(crate) fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}

@@ -40,7 +40,7 @@ pub(crate) fn run(args: &HandshakeArgs) -> anyhow::Result<()> {
     let bin = args
         .gateway_bin
         .clone()
-        .unwrap_or_else(crate::idle::sibling_gateway);
+        .unwrap_or_else(crate::gateway::sibling_gateway);
     let data_dir = std::env::temp_dir().join(format!("herald-handshakes-{}", std::process::id()));
     let (cert, key) = gen_cert(&bin, &data_dir.join("tls"), args.ed25519)?;
     let extra: Vec<String> = [

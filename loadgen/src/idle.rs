@@ -11,7 +11,7 @@
 //! the 20000 open files one process may have here.
 
 use crate::authkey::{SharedKey, free_port};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, heap, mib, sibling_gateway};
 use crate::procfs;
 use crate::progress::Bars;
 use serde::Serialize;
@@ -497,25 +497,6 @@ fn spawn_holder(
         anyhow::bail!("holder failed before it was ready (see its stderr)");
     }
     Ok(child)
-}
-
-fn heap(gw: &Gateway) -> Option<u64> {
-    gw.metric("herald_heap_allocated_bytes")
-        .ok()
-        .flatten()
-        .map(|v| v as u64)
-}
-
-/// `herald-gateway` next to this binary (or on `PATH`).
-pub(crate) fn sibling_gateway() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("herald-gateway")))
-        .map_or_else(|| "herald-gateway".into(), |p| p.display().to_string())
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }
 
 /// Shows the summed `herald_connections` of some gateways on a progress bar, from a thread,

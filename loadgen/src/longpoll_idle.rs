@@ -7,7 +7,7 @@
 //! (one never-published namespace at cursor 0, `timeout_s` 480, so every poll waits). A step
 //! counts once the gateway's `herald_subscriptions` gauge shows every poll registered.
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, heap, mib, sibling_gateway};
 use crate::procfs;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -226,22 +226,4 @@ async fn send_poll(args: &LongPollHoldArgs, index: u64) -> anyhow::Result<TcpStr
     req.extend_from_slice(&body);
     stream.write_all(&req).await?;
     Ok(stream)
-}
-
-fn heap(gw: &Gateway) -> Option<u64> {
-    gw.metric("herald_heap_allocated_bytes")
-        .ok()
-        .flatten()
-        .map(|v| v as u64)
-}
-
-fn sibling_gateway() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("herald-gateway")))
-        .map_or_else(|| "herald-gateway".into(), |p| p.display().to_string())
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }

@@ -7,7 +7,7 @@
 //! in `idle`. Figures: the gateway's RSS (`/proc`) and jemalloc heap (`/metrics`) over its
 //! baseline, divided by the connections.
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, heap, mib, sibling_gateway};
 use crate::procfs;
 use herald_proto::quic::{Deframed, encode_frame, next_frame};
 use herald_proto::{ClientFrame, MAX_SERVER_FRAME, QUIC_ALPN, ServerFrame, frame::decode_server};
@@ -326,22 +326,4 @@ fn ws_pass(args: &QuicIdleArgs, gw: &Gateway) -> anyhow::Result<Vec<Step>> {
         let _ = h.wait();
     }
     Ok(steps)
-}
-
-fn heap(gw: &Gateway) -> Option<u64> {
-    gw.metric("herald_heap_allocated_bytes")
-        .ok()
-        .flatten()
-        .map(|v| v as u64)
-}
-
-fn sibling_gateway() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("herald-gateway")))
-        .map_or_else(|| "herald-gateway".into(), |p| p.display().to_string())
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }

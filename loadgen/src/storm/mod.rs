@@ -312,7 +312,7 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let bin = args
         .gateway_bin
         .clone()
-        .unwrap_or_else(crate::idle::sibling_gateway);
+        .unwrap_or_else(crate::gateway::sibling_gateway);
     let key = SharedKey::generate(&bin, &dir.join("key"))?;
     let port = free_port()?;
     let mut gw_args = vec![
