@@ -247,7 +247,7 @@ impl GatewayProcess {
     /// Trust anchors holding exactly the certificate now in [`cert_path`](Self::cert_path).
     #[must_use]
     pub fn tls_roots(&self) -> crate::ws::TlsRoots {
-        crate::ws::TlsRoots::from_pem_file(&self.cert_path())
+        crate::ws::TlsRoots::from_pem_file(&self.cert_path()).expect("trust anchors")
     }
 
     /// Sends SIGHUP (the gateway reloads its certificate).

@@ -42,32 +42,8 @@ pub enum Incoming {
     Timeout,
 }
 
-/// What a test client trusts for `wss`: a rustls client configuration (aws-lc-rs) whose roots
-/// are given certificates (a test gateway's self-signed one).
-#[derive(Clone)]
-pub struct TlsRoots(pub std::sync::Arc<rustls::ClientConfig>);
-
-impl TlsRoots {
-    /// Trusts the certificates in the PEM file at `path`.
-    #[must_use]
-    pub fn from_pem_file(path: &std::path::Path) -> Self {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(path).expect("read certificate") {
-            roots
-                .add(cert.expect("PEM certificate"))
-                .expect("trust anchor");
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        TlsRoots(std::sync::Arc::new(config))
-    }
-}
+/// What a test client trusts for `wss`: the client library's trust anchors.
+pub use herald_client::TlsRoots;
 
 /// A WebSocket connection to the gateway's client listener.
 pub struct WsClient {
@@ -138,7 +114,7 @@ impl WsClient {
             WS_SUBPROTOCOL.parse().expect("header value"),
         );
         let stream = raw_socket(addr, opts);
-        let connector = tokio_tungstenite::Connector::Rustls(roots.0.clone());
+        let connector = tokio_tungstenite::Connector::Rustls(roots.config());
         let (ws, resp) = tokio::time::timeout(
             crate::WAIT,
             tokio_tungstenite::client_async_tls_with_config(req, stream, None, Some(connector)),

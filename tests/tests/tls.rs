@@ -162,7 +162,7 @@ async fn bad_input_over_tls() {
             herald_gateway::tls::self_signed(&["127.0.0.1".into()], false).expect("cert");
         let path = dir.path().join("other.pem");
         std::fs::write(&path, cert).expect("write");
-        herald_e2e::ws::TlsRoots::from_pem_file(&path)
+        herald_e2e::ws::TlsRoots::from_pem_file(&path).expect("trust anchors")
     };
     assert!(
         WsClient::try_connect_tls(gw.wss_addr(), &other)
@@ -281,7 +281,7 @@ async fn longpoll_over_https() {
     );
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(gw.wss_addr()).await?;
-        let connector = tokio_rustls::TlsConnector::from(gw.tls_roots().0);
+        let connector = tokio_rustls::TlsConnector::from(gw.tls_roots().config());
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut tls = connector.connect(name, tcp).await?;
         tls.write_all(request.as_bytes()).await?;
