@@ -15,9 +15,8 @@ use crate::gateway::{Gateway, heap, mib, sibling_gateway};
 use crate::procfs;
 use crate::progress::Bars;
 use serde::Serialize;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -460,43 +459,26 @@ fn spawn_holder(
         // The holders connect to the `wss` listener and trust its certificate.
         cmd.arg("--tls-ca").arg(ca);
     }
-    let mut child = cmd
-        .args([
-            "--ws",
-            &target.ws.to_string(),
-            "--token",
-            &target.token,
-            "--source",
-            source,
-        ])
-        .args(["--count", &count.to_string(), "--first", &first.to_string()])
-        .args([
-            "--namespaces",
-            &args.namespaces.to_string(),
-            "--subs-per-conn",
-            &args.subs_per_conn.to_string(),
-            "--rate",
-            &args.connect_rate.to_string(),
-            "--ping-s",
-            &args.ping_s.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    crate::reaper::register(child.id());
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("holder has no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if !line.starts_with("ready") {
-        let _ = child.kill();
-        let _ = child.wait();
-        crate::reaper::unregister(child.id());
-        anyhow::bail!("holder failed before it was ready (see its stderr)");
-    }
-    Ok(child)
+    cmd.args([
+        "--ws",
+        &target.ws.to_string(),
+        "--token",
+        &target.token,
+        "--source",
+        source,
+    ])
+    .args(["--count", &count.to_string(), "--first", &first.to_string()])
+    .args([
+        "--namespaces",
+        &args.namespaces.to_string(),
+        "--subs-per-conn",
+        &args.subs_per_conn.to_string(),
+        "--rate",
+        &args.connect_rate.to_string(),
+        "--ping-s",
+        &args.ping_s.to_string(),
+    ]);
+    crate::reaper::spawn_ready(&mut cmd, "holder")
 }
 
 /// Shows the summed `herald_connections` of some gateways on a progress bar, from a thread,

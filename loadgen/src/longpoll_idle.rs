@@ -9,9 +9,8 @@
 
 use crate::gateway::{Gateway, heap, mib, sibling_gateway};
 use crate::procfs;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -140,27 +139,15 @@ fn spawn_holder(
     count: usize,
     first: usize,
 ) -> anyhow::Result<Child> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("longpoll-hold")
-        .args(["--ws", &gw.ws.to_string(), "--token", &gw.token])
-        .args(["--source", source, "--count", &count.to_string()])
-        .args(["--first", &first.to_string()])
-        .args(["--namespaces", &args.namespaces.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    crate::reaper::register(child.id());
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("holder has no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if !line.starts_with("ready") {
-        let _ = child.kill();
-        anyhow::bail!("longpoll-hold failed before it was ready (see its stderr)");
-    }
-    Ok(child)
+    crate::reaper::spawn_ready(
+        Command::new(std::env::current_exe()?)
+            .arg("longpoll-hold")
+            .args(["--ws", &gw.ws.to_string(), "--token", &gw.token])
+            .args(["--source", source, "--count", &count.to_string()])
+            .args(["--first", &first.to_string()])
+            .args(["--namespaces", &args.namespaces.to_string()]),
+        "longpoll-hold",
+    )
 }
 
 /// The child: sends `count` polls and keeps their sockets until stdin closes.

@@ -11,9 +11,8 @@ use crate::gateway::{Gateway, heap, mib, sibling_gateway};
 use crate::procfs;
 use herald_proto::quic::{Deframed, encode_frame, next_frame};
 use herald_proto::{ClientFrame, MAX_SERVER_FRAME, QUIC_ALPN, ServerFrame, frame::decode_server};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -295,25 +294,15 @@ fn ws_pass(args: &QuicIdleArgs, gw: &Gateway) -> anyhow::Result<Vec<Step>> {
         while held < target {
             let count = (target - held).min(15_000);
             let source = format!("127.0.0.{}", 2 + holders.len());
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("hold")
-                .args(["--ws", &gw.ws.to_string(), "--token", &gw.token])
-                .args(["--source", &source, "--count", &count.to_string()])
-                .args(["--first", &held.to_string()])
-                .args(["--namespaces", &args.namespaces.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("holder has no stdout"))?;
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            if !line.starts_with("ready") {
-                let _ = child.kill();
-                anyhow::bail!("holder failed before it was ready (see its stderr)");
-            }
+            let child = crate::reaper::spawn_ready(
+                Command::new(std::env::current_exe()?)
+                    .arg("hold")
+                    .args(["--ws", &gw.ws.to_string(), "--token", &gw.token])
+                    .args(["--source", &source, "--count", &count.to_string()])
+                    .args(["--first", &held.to_string()])
+                    .args(["--namespaces", &args.namespaces.to_string()]),
+                "holder",
+            )?;
             holders.push(child);
             held += count;
         }

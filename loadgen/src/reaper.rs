@@ -64,3 +64,32 @@ pub(crate) fn install() -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// Spawns a holder-style child (stdin and stdout piped), registers it, and waits for its first
+/// stdout line to start with `ready`. On anything else the child is killed, reaped and
+/// unregistered, and the error names `what`. The caller keeps stdin open while it wants the
+/// child to hold, and closes it to stop the child.
+pub(crate) fn spawn_ready(
+    cmd: &mut std::process::Command,
+    what: &str,
+) -> anyhow::Result<std::process::Child> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    register(child.id());
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("{what} has no stdout"))?;
+    let mut line = String::new();
+    let read = std::io::BufReader::new(stdout).read_line(&mut line);
+    if read.is_err() || !line.starts_with("ready") {
+        let _ = child.kill();
+        let _ = child.wait();
+        unregister(child.id());
+        anyhow::bail!("{what} failed before it was ready (see its stderr)");
+    }
+    Ok(child)
+}
