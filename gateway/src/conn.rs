@@ -329,19 +329,22 @@ impl Conn {
         }
     }
 
-    /// Sends a change shared with other recipients (fan-out). Writes at once when nothing is
-    /// queued; queues what the socket refuses; past `limit` queued bytes, the client is a slow
-    /// consumer. Returns true if this made it one.
-    pub fn send_shared(
+    /// Queues a change shared with other recipients (fan-out) without writing it: the fan-out
+    /// writes every connection it touched once, at the end of its round
+    /// ([`Conn::flush_queued`]), so all the changes of a round leave in one write. A queue
+    /// that grows past half of `limit` within a round is written at once, so a round alone
+    /// never makes a slow consumer; past `limit` queued bytes the socket did not take, the
+    /// client is one.
+    pub fn queue_shared(
         &self,
         change: &mut SharedChange,
         limit: usize,
         goaway_ms: impl FnOnce() -> u64,
         now: u32,
-    ) -> bool {
+    ) -> Queued {
         let mut st = self.state.borrow_mut();
         if st.phase != Phase::Open {
-            return false;
+            return Queued::No;
         }
         if let Some(poll) = st.poll.as_deref_mut() {
             // Long-poll: collect; the task answers once the whole batch is in (one reply).
@@ -351,19 +354,14 @@ impl Conn {
             if first {
                 self.wake();
             }
-            return false;
+            return Queued::Collected;
         }
         let frame = change.wire(st.transport);
-        let was_empty = st.outbox.is_empty();
+        let first = st.outbox.is_empty();
         st.outbox_bytes += frame.len();
         st.outbox.push_back(frame.clone());
-        if was_empty {
+        if st.outbox_bytes > limit / 2 {
             self.flush_state(&mut st);
-            // (TLS: encrypted records the socket refused are output too; the task must wait
-            // for write readiness for them.)
-            if !self.has_output(&st) {
-                return false;
-            }
         }
         if st.outbox_bytes > limit {
             drop_queued(&mut st);
@@ -375,14 +373,21 @@ impl Conn {
             );
             drop(st);
             self.wake();
-            return true;
+            return Queued::SlowConsumer;
         }
+        if first { Queued::First } else { Queued::Behind }
+    }
+
+    /// Writes what the fan-out queued this round (one vectored write), and wakes the task if
+    /// the socket left some of it, so that the task waits for write readiness (or exits).
+    pub fn flush_queued(&self) {
+        let mut st = self.state.borrow_mut();
+        self.flush_state(&mut st);
+        let wake = self.has_output(&st) || st.exit;
         drop(st);
-        if was_empty {
-            // The task polls write readiness only while something is queued: tell it.
+        if wake {
             self.wake();
         }
-        false
     }
 
     /// Writes as much of the outbox as the socket takes (one vectored write per call). Over
@@ -441,6 +446,21 @@ impl Conn {
             st.exit = true;
         }
     }
+}
+
+/// What [`Conn::queue_shared`] did with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Nothing: the connection is not open.
+    No,
+    /// Collected for a waiting long-poll (its task answers).
+    Collected,
+    /// Queued in an empty outbox: the fan-out writes it at the end of the round.
+    First,
+    /// Queued behind frames already waiting (written this round or when the socket takes them).
+    Behind,
+    /// The connection became a slow consumer and is closing.
+    SlowConsumer,
 }
 
 /// Appends a Herald frame, as the connection's transport carries it, to the outbox.

@@ -26,6 +26,9 @@ impl LocalCounter {
 pub struct WorkerStats {
     /// CHANGED frames written or queued by the fan-out.
     pub notifications_sent: LocalCounter,
+    /// Connections the fan-out wrote to at the end of a round (each write carries all of the
+    /// round's changes for that connection; `notifications_sent` ÷ this is changes per write).
+    pub fanout_writes: LocalCounter,
     /// Changes received by the fan-out.
     pub changes_in: LocalCounter,
     /// Subscribers skipped because they already knew as much (coalesced or duplicate changes,
@@ -43,6 +46,7 @@ impl WorkerStats {
         metrics::counter!("herald_notifications_sent_total")
             .increment(self.notifications_sent.take());
         metrics::counter!("herald_fanout_changes_total").increment(self.changes_in.take());
+        metrics::counter!("herald_fanout_writes_total").increment(self.fanout_writes.take());
         metrics::counter!("herald_fanout_already_known_total").increment(self.already_known.take());
         metrics::counter!("herald_frames_received_total").increment(self.frames_in.take());
         metrics::counter!("herald_slow_consumers_total").increment(self.slow_consumers.take());

@@ -5,7 +5,7 @@
 use crate::admission::Admission;
 use crate::auth::{LEEWAY_S, Verifier};
 use crate::config::ConnLimits;
-use crate::conn::{Conn, Io, Phase, SharedChange, Transport, close_with, goaway};
+use crate::conn::{Conn, Io, Phase, Queued, SharedChange, Transport, close_with, goaway};
 use crate::handler;
 use crate::interest::Interest;
 use crate::source::Source;
@@ -51,6 +51,10 @@ pub const CLOSE_GRACE_TICKS: u32 = 50;
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// Per-worker read buffer: one socket read at a time, plus room for a carried partial frame.
 const SCRATCH: usize = 64 * 1024 + 16 * 1024;
+/// Changes one fan-out round may take: batches already waiting behind the first one join its
+/// round, so a connection gets one write for all of them (under a burst, several CHANGED per
+/// write instead of one each; a paced batch finds nothing waiting and goes alone).
+const ROUND_CHANGES: usize = 16 * 1024;
 
 /// State shared by all workers and the admin listener.
 #[derive(Debug, Default)]
@@ -111,6 +115,8 @@ pub struct Worker {
     pub scratch: RefCell<Vec<u8>>,
     /// Hot-path counters.
     pub stats: WorkerStats,
+    /// Connections the current fan-out round queued for, to be written at its end.
+    touched: RefCell<Vec<u32>>,
     /// Handshake rate limits (this worker's share).
     admission: RefCell<Admission>,
     /// Origin of ticks.
@@ -203,10 +209,22 @@ async fn run(setup: WorkerSetup) {
     tokio::task::spawn_local(async move {
         // Resolved once: the macro looks the key up in the registry on every call.
         let lag = metrics::histogram!("herald_fanout_lag_seconds");
+        let mut round: Vec<Instant> = Vec::new();
         while let Some(batch) = fanout.recv().await {
+            let mut changes = batch.changes.len();
             w.fanout(&batch.changes);
+            round.push(batch.at);
+            while changes < ROUND_CHANGES {
+                let Ok(next) = fanout.try_recv() else { break };
+                changes += next.changes.len();
+                w.fanout(&next.changes);
+                round.push(next.at);
+            }
+            w.flush_round();
             // From the gateway getting the change to the last write (or queueing) of it here.
-            lag.record(batch.at.elapsed().as_secs_f64());
+            for at in round.drain(..) {
+                lag.record(at.elapsed().as_secs_f64());
+            }
         }
     });
     let w = worker.clone();
@@ -320,6 +338,7 @@ impl Worker {
             shared,
             scratch: RefCell::new(vec![0; SCRATCH]),
             stats: WorkerStats::default(),
+            touched: RefCell::new(Vec::new()),
             admission,
             epoch: Instant::now(),
             drain_quota: Cell::new(None),
@@ -387,13 +406,14 @@ impl Worker {
         self.conns.borrow_mut().try_remove(conn.key as usize);
     }
 
-    /// Delivers a batch: each change is encoded once and the same bytes go to every subscriber
-    /// that does not know it yet.
+    /// Queues a batch for delivery: each change is encoded once and the same bytes go to every
+    /// subscriber that does not know it yet. Nothing is written until [`Worker::flush_round`].
     pub fn fanout(&self, batch: &[(u64, u64)]) {
         let now = self.now();
         let limit = self.limits.outbox_limit_bytes;
         let mut interest = self.interest.borrow_mut();
         let conns = self.conns.borrow();
+        let mut touched = self.touched.borrow_mut();
         let mut sent = 0;
         let mut already = 0;
         for &(ns, sjid) in batch {
@@ -407,9 +427,13 @@ impl Worker {
                 let Some(conn) = conns.get(sub.conn as usize) else {
                     continue;
                 };
-                if conn.send_shared(&mut change, limit, || jitter_ms(1000, 5000), now) {
-                    self.stats.slow_consumers.add(1);
-                    tracing::debug!(session = %format_args!("{:016x}", conn.state.borrow().session_id), "slow consumer");
+                match conn.queue_shared(&mut change, limit, || jitter_ms(1000, 5000), now) {
+                    Queued::First => touched.push(sub.conn),
+                    Queued::SlowConsumer => {
+                        self.stats.slow_consumers.add(1);
+                        tracing::debug!(session = %format_args!("{:016x}", conn.state.borrow().session_id), "slow consumer");
+                    }
+                    Queued::No | Queued::Collected | Queued::Behind => {}
                 }
                 sent += 1;
             }
@@ -417,6 +441,18 @@ impl Worker {
         self.stats.changes_in.add(batch.len() as u64);
         self.stats.notifications_sent.add(sent);
         self.stats.already_known.add(already - sent);
+    }
+
+    /// Ends a fan-out round: one write to every connection the round queued changes for.
+    pub fn flush_round(&self) {
+        let conns = self.conns.borrow();
+        let mut touched = self.touched.borrow_mut();
+        self.stats.fanout_writes.add(touched.len() as u64);
+        for key in touched.drain(..) {
+            if let Some(conn) = conns.get(key as usize) {
+                conn.flush_queued();
+            }
+        }
     }
 
     /// The coarse timer of every connection on this worker: handshake and heartbeat timeouts,
@@ -521,6 +557,107 @@ mod tests {
         Cli::try_parse_from(["herald-gateway"])
             .expect("defaults")
             .serve
+    }
+
+    fn worker(outbox_limit_bytes: usize) -> Worker {
+        let mut limits = args().conn_limits(1024);
+        limits.outbox_limit_bytes = outbox_limit_bytes;
+        Worker::new(
+            0,
+            Source::Embedded(Arc::new(LatestTable::new())),
+            Arc::new(Verifier::new(std::collections::HashMap::new(), None, None)),
+            limits,
+            Arc::new(Shared::default()),
+            1,
+        )
+    }
+
+    /// An open WebSocket connection of `worker`, subscribed to `ns`, and its client socket.
+    async fn open_subscriber(worker: &Worker, ns: u64) -> (Rc<Conn>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"));
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let conn = worker.insert(Io::Tcp(accepted.expect("accept").0), Transport::WebSocket);
+        conn.state.borrow_mut().phase = Phase::Open;
+        worker.interest.borrow_mut().set(ns, conn.key, 0);
+        (conn, client.expect("connect"))
+    }
+
+    /// Reads `count` CHANGED frames (unmasked server WebSocket frames) from `client`.
+    async fn read_changes(client: &mut tokio::net::TcpStream, count: usize) -> Vec<(u64, u64)> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut changes = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while changes.len() < count {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, client.read(&mut chunk))
+                .await
+                .expect("the changes arrive")
+                .expect("read");
+            assert!(n > 0, "the gateway closed after {} changes", changes.len());
+            buf.extend_from_slice(&chunk[..n]);
+            // Server frames are unmasked: FIN + binary, then a 7-bit length (CHANGED of one
+            // pair is short).
+            while buf.len() >= 2 && buf.len() >= 2 + usize::from(buf[1]) {
+                assert_eq!(buf[0], 0x82, "a final binary frame");
+                assert!(buf[1] < 126, "a short frame");
+                let end = 2 + usize::from(buf[1]);
+                match herald_proto::frame::decode_server(&buf[2..end]).expect("frame") {
+                    herald_proto::ServerFrame::Changed(pairs) => changes.extend(pairs),
+                    other => panic!("unexpected {other:?}"),
+                }
+                buf.drain(..end);
+            }
+        }
+        changes
+    }
+
+    /// Batches waiting for the fan-out share one round: each connection gets one write with
+    /// all of their changes for it, in order.
+    #[tokio::test]
+    async fn a_round_writes_each_connection_once() {
+        let worker = worker(64 * 1024);
+        let (_a, mut client_a) = open_subscriber(&worker, 1).await;
+        let (_b, mut client_b) = open_subscriber(&worker, 2).await;
+        worker.fanout(&[(1, 10), (2, 20)]);
+        worker.fanout(&[(1, 11)]);
+        worker.fanout(&[(1, 12), (2, 21)]);
+        worker.flush_round();
+        assert_eq!(worker.stats.notifications_sent.take(), 5);
+        assert_eq!(
+            worker.stats.fanout_writes.take(),
+            2,
+            "one write per connection"
+        );
+        assert_eq!(
+            read_changes(&mut client_a, 3).await,
+            [(1, 10), (1, 11), (1, 12)]
+        );
+        assert_eq!(read_changes(&mut client_b, 2).await, [(2, 20), (2, 21)]);
+        // A paced batch alone is a round of its own.
+        worker.fanout(&[(2, 22)]);
+        worker.flush_round();
+        assert_eq!(worker.stats.fanout_writes.take(), 1);
+        assert_eq!(read_changes(&mut client_b, 1).await, [(2, 22)]);
+    }
+
+    /// A round that queues more than the outbox limit for a client whose socket keeps up does
+    /// not make it a slow consumer: past half the limit the queue is written at once.
+    #[tokio::test]
+    async fn a_long_round_is_not_a_slow_consumer() {
+        let worker = worker(4096);
+        let (conn, mut client) = open_subscriber(&worker, 7).await;
+        let sent: Vec<(u64, u64)> = (1..=1000).map(|sjid| (7, sjid)).collect();
+        for change in &sent {
+            worker.fanout(std::slice::from_ref(change));
+        }
+        worker.flush_round();
+        assert_eq!(worker.stats.slow_consumers.take(), 0);
+        assert_eq!(conn.state.borrow().phase, Phase::Open);
+        assert_eq!(read_changes(&mut client, sent.len()).await, sent);
     }
 
     /// Every idle connection is one task whose future lives as long as the connection: its size
