@@ -222,9 +222,12 @@ async fn over_the_cap_503_and_backoff_near_it() {
     for _ in 0..2 {
         let mut conn = PollConnection::connect(&url(&gw)).await.expect("connect");
         let t = token.clone();
-        held.push(tokio::spawn(
-            async move { conn.poll(&t, &[(4, 0)], 30).await },
-        ));
+        // The task gives the connection back with the reply: closing it would lower the count
+        // before the other poll's reply is made (the two may be on different workers).
+        held.push(tokio::spawn(async move {
+            let reply = conn.poll(&t, &[(4, 0)], 30).await;
+            (reply, conn)
+        }));
     }
     tokio::time::sleep(QUIET).await;
     let resp = post(&gw, &json!({"token": token, "cursors": {"4": 0}})).await;
@@ -232,12 +235,14 @@ async fn over_the_cap_503_and_backoff_near_it() {
     assert!(resp.header("retry-after").is_some(), "{body}");
     // At the cap, replies ask for a pause before the next poll.
     gw.publish_ok(&[(4, 1)]).await;
+    let mut open = Vec::new();
     for h in held {
-        let reply = tokio::time::timeout(WAIT, h)
+        let (reply, conn) = tokio::time::timeout(WAIT, h)
             .await
             .expect("in time")
-            .expect("task")
-            .expect("reply");
+            .expect("task");
+        open.push(conn);
+        let reply = reply.expect("reply");
         assert_eq!(reply.changes, vec![(4, 1)]);
         let backoff = reply.backoff_s.expect("backoff_s near the cap");
         assert!((5..=10).contains(&backoff), "{backoff}");
