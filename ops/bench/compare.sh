@@ -25,6 +25,9 @@
 #   --storm-conns N    HERALD_BENCH_STORM_CONNS clients of each reconnect storm (--conns)
 #   --storm-drop KIND  HERALD_BENCH_STORM_DROP  restart (SIGKILL the server, start it again) or cut
 #                                               (every client drops its socket)        (restart)
+#   --storm-publishes N HERALD_BENCH_STORM_PUBLISHES  changes published from the drop
+#                                               (5000, at 1000/s; fewer: a larger share of them
+#                                               while the clients are away)
 #   --storm-time-limit S HERALD_BENCH_STORM_TIME_LIMIT  stop each storm after S seconds (240)
 #   --no-storm                                  no reconnect storms
 #   --out FILE         HERALD_BENCH_OUT         Markdown to write              (BENCHMARKS.md)
@@ -55,6 +58,7 @@ OUT="${HERALD_BENCH_OUT:-BENCHMARKS.md}"
 NOTE="${HERALD_BENCH_NOTE:-}"
 STORM_CONNS="${HERALD_BENCH_STORM_CONNS:-}"
 STORM_DROP="${HERALD_BENCH_STORM_DROP:-restart}"
+STORM_PUBLISHES="${HERALD_BENCH_STORM_PUBLISHES:-5000}"
 STORM_TIME_LIMIT="${HERALD_BENCH_STORM_TIME_LIMIT:-240}"
 STORM=true
 REPORT=true
@@ -73,6 +77,7 @@ while [[ $# -gt 0 ]]; do
     --note) NOTE="$2"; shift 2 ;;
     --storm-conns) STORM_CONNS="$2"; shift 2 ;;
     --storm-drop) STORM_DROP="$2"; shift 2 ;;
+    --storm-publishes) STORM_PUBLISHES="$2"; shift 2 ;;
     --storm-time-limit) STORM_TIME_LIMIT="$2"; shift 2 ;;
     --no-storm) STORM=false; shift ;;
     --no-report) REPORT=false; shift ;;
@@ -86,7 +91,8 @@ done
 STORM_CONNS="${STORM_CONNS:-$CONNS}"
 [[ "$STORM_DROP" == restart || "$STORM_DROP" == cut ]] ||
     die "--storm-drop must be restart or cut, not '$STORM_DROP'"
-for n in CONNS NAMESPACES RATE SECONDS_PACED BURST TIME_LIMIT STORM_CONNS STORM_TIME_LIMIT; do
+for n in CONNS NAMESPACES RATE SECONDS_PACED BURST TIME_LIMIT STORM_CONNS STORM_PUBLISHES \
+    STORM_TIME_LIMIT; do
     [[ "${!n}" =~ ^[0-9]+$ ]] || die "$n must be a whole number, not '${!n}'"
 done
 (( NAMESPACES > 0 && CONNS > 0 )) || die "--conns and --namespaces must be above 0"
@@ -189,6 +195,7 @@ if $STORM; then
     for target in "${TARGETS[@]}"; do
         STORM_CMD=("$LOADGEN" storm --target "$target"
             --conns "$STORM_CONNS" --namespaces "$NAMESPACES" --drop "$STORM_DROP"
+            --publishes "$STORM_PUBLISHES"
             --nats-server "$NATS_SERVER"
             --node-ws-script "$ROOT/ops/bench/node-ws-server.js"
             --json "$OUTDIR/storm-$target.json")

@@ -796,13 +796,14 @@ fn print_report(r: &Report) {
         |v: Option<f64>| v.map_or("not within the timeout".to_owned(), |s| format!("{s:.2} s"));
     let caught_up = match (r.all_caught_up_seconds, r.target) {
         (None, Target::NatsWs | Target::NodeWs) => format!(
-            "never ({} clients missed their namespace's last change; the storm ended after {:.2} s)",
+            "never all caught up ({} clients missed their namespace's last change; the storm \
+             ended after {:.2} s)",
             r.missing, r.ended_seconds
         ),
-        (v, _) => opt(v),
+        (v, _) => format!("caught up after {}", opt(v)),
     };
     println!(
-        "{} ({}), drop ({:?}){}: every client resubscribed after {}, caught up after {} (publishing {} changes took {:.2} s)",
+        "{} ({}), drop ({:?}){}: every client resubscribed after {}, {} (publishing {} changes took {:.2} s)",
         r.server,
         r.version,
         r.drop,
