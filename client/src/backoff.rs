@@ -6,6 +6,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// A session that got WELCOME and lived this long (or the backoff's `max`, if shorter) proves the
+/// server healthy and resets the backoff ([`Backoff::session_ended`]).
+pub const STABLE_SESSION: Duration = Duration::from_secs(10);
+
 /// Reconnect delays: attempt `n` (from 0) sleeps uniformly in `[0, min(max, initial * 2^n)]`
 /// ("full jitter"), so 15k clients cut at once spread their reconnects instead of stampeding.
 #[derive(Debug, Clone)]
@@ -70,6 +74,15 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// After a session that got as far as the server's welcome (or a peer's confirmation) and
+    /// then ended after `lived`: a session that lived at least `min(max, 10 s)` proves the server
+    /// healthy and resets the backoff (see [`STABLE_SESSION`]).
+    pub fn session_ended(&mut self, lived: Duration) {
+        if lived >= self.max.min(STABLE_SESSION) {
+            self.reset();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +104,21 @@ mod tests {
         assert_eq!(caps, [100, 200, 400, 800, 1000, 1000, 1000].map(|m| m * MS));
         b.reset();
         assert_eq!(b.cap(), 100 * MS);
+        assert_eq!(b.attempt(), 0);
+    }
+
+    #[test]
+    fn only_a_stable_session_resets_the_backoff() {
+        let mut b = Backoff::new(100 * MS, Duration::from_secs(30), Some(1));
+        let _ = (b.next_delay(), b.next_delay());
+        b.session_ended(STABLE_SESSION - MS);
+        assert_eq!(b.attempt(), 2);
+        b.session_ended(STABLE_SESSION);
+        assert_eq!(b.attempt(), 0);
+        // A small `max` makes a shorter session stable enough.
+        let mut b = Backoff::new(100 * MS, 1000 * MS, Some(1));
+        let _ = b.next_delay();
+        b.session_ended(1000 * MS);
         assert_eq!(b.attempt(), 0);
     }
 

@@ -24,10 +24,6 @@ use crate::cursors::Cursors;
 use crate::error::ClientError;
 use crate::event::Event;
 
-/// A session that got WELCOME and lived this long (or `backoff_max`, if shorter) proves the
-/// server healthy and resets the backoff.
-const STABLE_SESSION: Duration = Duration::from_secs(10);
-
 /// Resolves one [`Client::barrier`](crate::Client::barrier).
 pub(crate) type BarrierTx = oneshot::Sender<Result<(), ClientError>>;
 
@@ -137,9 +133,7 @@ impl Task {
                 Some(Ok((conn, welcome))) => {
                     let started = Instant::now();
                     let next = self.session(conn, welcome).await;
-                    if started.elapsed() >= self.config.backoff_max.min(STABLE_SESSION) {
-                        self.backoff.reset();
-                    }
+                    self.backoff.session_ended(started.elapsed());
                     next
                 }
                 Some(Err(e)) => {

@@ -20,12 +20,14 @@
 //! - `gateway`: starting a gateway process and talking to its admin listener.
 //! - `natsproc`: starting a private nats-server and a relay for the distributed path.
 //! - `reaper`: kills the children by pid when `fanout` is stopped by a signal.
-//! - `peer`: Herald's peers (nats-server WebSocket, Node `ws`) as `fanout` paths, and their
-//!   `peer-receive` child processes.
-//! - `report`: turns a `fanout` JSON report into the comparison tables of BENCHMARKS.md.
-//! - `storm`: the reconnect storm. Managed `herald_client::Client`s in `storm-clients` child
-//!   processes; every connection drops at once (gateway SIGKILLed and restarted, or sockets cut),
-//!   and it measures how long until every client is resubscribed and caught up.
+//! - `peer`: Herald's peers (nats-server WebSocket, Node `ws`) as `fanout` paths and `storm`
+//!   targets, and their `peer-receive` child processes.
+//! - `report`: turns a `fanout` JSON report (and `storm` reports) into the comparison tables of
+//!   BENCHMARKS.md.
+//! - `storm`: the reconnect storm. Managed `herald_client::Client`s (or, `--target
+//!   nats-ws|node-ws`, a peer's clients) in `storm-clients` child processes; every connection
+//!   drops at once (server SIGKILLed and restarted, or sockets cut), and it measures how long
+//!   until every client is resubscribed and caught up, and how many never were.
 //! - `progress`: progress bars on stderr; `chart`: SVG charts next to a JSON report;
 //!   `authkey`: a key pair shared by several gateway processes.
 
@@ -82,12 +84,14 @@ enum Command {
     TlsHandshakes(handshakes::HandshakeArgs),
     /// (internal) Hold connections to a peer server and measure every delivery; used by `fanout`.
     PeerReceive(peer::receive::PeerReceiveArgs),
-    /// Write the comparison tables of BENCHMARKS.md from a `fanout --json` report.
+    /// Write the comparison tables of BENCHMARKS.md from a `fanout --json` report (and `storm
+    /// --json` reports).
     Report(report::ReportArgs),
     /// Reconnect storm: drop every connection at once; time until every client (the client
-    /// library's backoff and resubscription) is resubscribed and caught up, none missed.
+    /// library's backoff and resubscription) is resubscribed and caught up, none missed
+    /// (`--target nats-ws|node-ws`: the same against a peer).
     Storm(storm::StormArgs),
-    /// (internal) Run managed clients; used by `storm`.
+    /// (internal) Run managed clients (or a peer's clients); used by `storm`.
     StormClients(storm::clients::ClientsArgs),
     /// Draw the charts of JSON reports (latency CDF, memory per connection) next to them.
     Chart(chart::ChartArgs),

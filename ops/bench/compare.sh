@@ -9,8 +9,10 @@
 #   nats        herald-gateway --nats behind nats-server -js and herald-relay
 #   nats-ws     nats-server's WebSocket listener (core NATS; clients speak the NATS text protocol)
 #   node-ws     ops/bench/node-ws-server.js (Node `ws`)
-# with `herald-loadgen fanout`, then writes the comparison block of BENCHMARKS.md with
-# `herald-loadgen report` (text outside the block's markers is kept).
+# with `herald-loadgen fanout`; then the reconnect storm (`herald-loadgen storm`: every client
+# dropped at once, changes published meanwhile; who catches up, who misses the last change) against
+# Herald (standalone), nats-ws and node-ws, each of those among --paths; then writes the comparison
+# block of BENCHMARKS.md with `herald-loadgen report` (text outside the block's markers is kept).
 #
 # Options (each also as an environment variable):
 #   --conns N          HERALD_BENCH_CONNS       connections                    (15000)
@@ -19,13 +21,22 @@
 #   --seconds N        HERALD_BENCH_SECONDS     measured seconds of the paced phase (10)
 #   --burst N          HERALD_BENCH_BURST       changes in the burst; 0: none  (100000)
 #   --paths LIST       HERALD_BENCH_PATHS       which systems                  (standalone,nats,nats-ws,node-ws)
-#   --time-limit S     HERALD_BENCH_TIME_LIMIT  stop the measuring after S seconds (900)
+#   --time-limit S     HERALD_BENCH_TIME_LIMIT  stop the fan-out measuring after S seconds (900)
+#   --storm-conns N    HERALD_BENCH_STORM_CONNS clients of each reconnect storm (--conns)
+#   --storm-drop KIND  HERALD_BENCH_STORM_DROP  restart (SIGKILL the server, start it again) or cut
+#                                               (every client drops its socket)        (restart)
+#   --storm-publishes N HERALD_BENCH_STORM_PUBLISHES  changes published from the drop
+#                                               (5000, at 1000/s; fewer: a larger share of them
+#                                               while the clients are away)
+#   --storm-time-limit S HERALD_BENCH_STORM_TIME_LIMIT  stop each storm after S seconds (240)
+#   --no-storm                                  no reconnect storms
 #   --out FILE         HERALD_BENCH_OUT         Markdown to write              (BENCHMARKS.md)
 #   --no-report                                 measure and print, do not touch the Markdown
 #   --note TEXT        HERALD_BENCH_NOTE        a sentence for the report (why this run, its size)
 #
-# The JSON report and logs go to target/bench/compare-<UTC time>/ (git-ignored). The default size
-# takes about 10 minutes on the 2-core development machine once the release binaries are built.
+# The JSON reports (fanout.json, storm-<system>.json) and logs go to
+# target/bench/compare-<UTC time>/ (git-ignored). The default size takes about 12 minutes on the
+# 2-core development machine once the release binaries are built (the storms about 2 of them).
 # What it installs when missing: nats-server 2.15 (via ops/test.sh --install-only) and the Node
 # dependencies of ops/bench (npm ci). It needs cargo, node 18+ and npm. Every process it starts
 # is stopped by pid on exit or on a signal (herald-loadgen stops its own servers and clients).
@@ -45,6 +56,11 @@ PATHS="${HERALD_BENCH_PATHS:-standalone,nats,nats-ws,node-ws}"
 TIME_LIMIT="${HERALD_BENCH_TIME_LIMIT:-900}"
 OUT="${HERALD_BENCH_OUT:-BENCHMARKS.md}"
 NOTE="${HERALD_BENCH_NOTE:-}"
+STORM_CONNS="${HERALD_BENCH_STORM_CONNS:-}"
+STORM_DROP="${HERALD_BENCH_STORM_DROP:-restart}"
+STORM_PUBLISHES="${HERALD_BENCH_STORM_PUBLISHES:-5000}"
+STORM_TIME_LIMIT="${HERALD_BENCH_STORM_TIME_LIMIT:-240}"
+STORM=true
 REPORT=true
 ORIGINAL_ARGS=("$@")
 
@@ -59,6 +75,11 @@ while [[ $# -gt 0 ]]; do
     --time-limit) TIME_LIMIT="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --note) NOTE="$2"; shift 2 ;;
+    --storm-conns) STORM_CONNS="$2"; shift 2 ;;
+    --storm-drop) STORM_DROP="$2"; shift 2 ;;
+    --storm-publishes) STORM_PUBLISHES="$2"; shift 2 ;;
+    --storm-time-limit) STORM_TIME_LIMIT="$2"; shift 2 ;;
+    --no-storm) STORM=false; shift ;;
     --no-report) REPORT=false; shift ;;
     -h | --help)
         awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
@@ -67,7 +88,11 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument '$1' (try --help)" ;;
     esac
 done
-for n in CONNS NAMESPACES RATE SECONDS_PACED BURST TIME_LIMIT; do
+STORM_CONNS="${STORM_CONNS:-$CONNS}"
+[[ "$STORM_DROP" == restart || "$STORM_DROP" == cut ]] ||
+    die "--storm-drop must be restart or cut, not '$STORM_DROP'"
+for n in CONNS NAMESPACES RATE SECONDS_PACED BURST TIME_LIMIT STORM_CONNS STORM_PUBLISHES \
+    STORM_TIME_LIMIT; do
     [[ "${!n}" =~ ^[0-9]+$ ]] || die "$n must be a whole number, not '${!n}'"
 done
 (( NAMESPACES > 0 && CONNS > 0 )) || die "--conns and --namespaces must be above 0"
@@ -159,8 +184,43 @@ if (( status != 0 )); then
     echo "warning: herald-loadgen fanout exited with $status (some notifications missing or wrong: see the tables above); the report shows them" >&2
 fi
 
+# ---------------------------------------------------------------------------------------------
+# The reconnect storms: Herald's own gateway (standalone) for either Herald path, and each peer.
+STORM_JSONS=()
+if $STORM; then
+    TARGETS=()
+    [[ ",$PATHS," == *,standalone,* || ",$PATHS," == *,nats,* ]] && TARGETS+=(herald)
+    [[ ",$PATHS," == *,nats-ws,* ]] && TARGETS+=(nats-ws)
+    [[ ",$PATHS," == *,node-ws,* ]] && TARGETS+=(node-ws)
+    for target in "${TARGETS[@]}"; do
+        STORM_CMD=("$LOADGEN" storm --target "$target"
+            --conns "$STORM_CONNS" --namespaces "$NAMESPACES" --drop "$STORM_DROP"
+            --publishes "$STORM_PUBLISHES"
+            --nats-server "$NATS_SERVER"
+            --node-ws-script "$ROOT/ops/bench/node-ws-server.js"
+            --json "$OUTDIR/storm-$target.json")
+        echo "==> reconnect storm: $target"
+        echo "    ${STORM_CMD[*]}"
+        timeout --signal=TERM --kill-after=30 "$STORM_TIME_LIMIT" "${STORM_CMD[@]}" \
+            > >(tee "$OUTDIR/storm-$target.txt") 2>&1 &
+        LOADGEN_PID=$!
+        storm_status=0
+        wait "$LOADGEN_PID" || storm_status=$?
+        LOADGEN_PID=""
+        (( storm_status != 124 )) || echo "compare.sh: storm $target: time limit of ${STORM_TIME_LIMIT} s reached, stopped" >&2
+        if [[ -f "$OUTDIR/storm-$target.json" ]]; then
+            STORM_JSONS+=(--storm "$OUTDIR/storm-$target.json")
+        fi
+        if (( storm_status != 0 )); then
+            echo "warning: herald-loadgen storm --target $target exited with $storm_status; see $OUTDIR/storm-$target.txt" >&2
+            (( status != 0 )) || status=$storm_status
+        fi
+    done
+fi
+
 if $REPORT; then
     "$LOADGEN" report --json "$OUTDIR/fanout.json" --out "$OUT" \
+        "${STORM_JSONS[@]}" \
         --command "$COMMAND" \
         --note "$NOTE" \
         --version-of "Herald=$COMMIT" \
@@ -170,8 +230,8 @@ if $REPORT; then
         --version-of "ws=$WS_V"
 fi
 if $REPORT; then
-    echo "==> done: $OUTDIR/fanout.json, $OUT"
+    echo "==> done: $OUTDIR, $OUT"
 else
-    echo "==> done: $OUTDIR/fanout.json"
+    echo "==> done: $OUTDIR"
 fi
 exit "$status"

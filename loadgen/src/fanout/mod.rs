@@ -136,17 +136,9 @@ pub(crate) struct FanoutArgs {
     /// Relay binary (default: `herald-relay` next to this binary).
     #[arg(long)]
     relay_bin: Option<String>,
-    /// nats-server 2.10+ (default: $HERALD_NATS_SERVER, then the pyenv one, then PATH).
-    #[arg(long)]
-    nats_server: Option<String>,
-    /// Node.js for the node-ws path.
-    #[arg(long, default_value = "node")]
-    node: String,
-    /// The Node `ws` server script (default: $HERALD_NODE_WS_SERVER, then
-    /// ops/bench/node-ws-server.js of the checkout this binary was built in, then of the current
-    /// directory); its `ws` dependency must be installed (`npm ci --prefix ops/bench`).
-    #[arg(long, env = "HERALD_NODE_WS_SERVER")]
-    node_ws_script: Option<PathBuf>,
+    /// Where the peers' programs (and nats-server for the nats path) are.
+    #[command(flatten)]
+    peers: crate::peer::server::PeerArgs,
     /// Extra arguments for the gateway (both Herald paths).
     #[arg(long, allow_hyphen_values = true)]
     gateway_arg: Vec<String>,

@@ -103,7 +103,7 @@ pub(super) fn run_path(
             )
         }
         PathKind::Nats => {
-            let nats_bin = natsproc::nats_server_binary(args.nats_server.as_deref())?;
+            let nats_bin = natsproc::nats_server_binary(args.peers.nats_server.as_deref())?;
             let relay_bin = sibling(args.relay_bin.as_ref(), "herald-relay")?;
             let nats = NatsServer::start(&nats_bin, &dir.0)?;
             let relay_log = dir.0.join("relay.log");

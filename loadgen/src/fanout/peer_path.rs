@@ -10,10 +10,9 @@ use super::publish::Publish;
 use super::receiver::Receiver;
 use super::report::PathReport;
 use super::{FanoutArgs, PathKind};
-use crate::natsproc;
-use crate::peer::server::PeerServer;
+use crate::peer::Protocol;
+use crate::peer::server::{PeerServer, node_ws_script};
 use crate::procfs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub(super) fn run_peer_path(
@@ -26,8 +25,7 @@ pub(super) fn run_peer_path(
     let dir = TempDir::new(kind.name())?;
     let (server, process, protocol, description) = match kind {
         PathKind::NatsWs => {
-            let bin = natsproc::nats_server_binary(args.nats_server.as_deref())?;
-            let server = PeerServer::nats_ws(&bin, &dir.0)?;
+            let server = PeerServer::start(Protocol::NatsWs, &args.peers, &dir.0)?;
             let description = format!(
                 "{} (core NATS, no JetStream) with `websocket {{ no_tls: true }}`; clients speak \
                  the NATS text protocol over WebSocket, one subject per namespace; the publisher \
@@ -37,8 +35,8 @@ pub(super) fn run_peer_path(
             (server, "nats-server", "nats-ws", description)
         }
         PathKind::NodeWs => {
-            let script = node_ws_script(args)?;
-            let server = PeerServer::node_ws(&args.node, &script, &dir.0)?;
+            let script = node_ws_script(&args.peers)?;
+            let server = PeerServer::node_ws(&args.peers.node, &script, &dir.0)?;
             let description = format!(
                 "{} ({}): one process, a Map of namespace → Set of sockets, JSON text frames; \
                  POST /v1/publish over one kept-alive HTTP/1.1 connection",
@@ -52,12 +50,7 @@ pub(super) fn run_peer_path(
         }
     };
     println!("\n== {}: {description}", kind.name());
-    let publisher = rt.block_on(async {
-        match kind {
-            PathKind::NatsWs => Publish::subjects(&server.publish).await,
-            _ => Publish::http(server.publish.parse()?).await,
-        }
-    })?;
+    let publisher = rt.block_on(Publish::open(&server.endpoint()?))?;
 
     let rss_before = settled_rss(server.pid, BEFORE_SETTLE)?;
     let (receivers, connect_seconds) = open_receivers(args, index, |source, count, first| {
@@ -117,29 +110,6 @@ pub(super) fn run_peer_path(
     drop(bench);
     drop(dir);
     Ok(report)
-}
-
-/// The Node server script: `--node-ws-script` / `$HERALD_NODE_WS_SERVER`, else
-/// `ops/bench/node-ws-server.js` of the checkout this binary was built in (`target/<profile>/`
-/// two levels up), else of the current directory.
-fn node_ws_script(args: &FanoutArgs) -> anyhow::Result<PathBuf> {
-    if let Some(script) = &args.node_ws_script {
-        return Ok(script.clone());
-    }
-    let relative = PathBuf::from("ops/bench/node-ws-server.js");
-    let from_exe = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join(&relative)));
-    from_exe
-        .into_iter()
-        .chain([relative])
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "ops/bench/node-ws-server.js not found next to the checkout or in the current \
-                 directory: pass --node-ws-script"
-            )
-        })
 }
 
 /// `path` relative to the current directory when it is under it (reports name the script as

@@ -1,5 +1,6 @@
 //! Publishing changes: `POST /v1/publish` on the standalone path (and to the Node peer),
 //! `herald_relay::Publisher` to JetStream on the nats path, core NATS subjects to the nats-ws peer.
+//! `storm` publishes the same way ([`Endpoint`]).
 
 use super::PathKind;
 use std::io::Write;
@@ -10,8 +11,17 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 /// How long one publish (an HTTP request, or a batch's JetStream acks) may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where changes are published without JetStream: what `storm` publishes to.
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    /// `POST /v1/publish` to this HTTP listener (Herald's admin listener, the Node peer).
+    Http(SocketAddr),
+    /// Core NATS subjects `ns.<n>` at this `nats://` URL (the nats-ws peer).
+    Subjects(String),
+}
+
 /// How the load generator publishes on one path.
-pub(super) enum Publish {
+pub(crate) enum Publish {
     Http(HttpPublisher),
     /// Boxed: it is much larger than the HTTP one. Its JetStream context keeps the client.
     Nats(Box<herald_relay::Publisher>),
@@ -42,19 +52,17 @@ impl Publish {
         }
     }
 
-    /// `POST /v1/publish` to `addr` over one kept-alive connection.
-    pub(super) async fn http(addr: SocketAddr) -> anyhow::Result<Self> {
-        Ok(Publish::Http(HttpPublisher::connect(addr).await?))
+    /// Connects to `endpoint`: `POST /v1/publish` over one kept-alive connection, or core NATS.
+    pub(crate) async fn open(endpoint: &Endpoint) -> anyhow::Result<Self> {
+        Ok(match endpoint {
+            Endpoint::Http(addr) => Publish::Http(HttpPublisher::connect(*addr).await?),
+            Endpoint::Subjects(url) => {
+                Publish::Subjects(crate::peer::publish::NatsPublisher::connect(url).await?)
+            }
+        })
     }
 
-    /// Core NATS at `url`.
-    pub(super) async fn subjects(url: &str) -> anyhow::Result<Self> {
-        Ok(Publish::Subjects(
-            crate::peer::publish::NatsPublisher::connect(url).await?,
-        ))
-    }
-
-    pub(super) async fn publish(&mut self, changes: &[(u64, u64)]) -> anyhow::Result<()> {
+    pub(crate) async fn publish(&mut self, changes: &[(u64, u64)]) -> anyhow::Result<()> {
         match self {
             Publish::Subjects(publisher) => publisher.publish(changes).await,
             Publish::Http(http) => tokio::time::timeout(PUBLISH_TIMEOUT, http.publish(changes))

@@ -1,5 +1,6 @@
 //! Peer targets: the systems a user would run instead of Herald, driven with Herald's workload
-//! by `fanout --paths nats-ws,node-ws` (and `ops/bench/compare.sh`).
+//! by `fanout --paths nats-ws,node-ws`, `storm --target nats-ws|node-ws` (and
+//! `ops/bench/compare.sh`).
 //!
 //! - **nats-ws**: a private `nats-server` (core NATS, no JetStream) with its WebSocket listener.
 //!   Clients speak the NATS text protocol over WebSocket (`CONNECT`, `SUB ns.<n> 1`, `PING`/`PONG`,
@@ -13,12 +14,15 @@
 //! publish→delivery latency and count missing deliveries exactly as they do for Herald.
 //!
 //! # Layout
-//! - `server`: starting and stopping the peer servers (child processes, killed by pid on drop).
+//! - `server`: starting, restarting (`storm --drop restart`) and stopping the peer servers (child
+//!   processes, killed by pid on drop), and the options that find their programs.
 //! - `nats_ws`: the NATS text protocol over WebSocket (client side) and its parser.
 //! - `node_ws`: the Node server's JSON messages (client side).
+//! - `conn`: one subscribed connection of either protocol: opening it and reading its changes.
 //! - `receive`: the `peer-receive` child process, the peers' twin of `receive`.
 //! - `publish`: publishing changes to core NATS subjects.
 
+pub(crate) mod conn;
 pub(crate) mod nats_ws;
 pub(crate) mod node_ws;
 pub(crate) mod publish;
@@ -38,6 +42,16 @@ pub(crate) enum Protocol {
     NatsWs,
     /// JSON text frames of `ops/bench/node-ws-server.js`.
     NodeWs,
+}
+
+impl Protocol {
+    /// Its name on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::NatsWs => "nats-ws",
+            Protocol::NodeWs => "node-ws",
+        }
+    }
 }
 
 /// How long connecting and subscribing one connection may take.

@@ -4,13 +4,12 @@
 //! with the same bookkeeping and the same stdin/stdout commands as `receive`
 //! ([`crate::receive::serve`]), so the parent drives both alike.
 
-use super::{PeerWs, Protocol, nats_ws, node_ws};
+use super::Protocol;
+use super::conn::{PeerConn, PeerSink, open, read_changes};
 use crate::receive::{State, serve};
-use futures_util::{SinkExt, StreamExt};
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Arguments of `peer-receive`.
@@ -42,12 +41,6 @@ pub(crate) struct PeerReceiveArgs {
     read_buffer: usize,
 }
 
-/// One subscribed connection.
-enum PeerConn {
-    Nats(PeerWs, nats_ws::Parser),
-    Node(PeerWs),
-}
-
 pub(crate) fn run(args: &PeerReceiveArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.namespaces > 0, "--namespaces must be at least 1");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,21 +50,19 @@ pub(crate) fn run(args: &PeerReceiveArgs) -> anyhow::Result<()> {
     local.block_on(&rt, receive(args.clone()))
 }
 
-async fn open(
-    args: &PeerReceiveArgs,
-    index: u64,
-    config: WebSocketConfig,
-) -> anyhow::Result<PeerConn> {
-    let ns = index % args.namespaces;
-    Ok(match args.protocol {
-        Protocol::NatsWs => {
-            let (ws, parser) = nats_ws::open_subscribed(args.addr, args.source, ns, config).await?;
-            PeerConn::Nats(ws, parser)
-        }
-        Protocol::NodeWs => {
-            PeerConn::Node(node_ws::open_subscribed(args.addr, args.source, ns, config).await?)
-        }
-    })
+/// What `fanout` counts of a peer connection, as it counts Herald's.
+impl PeerSink for State {
+    fn change(&mut self, i: usize, ns: u64, sjid: u64) {
+        self.changed(i, &[(ns, sjid)]);
+    }
+
+    fn error(&mut self, i: usize, message: String) {
+        State::error(self, format!("connection {i}: {message}"));
+    }
+
+    fn closed(&mut self, i: usize, error: Option<String>) {
+        State::closed(self, error.map(|e| format!("connection {i}: {e}")));
+    }
 }
 
 async fn receive(args: PeerReceiveArgs) -> anyhow::Result<()> {
@@ -87,7 +78,8 @@ async fn receive(args: PeerReceiveArgs) -> anyhow::Result<()> {
             let mut out = Vec::new();
             for i in (lane..args.count).step_by(lanes) {
                 let index = args.first + i as u64;
-                let conn = open(&args, index, config)
+                let ns = index % args.namespaces;
+                let conn = open(args.protocol, args.addr, args.source, ns, config)
                     .await
                     .map_err(|e| anyhow::anyhow!("connection {index}: {e}"))?;
                 out.push((i, conn));
@@ -107,93 +99,9 @@ async fn receive(args: PeerReceiveArgs) -> anyhow::Result<()> {
         args.namespaces,
     )));
     for (i, conn) in conns.into_iter().enumerate() {
-        match conn.ok_or_else(|| anyhow::anyhow!("connection {i} was not opened"))? {
-            PeerConn::Nats(ws, parser) => {
-                tokio::task::spawn_local(nats_read_loop(i, ws, parser, state.clone()));
-            }
-            PeerConn::Node(ws) => {
-                tokio::task::spawn_local(node_read_loop(i, ws, state.clone()));
-            }
-        }
+        let conn = conn.ok_or_else(|| anyhow::anyhow!("connection {i} was not opened"))?;
+        let state = state.clone();
+        tokio::task::spawn_local(async move { read_changes(i, conn, &state).await });
     }
     serve(&state).await
-}
-
-/// Reads a NATS connection: `MSG` is a delivery, `PING` gets its `PONG`.
-async fn nats_read_loop(
-    i: usize,
-    mut ws: PeerWs,
-    mut parser: nats_ws::Parser,
-    state: Rc<RefCell<State>>,
-) {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(b))) => parser.push(&b),
-            Some(Ok(Message::Text(t))) => parser.push(t.as_bytes()),
-            Some(Ok(Message::Close(_))) | None => {
-                state.borrow_mut().closed(None);
-                return;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                state
-                    .borrow_mut()
-                    .closed(Some(format!("connection {i}: {e}")));
-                return;
-            }
-        }
-        loop {
-            match parser.next_op() {
-                Ok(None) => break,
-                Ok(Some(nats_ws::ServerOp::Msg { subject, payload })) => {
-                    match nats_ws::change_of(&subject, &payload) {
-                        Ok(change) => state.borrow_mut().changed(i, &[change]),
-                        Err(e) => state.borrow_mut().error(format!("connection {i}: {e}")),
-                    }
-                }
-                Ok(Some(nats_ws::ServerOp::Ping)) => {
-                    if let Err(e) = ws.send(Message::binary(&b"PONG\r\n"[..])).await {
-                        state
-                            .borrow_mut()
-                            .error(format!("connection {i}: sending PONG: {e}"));
-                    }
-                }
-                Ok(Some(nats_ws::ServerOp::Err(e))) => {
-                    state
-                        .borrow_mut()
-                        .error(format!("connection {i}: -ERR {e}"));
-                }
-                Ok(Some(_)) => {}
-                Err(e) => {
-                    state
-                        .borrow_mut()
-                        .closed(Some(format!("connection {i}: {e}")));
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Reads a Node `ws` connection: each text frame is one change.
-async fn node_read_loop(i: usize, mut ws: PeerWs, state: Rc<RefCell<State>>) {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => match node_ws::change_of(t.as_str()) {
-                Ok(change) => state.borrow_mut().changed(i, &[change]),
-                Err(e) => state.borrow_mut().error(format!("connection {i}: {e}")),
-            },
-            Some(Ok(Message::Close(_))) | None => {
-                state.borrow_mut().closed(None);
-                return;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                state
-                    .borrow_mut()
-                    .closed(Some(format!("connection {i}: {e}")));
-                return;
-            }
-        }
-    }
 }

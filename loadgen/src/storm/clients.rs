@@ -1,12 +1,18 @@
-//! A child process of `storm`: holds managed [`herald_client::Client`]s (the client library's
-//! reconnect, backoff, cursors and resubscription), one subscription each, and follows what
-//! happens to them when every connection drops at once.
+//! A child process of `storm`: holds clients, one subscription each, and follows what happens to
+//! them when every connection drops at once.
 //!
-//! Client `i` of the whole run subscribes to namespace `i % namespaces` with cursor 0. After each
-//! `Connected` event it asks the client for a barrier (`Client::barrier`: resolves once the
-//! resubscription of that session is live on the server), which is when it counts as
-//! *resubscribed*. It is *caught up* once its cursor reached the last SJID the parent published
-//! to its namespace.
+//! - Herald (`--url`, `--token`): managed [`herald_client::Client`]s (the client library's
+//!   reconnect, backoff, cursors and resubscription). Client `i` of the whole run subscribes to
+//!   namespace `i % namespaces` with cursor 0. After each `Connected` event it asks the client for
+//!   a barrier (`Client::barrier`: resolves once the resubscription of that session is live on the
+//!   server), which is when it counts as *resubscribed*.
+//! - A peer (`--protocol nats-ws|node-ws --addr host:port`): the careful peer clients of
+//!   [`super::peer_client`], with the same backoff; *resubscribed* once the server confirmed the
+//!   subscription of the new connection.
+//!
+//! Both kinds report what happens to them as [`Happening`]s into one [`State`]. A client is
+//! *caught up* once its cursor (the highest SJID it got) reached the last SJID the parent
+//! published to its namespace.
 //!
 //! The parent drives it over stdin/stdout, one line each way per command:
 //!
@@ -21,12 +27,15 @@
 //!
 //! EOF on stdin ends the process.
 
+use super::peer_client::{self, PeerClient};
+use crate::peer::Protocol;
+use crate::peer::conn::PeerSink;
 use crate::receive::{encode_histogram, new_histogram, now_us};
 use herald_client::{Client, ClientConfig, Event};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -40,12 +49,22 @@ const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Arguments of `storm-clients`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ClientsArgs {
-    /// Gateway WebSocket URL, `ws://host:port/v1/connect`.
+    /// Gateway WebSocket URL, `ws://host:port/v1/connect` (Herald's clients).
+    #[arg(
+        long,
+        required_unless_present = "protocol",
+        conflicts_with = "protocol"
+    )]
+    url: Option<String>,
+    /// Token for HELLO (Herald's clients).
+    #[arg(long, required_unless_present = "protocol")]
+    token: Option<String>,
+    /// Run peer clients of this protocol instead of Herald's.
+    #[arg(long, value_enum, requires = "addr")]
+    protocol: Option<Protocol>,
+    /// The peer's WebSocket address (with `--protocol`).
     #[arg(long)]
-    url: String,
-    /// Token for HELLO.
-    #[arg(long)]
-    token: String,
+    addr: Option<SocketAddr>,
     /// Clients to run.
     #[arg(long)]
     count: usize,
@@ -116,6 +135,51 @@ pub(crate) struct StormReport {
     pub(crate) errors: Vec<String>,
 }
 
+/// What happened to one client, from either kind of client: Herald's [`Event`]s map into it, and
+/// so does what a peer client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Happening {
+    /// A session started (Herald: `Connected`, after WELCOME; a peer: its connection is open and
+    /// subscribed).
+    Connected,
+    /// This session's subscription is live on the server (Herald: the barrier resolved; a peer:
+    /// the server confirmed it).
+    Resubscribed,
+    /// A change arrived.
+    Changed { ns: u64, sjid: u64 },
+    /// The session ended, or a connection attempt failed (the client was not live).
+    Ended { reason: String },
+    /// Herald only: `RESET` of a namespace (its cursor was ahead of the journal).
+    Reset { ns: u64 },
+    /// Herald only: a subscription refused.
+    Denied { what: String },
+    /// Herald only: `GOAWAY`.
+    Goaway,
+    /// Herald only: the client stopped for good.
+    Fatal { what: String },
+    /// Anything else: an error to report.
+    Unexpected(String),
+}
+
+impl From<Event> for Happening {
+    fn from(ev: Event) -> Self {
+        match ev {
+            Event::Connected { .. } => Happening::Connected,
+            Event::Changed { ns, sjid } => Happening::Changed { ns, sjid },
+            Event::Disconnected { reason, .. } => Happening::Ended { reason },
+            Event::Reset { ns } => Happening::Reset { ns },
+            Event::Denied { code, ns } => Happening::Denied {
+                what: format!("{code} {ns}"),
+            },
+            Event::Goaway { .. } => Happening::Goaway,
+            Event::Fatal { code, message } => Happening::Fatal {
+                what: format!("{code} {message}"),
+            },
+            other => Happening::Unexpected(format!("unexpected {other:?}")),
+        }
+    }
+}
+
 /// One client's bookkeeping.
 #[derive(Debug, Clone, Copy, Default)]
 struct One {
@@ -131,7 +195,7 @@ struct One {
 
 /// Everything the client tasks update; one thread, so a `RefCell`.
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     clients: Vec<One>,
     mark_us: u64,
     target: Option<Vec<u64>>,
@@ -169,10 +233,10 @@ impl State {
         }
     }
 
-    fn event(&mut self, i: usize, ev: Event) {
+    pub(super) fn event(&mut self, i: usize, happening: Happening) {
         let now = now_us();
-        match ev {
-            Event::Connected { .. } => {
+        match happening {
+            Happening::Connected => {
                 self.clients[i].live = true;
                 self.reconnects += 1;
                 if self.first_connect_us == 0 {
@@ -180,7 +244,8 @@ impl State {
                 }
                 self.last_connect_us = now;
             }
-            Event::Changed { ns, sjid } => {
+            Happening::Resubscribed => self.clients[i].resubscribed_at_us = now,
+            Happening::Changed { ns, sjid } => {
                 let c = &mut self.clients[i];
                 if ns != c.ns {
                     self.foreign += 1;
@@ -191,7 +256,7 @@ impl State {
                     c.cursor_at_us = now;
                 }
             }
-            Event::Disconnected { reason, .. } => {
+            Happening::Ended { reason } => {
                 let c = &mut self.clients[i];
                 if c.live {
                     c.live = false;
@@ -203,21 +268,21 @@ impl State {
                     }
                 }
             }
-            Event::Reset { ns } => {
+            Happening::Reset { ns } => {
                 self.resets += 1;
                 self.error(format!("client {i}: RESET {ns}"));
             }
-            Event::Denied { code, ns } => {
+            Happening::Denied { what } => {
                 self.denied += 1;
-                self.error(format!("client {i}: DENIED {code} {ns}"));
+                self.error(format!("client {i}: DENIED {what}"));
             }
-            Event::Goaway { .. } => self.goaways += 1,
-            Event::Fatal { code, message } => {
+            Happening::Goaway => self.goaways += 1,
+            Happening::Fatal { what } => {
                 self.fatal += 1;
                 self.clients[i].live = false;
-                self.error(format!("client {i}: FATAL {code} {message}"));
+                self.error(format!("client {i}: FATAL {what}"));
             }
-            other => self.error(format!("client {i}: unexpected {other:?}")),
+            Happening::Unexpected(what) => self.error(format!("client {i}: {what}")),
         }
     }
 
@@ -277,6 +342,22 @@ impl State {
     }
 }
 
+/// What a peer client's connection reads (see [`crate::peer::conn::read_changes`]).
+impl PeerSink for State {
+    fn change(&mut self, i: usize, ns: u64, sjid: u64) {
+        self.event(i, Happening::Changed { ns, sjid });
+    }
+
+    fn error(&mut self, i: usize, message: String) {
+        self.event(i, Happening::Unexpected(message));
+    }
+
+    fn closed(&mut self, i: usize, error: Option<String>) {
+        let reason = error.unwrap_or_else(|| "closed".to_owned());
+        self.event(i, Happening::Ended { reason });
+    }
+}
+
 pub(crate) fn run(args: &ClientsArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -293,26 +374,44 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
             ..One::default()
         })
         .collect();
+    // Herald's clients are cut through their handles, the peer clients through `cut`.
     let mut handles = Vec::with_capacity(args.count);
+    let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
     let gap = Duration::from_secs(1) / u32::try_from(args.start_rate.max(1)).unwrap_or(u32::MAX);
     let mut pace = tokio::time::interval(gap.max(Duration::from_micros(10)));
     for i in 0..args.count {
         pace.tick().await;
-        let mut config = ClientConfig::new(args.url.clone(), args.token.clone());
+        let ns = state.borrow().clients[i].ns;
+        if let (Some(protocol), Some(addr)) = (args.protocol, args.addr) {
+            let client = PeerClient {
+                protocol,
+                addr,
+                source: args.source,
+                ns,
+                backoff_initial: Duration::from_millis(args.backoff_initial_ms),
+                backoff_max: Duration::from_millis(args.backoff_max_ms),
+            };
+            tokio::task::spawn_local(peer_client::run(i, client, state.clone(), cut_rx.clone()));
+            continue;
+        }
+        let (Some(url), Some(token)) = (&args.url, &args.token) else {
+            anyhow::bail!("give --url and --token, or --protocol and --addr");
+        };
+        let mut config = ClientConfig::new(url.clone(), token.clone());
         config.backoff_initial = Duration::from_millis(args.backoff_initial_ms);
         config.backoff_max = Duration::from_millis(args.backoff_max_ms);
         config.local_addr = Some(args.source);
         // Small: one subscription, and this task reads the events at once.
         config.event_capacity = 16;
         let (client, mut events) = Client::spawn(config);
-        client.subscribe(&[(state.borrow().clients[i].ns, 0)]);
+        client.subscribe(&[(ns, 0)]);
         let (st, c) = (state.clone(), client.clone());
         tokio::task::spawn_local(async move {
             while let Some(ev) = events.recv().await {
                 if matches!(ev, Event::Connected { .. }) {
                     tokio::task::spawn_local(barrier(i, c.clone(), st.clone()));
                 }
-                st.borrow_mut().event(i, ev);
+                st.borrow_mut().event(i, ev.into());
             }
         });
         handles.push(client);
@@ -354,6 +453,7 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
                 for c in &handles {
                     c.disconnect_now();
                 }
+                cut.send_modify(|generation| *generation += 1);
                 say("ok")?;
             }
             "target" => {
@@ -372,7 +472,7 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
 /// Waits until the session that just started has resubscribed (`Client::barrier`), and notes when.
 async fn barrier(i: usize, client: Client, state: Rc<RefCell<State>>) {
     match tokio::time::timeout(BARRIER_TIMEOUT, client.barrier()).await {
-        Ok(Ok(())) => state.borrow_mut().clients[i].resubscribed_at_us = now_us(),
+        Ok(Ok(())) => state.borrow_mut().event(i, Happening::Resubscribed),
         Ok(Err(e)) => state
             .borrow_mut()
             .error(format!("client {i}: barrier: {e}")),
@@ -420,11 +520,11 @@ mod tests {
         let mut st = state(&[0, 1]);
         st.mark(now_us());
         for i in 0..2 {
-            st.event(i, connected());
-            st.clients[i].resubscribed_at_us = now_us();
+            st.event(i, connected().into());
+            st.event(i, Happening::Resubscribed);
         }
-        st.event(0, Event::Changed { ns: 0, sjid: 10 });
-        st.event(1, Event::Changed { ns: 1, sjid: 5 });
+        st.event(0, Event::Changed { ns: 0, sjid: 10 }.into());
+        st.event(1, Event::Changed { ns: 1, sjid: 5 }.into());
         // Nobody is caught up before the target is known.
         assert_eq!(st.progress().caught_up, 0);
         st.target = Some(vec![10, 7]);
@@ -435,8 +535,8 @@ mod tests {
         assert_eq!(r.reconnects, 2);
         assert_eq!(decode_histogram(&r.hist_caught_up).unwrap().len(), 1);
         // A later CHANGED catches client 1 up; an old SJID counts as non-increasing.
-        st.event(1, Event::Changed { ns: 1, sjid: 7 });
-        st.event(1, Event::Changed { ns: 1, sjid: 6 });
+        st.event(1, Event::Changed { ns: 1, sjid: 7 }.into());
+        st.event(1, Event::Changed { ns: 1, sjid: 6 }.into());
         let r = st.report().unwrap();
         assert_eq!((r.missing, r.non_increasing), (0, 1));
     }
@@ -444,15 +544,15 @@ mod tests {
     #[test]
     fn failed_attempts_and_503s_are_told_apart_from_dropped_sessions() {
         let mut st = state(&[0]);
-        st.event(0, connected());
+        st.event(0, connected().into());
         st.mark(now_us());
         let gone = |reason: &str| Event::Disconnected {
             reason: reason.into(),
             close_code: None,
         };
-        st.event(0, gone("connection reset"));
-        st.event(0, gone("upgrade refused with HTTP 503"));
-        st.event(0, gone("transport: connection refused"));
+        st.event(0, gone("connection reset").into());
+        st.event(0, gone("upgrade refused with HTTP 503").into());
+        st.event(0, gone("transport: connection refused").into());
         let p = st.progress();
         assert_eq!(
             (p.disconnects, p.failed_attempts, p.http_503, p.live),
@@ -460,5 +560,123 @@ mod tests {
         );
         // `mark` started the storm's counters and resubscription times over.
         assert_eq!(p.resubscribed, 0);
+    }
+
+    #[test]
+    fn a_peer_client_away_at_its_namespaces_last_change_is_missing_until_a_later_one() {
+        let mut st = state(&[0, 0]);
+        for i in 0..2 {
+            st.event(i, Happening::Connected);
+            st.event(i, Happening::Resubscribed);
+            st.change(i, 0, 100);
+        }
+        st.mark(now_us());
+        // The drop: both connections end.
+        for i in 0..2 {
+            PeerSink::closed(&mut st, i, Some("connection reset".into()));
+        }
+        // Client 0 is back when change 200 is published; client 1 is still away (one failed
+        // attempt) and resubscribes after it: no replay, so it never gets 200.
+        st.event(0, Happening::Connected);
+        st.event(0, Happening::Resubscribed);
+        st.change(0, 0, 200);
+        PeerSink::closed(&mut st, 1, Some("connection refused".into()));
+        st.event(1, Happening::Connected);
+        st.event(1, Happening::Resubscribed);
+        st.target = Some(vec![200]);
+        let p = st.progress();
+        assert_eq!(
+            (
+                p.resubscribed,
+                p.caught_up,
+                p.disconnects,
+                p.failed_attempts
+            ),
+            (2, 1, 2, 1)
+        );
+        assert_eq!(st.report().unwrap().missing, 1);
+        // A later change of its namespace, after it resubscribed, catches it up.
+        st.change(0, 0, 300);
+        st.change(1, 0, 300);
+        st.target = Some(vec![300]);
+        let r = st.report().unwrap();
+        assert_eq!((r.missing, r.reconnects, r.foreign), (0, 2, 0));
+        // An old SJID and another namespace's change are counted, not taken.
+        st.change(1, 0, 250);
+        st.change(1, 5, 400);
+        let r = st.report().unwrap();
+        assert_eq!((r.non_increasing, r.foreign, r.missing), (1, 1, 0));
+    }
+
+    /// A stand-in for the Node server: accepts `sessions.len()` connections one after another,
+    /// confirms each one's subscription to namespace 3, sends it the change `sessions[k].0`, and
+    /// then closes it (`true`) or waits until the client goes away.
+    async fn fake_node_server(listener: tokio::net::TcpListener, sessions: Vec<(u64, bool)>) {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        for (sjid, server_closes) in sessions {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let sub = ws.next().await.unwrap().unwrap();
+            assert_eq!(sub.to_text().unwrap(), r#"{"sub":[3]}"#);
+            ws.send(Message::text(r#"{"subscribed":[3]}"#))
+                .await
+                .unwrap();
+            ws.send(Message::text(format!(r#"{{"ns":3,"sjid":{sjid}}}"#)))
+                .await
+                .unwrap();
+            if !server_closes {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_client_reconnects_and_resubscribes_after_a_close_and_a_cut() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Rc::new(RefCell::new(state(&[3])));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let client = PeerClient {
+            protocol: Protocol::NodeWs,
+            addr,
+            source: "127.0.0.1".parse().unwrap(),
+            ns: 3,
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(50),
+        };
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(fake_node_server(
+            listener,
+            vec![(10, true), (11, false), (12, false)],
+        ));
+        local.spawn_local(peer_client::run(0, client, state.clone(), cut_rx));
+        let wait = |want: u64| {
+            let state = state.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    while state.borrow().clients[0].cursor < want {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .expect("the client got the change in time");
+            }
+        };
+        local
+            .run_until(async {
+                // The server closes the first session; the client comes back for the second.
+                wait(11).await;
+                cut.send_modify(|g| *g += 1);
+                wait(12).await;
+            })
+            .await;
+        let st = state.borrow();
+        let p = st.progress();
+        assert_eq!(st.reconnects, 3);
+        assert_eq!((p.disconnects, p.failed_attempts, p.live), (2, 0, 1));
+        assert_ne!(st.clients[0].resubscribed_at_us, 0);
+        assert_eq!((st.non_increasing, st.foreign), (0, 0));
     }
 }

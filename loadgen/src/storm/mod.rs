@@ -1,31 +1,47 @@
 //! The reconnect storm: every connection drops at once, the clients come back with the client
 //! library's backoff and resubscribe with their cursors, and changes published meanwhile must all
-//! arrive.
+//! arrive. `--target nats-ws|node-ws` runs the same storm against one of Herald's peers (see
+//! [`crate::peer`]), with clients that do what a careful client of that peer would do.
 //!
 //! ```text
-//!  storm-clients children (managed herald_client::Client each, 127.0.0.2, .3, … as source)
+//!  storm-clients children (managed herald_client::Client each, 127.0.0.2, .3, … as source;
+//!        │                  or peer clients, `peer_client`)
 //!        │ WebSocket, one subscription per client (namespace i % namespaces)
 //!        ▼
 //!  herald-gateway ──(restart: SIGKILL, then started again on the same port, data dir and key)
+//!  (or nats-server / node ops/bench/node-ws-server.js: SIGKILL, then started again on the same
+//!   ports, with nothing kept)
 //!        ▲
-//!  loadgen ── POST /v1/publish, paced, from the moment of the drop (restart: once the new one is up)
+//!  loadgen ── POST /v1/publish (nats-ws: PUB ns.<n> over core NATS), paced, from the moment of
+//!             the drop (restart: once the new server is up)
 //! ```
 //!
 //! Measured from the drop: when every client has a new session whose resubscription is live
-//! (`Client::barrier`), when every client's cursor reached the last SJID published to its
-//! namespace, the reconnect rate, the connection attempts refused with HTTP 503 by the gateway's
-//! admission control, clients that never caught up (*missing*, must be 0), and the gateway's RSS
-//! and heap before and after.
+//! (Herald: `Client::barrier`; peers: the server confirmed the new subscription), when every
+//! client's cursor reached the last SJID published to its namespace, the reconnect rate, the
+//! connection attempts refused with HTTP 503 by the gateway's admission control, clients that
+//! never caught up (*missing*), and the server's RSS (and Herald's heap) before and after.
+//!
+//! *Missing* must be 0 for Herald: its clients resubscribe with their cursors and get what they
+//! missed. The peers have no replay: a client that was away when its namespace's last change was
+//! published never gets it. So for a peer the storm does not wait for every client to catch up:
+//! once publishing finished and every client resubscribed, it waits [`PEER_SETTLE`] more and
+//! counts as missing the clients still below their namespace's last SJID. That count is the
+//! figure the comparison is about; it is printed, and does not fail the run.
 //!
 //! # Layout
 //! - `clients`: the `storm-clients` child process and its line protocol.
-//! - this module: the gateway, the children, the drop, the publishing and the report.
+//! - `peer_client`: a peer's client in that child (connect, subscribe, read, back off).
+//! - this module: the server, the children, the drop, the publishing and the report.
 
 pub(crate) mod clients;
+mod peer_client;
 
 use crate::authkey::{SharedKey, free_port};
-use crate::fanout::publish::HttpPublisher;
+use crate::fanout::publish::{Endpoint, Publish};
 use crate::gateway::Gateway;
+use crate::peer::Protocol;
+use crate::peer::server::{PeerArgs, PeerServer};
 use crate::procfs;
 use crate::progress::Bars;
 use crate::receive::{decode_histogram, new_histogram, now_us};
@@ -42,6 +58,34 @@ use std::time::{Duration, Instant};
 const SEED_BATCH: usize = 200;
 /// How long a child may take to answer one command.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Peers only: how long the storm goes on after the later of "publishing finished" and "every
+/// client resubscribed" before the clients still behind are counted as missing. By then every
+/// change has long reached every subscribed client (deliveries take milliseconds), so a client
+/// still behind missed its namespace's last change for good: a peer never sends it again.
+pub(crate) const PEER_SETTLE: Duration = Duration::from_secs(2);
+
+/// The system the storm runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Target {
+    /// `herald-gateway` (standalone, its embedded journal), managed `herald_client::Client`s.
+    Herald,
+    /// nats-server's WebSocket listener (core NATS), NATS-text-over-WebSocket clients.
+    NatsWs,
+    /// `ops/bench/node-ws-server.js` (Node `ws`), its JSON clients.
+    NodeWs,
+}
+
+impl Target {
+    /// The peer protocol, or `None` for Herald.
+    fn protocol(self) -> Option<Protocol> {
+        match self {
+            Target::Herald => None,
+            Target::NatsWs => Some(Protocol::NatsWs),
+            Target::NodeWs => Some(Protocol::NodeWs),
+        }
+    }
+}
 
 /// How every connection is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -56,7 +100,11 @@ pub(crate) enum DropKind {
 /// Arguments of `storm`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct StormArgs {
-    /// Clients (managed `herald_client::Client`s, one connection and one subscription each).
+    /// The system to storm: Herald, or one of its peers.
+    #[arg(long, value_enum, default_value = "herald")]
+    target: Target,
+    /// Clients (managed `herald_client::Client`s, or peer clients; one connection and one
+    /// subscription each).
     #[arg(long, default_value_t = 15_000)]
     conns: usize,
     /// Namespaces; client i subscribes to namespace i % namespaces.
@@ -83,10 +131,13 @@ pub(crate) struct StormArgs {
     /// Clients each child starts per second before the storm.
     #[arg(long, default_value_t = 4000)]
     start_rate: u64,
-    /// Longest wait, from the drop, for every client to be caught up.
+    /// Longest wait, from the drop, for every client to be caught up (peers: resubscribed).
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
-    /// Gateway binary (default: `herald-gateway` next to this binary).
+    /// Where the peers' programs are (`--target nats-ws|node-ws`).
+    #[command(flatten)]
+    peers: PeerArgs,
+    /// Gateway binary (default: `herald-gateway` next to this binary; `--target herald`).
     #[arg(long)]
     gateway_bin: Option<String>,
     /// Extra arguments for the gateway (both starts).
@@ -123,33 +174,115 @@ impl Times {
     }
 }
 
-/// The gateway's memory at one moment.
+/// The server's memory at one moment.
 #[derive(Debug, Clone, Default, Serialize)]
-struct GatewayMemory {
+struct ServerMemory {
     pid: u32,
+    /// Herald's own count (`herald_connections`); `None` for a peer.
     connections: Option<f64>,
     rss_bytes: u64,
+    /// Herald's jemalloc heap; `None` for a peer.
     heap_bytes: Option<u64>,
 }
 
-impl GatewayMemory {
-    fn of(gw: &Gateway) -> anyhow::Result<Self> {
-        Ok(GatewayMemory {
-            pid: gw.pid,
-            connections: gw.metric("herald_connections").ok().flatten(),
-            rss_bytes: procfs::rss_bytes(gw.pid)?,
-            heap_bytes: gw
-                .metric("herald_heap_allocated_bytes")
-                .ok()
-                .flatten()
-                .map(|v| v as u64),
+/// The system under test: a gateway and how to start it again, or a peer server.
+enum Server {
+    Herald {
+        gw: Gateway,
+        bin: String,
+        args: Vec<String>,
+    },
+    Peer(PeerServer),
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Herald { gw, .. } => gw.pid,
+            Server::Peer(p) => p.pid,
+        }
+    }
+
+    /// The process measured.
+    fn process(&self) -> &'static str {
+        match self {
+            Server::Herald { .. } => "herald-gateway",
+            Server::Peer(p) => match p.protocol {
+                Protocol::NatsWs => "nats-server",
+                Protocol::NodeWs => "node",
+            },
+        }
+    }
+
+    /// What ran, with its version.
+    fn version(&self) -> String {
+        match self {
+            Server::Herald { .. } => format!("herald-gateway {}", env!("CARGO_PKG_VERSION")),
+            Server::Peer(p) => p.version.clone(),
+        }
+    }
+
+    /// Where to publish: Herald's admin listener, Node's HTTP listener, or core NATS.
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        match self {
+            Server::Herald { gw, .. } => Ok(Endpoint::Http(gw.admin)),
+            Server::Peer(p) => p.endpoint(),
+        }
+    }
+
+    /// SIGKILL, then start again on the same port(s) (Herald: and data dir and key).
+    fn restart(&mut self) -> anyhow::Result<()> {
+        match self {
+            Server::Herald { gw, bin, args } => {
+                // The old one must be gone before the new one binds its port.
+                drop(std::mem::replace(
+                    gw,
+                    Gateway::attach(gw.ws, gw.admin, gw.pid, String::new()),
+                ));
+                *gw = Gateway::start_with(bin, args, Stdio::null())?;
+                Ok(())
+            }
+            Server::Peer(p) => p.restart(),
+        }
+    }
+
+    fn memory(&self) -> anyhow::Result<ServerMemory> {
+        Ok(match self {
+            Server::Herald { gw, .. } => ServerMemory {
+                pid: gw.pid,
+                connections: gw.metric("herald_connections").ok().flatten(),
+                rss_bytes: procfs::rss_bytes(gw.pid)?,
+                heap_bytes: crate::gateway::heap(gw),
+            },
+            Server::Peer(p) => ServerMemory {
+                pid: p.pid,
+                connections: None,
+                rss_bytes: procfs::rss_bytes(p.pid)?,
+                heap_bytes: None,
+            },
         })
+    }
+
+    /// Herald's count of handshakes refused by its rate limit.
+    fn rate_limited(&self) -> Option<f64> {
+        match self {
+            Server::Herald { gw, .. } => gw
+                .metric("herald_handshakes_rate_limited_total")
+                .ok()
+                .flatten(),
+            Server::Peer(_) => None,
+        }
     }
 }
 
 /// The JSON report.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
+    target: Target,
+    /// The server process measured (`herald-gateway`, `nats-server`, `node`).
+    server: String,
+    /// What ran, with versions.
+    version: String,
     drop: DropKind,
     clients: usize,
     namespaces: u64,
@@ -157,14 +290,19 @@ struct Report {
     backoff_initial_ms: u64,
     backoff_max_ms: u64,
     connect_seconds: f64,
-    /// Restart: SIGKILL → the new gateway printed its ready line.
+    /// Restart: SIGKILL → the new server is ready (gateway: printed its ready line).
     restart_seconds: Option<f64>,
     publishes: u64,
+    /// Their pace, per second.
+    rate: u64,
     /// Drop → last publish answered.
     publish_seconds: f64,
-    /// Drop → every client resubscribed / caught up (None: not within the timeout).
+    /// Drop → every client resubscribed / caught up (None: not within the timeout; peers: not
+    /// before the storm ended).
     all_resubscribed_seconds: Option<f64>,
     all_caught_up_seconds: Option<f64>,
+    /// Drop → the storm ended and *missing* was counted.
+    ended_seconds: f64,
     resubscribed: Times,
     caught_up: Times,
     /// Sessions started after the drop, and their rate from the first to the last.
@@ -175,6 +313,7 @@ struct Report {
     http_503: u64,
     /// The gateway's own count of handshakes refused by its rate limit (the serving one).
     gateway_rate_limited: Option<f64>,
+    /// Clients below their namespace's last published SJID when the storm ended.
     missing: u64,
     non_increasing: u64,
     foreign: u64,
@@ -182,8 +321,8 @@ struct Report {
     denied: u64,
     goaways: u64,
     fatal: u64,
-    gateway_before: GatewayMemory,
-    gateway_after: GatewayMemory,
+    server_before: ServerMemory,
+    server_after: ServerMemory,
     /// RSS of the `storm-clients` processes once every client was subscribed (what managed
     /// clients cost on the client side, runtime included).
     client_processes_rss_bytes: u64,
@@ -196,7 +335,9 @@ struct Children {
 }
 
 impl Children {
-    fn spawn(args: &StormArgs, url: &str, token: &str) -> anyhow::Result<Self> {
+    /// `connect`: how the clients reach the server (`--url … --token …`, or `--protocol …
+    /// --addr …`).
+    fn spawn(args: &StormArgs, connect: &[String]) -> anyhow::Result<Self> {
         let mut procs = Vec::new();
         let mut first = 0;
         while first < args.conns {
@@ -204,7 +345,8 @@ impl Children {
             let source = format!("127.0.0.{}", 2 + procs.len());
             let mut child = Command::new(std::env::current_exe()?)
                 .arg("storm-clients")
-                .args(["--url", url, "--token", token, "--source", &source])
+                .args(connect)
+                .args(["--source", &source])
                 .args(["--count", &count.to_string(), "--first", &first.to_string()])
                 .args(["--namespaces", &args.namespaces.to_string()])
                 .args(["--backoff-initial-ms", &args.backoff_initial_ms.to_string()])
@@ -302,6 +444,7 @@ pub(crate) fn run(args: &StormArgs) -> anyhow::Result<()> {
     crate::reaper::install()?;
     let dir = std::env::temp_dir().join(format!("herald-storm-{}", std::process::id()));
     crate::reaper::register_dir(&dir);
+    std::fs::create_dir_all(&dir)?;
     let result = storm(args, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -309,54 +452,54 @@ pub(crate) fn run(args: &StormArgs) -> anyhow::Result<()> {
 
 fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let bars = Bars::new();
-    let bin = args
-        .gateway_bin
-        .clone()
-        .unwrap_or_else(crate::gateway::sibling_gateway);
-    let key = SharedKey::generate(&bin, &dir.join("key"))?;
-    let port = free_port()?;
-    let mut gw_args = vec![
-        "--journal-no-sync".to_owned(),
-        "--data-dir".to_owned(),
-        dir.join("data").display().to_string(),
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-    ];
-    gw_args.extend(key.gateway_args());
-    gw_args.extend(args.gateway_arg.iter().cloned());
-    let mut gw = Gateway::start_with(&bin, &gw_args, Stdio::null())?;
-    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    let (mut server, connect) = start_server(args, dir)?;
     println!(
-        "gateway pid {} on 127.0.0.1:{port}; {} clients in {} processes, drop = {:?}",
-        gw.pid,
+        "{} pid {} ({}); {} clients in {} processes, drop = {:?}",
+        server.process(),
+        server.pid(),
+        server.version(),
         args.conns,
         args.conns.div_ceil(args.per_process.max(1)),
         args.drop
     );
 
     // Every namespace starts at one SJID, so that every cursor is non-zero before the storm.
+    // Herald keeps it, and the clients get it when they subscribe; a peer keeps nothing, so it is
+    // published once every client is subscribed.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let seed = now_us();
     let last = vec![seed; args.namespaces as usize];
-    rt.block_on(async {
-        let mut publisher = HttpPublisher::connect(gw.admin).await?;
-        let all: Vec<(u64, u64)> = (0..args.namespaces).map(|ns| (ns, seed)).collect();
-        for batch in all.chunks(SEED_BATCH) {
-            publisher.publish(batch).await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+    let publish_seed = || {
+        rt.block_on(async {
+            let mut publisher = Publish::open(&server.endpoint()?).await?;
+            let all: Vec<(u64, u64)> = (0..args.namespaces).map(|ns| (ns, seed)).collect();
+            for batch in all.chunks(SEED_BATCH) {
+                publisher.publish(batch).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let peer = args.target.protocol().is_some();
+    if !peer {
+        publish_seed()?;
+    }
 
     let started = Instant::now();
-    let mut children = Children::spawn(args, &url, &key.token)?;
+    let mut children = Children::spawn(args, &connect)?;
     let connecting = bars.bar(args.conns as u64, "connecting");
-    let watch = watch_metric(&gw, connecting.clone());
+    let watch = match &server {
+        Server::Herald { gw, .. } => Some(watch_metric(gw, connecting.clone())),
+        Server::Peer(_) => None,
+    };
     let ready = children.wait_ready(Duration::from_secs(600));
     drop(watch);
     connecting.finish_and_clear();
     ready?;
+    if peer {
+        publish_seed()?;
+    }
     children.all(&format!("target {}", serde_json::to_string(&last)?))?;
     wait_until(&mut children, Duration::from_secs(60), |p| {
         p.caught_up == p.clients
@@ -367,14 +510,14 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         args.conns
     ));
     std::thread::sleep(Duration::from_secs(2));
-    let before = GatewayMemory::of(&gw)?;
+    let before = server.memory()?;
     let client_processes_rss_bytes = children
         .procs
         .iter()
         .map(|(c, _, _)| procfs::rss_bytes(c.id()))
         .sum::<anyhow::Result<u64>>()?;
     bars.println(&format!(
-        "client processes: RSS {:.1} MiB = {:.1} KiB per managed client",
+        "client processes: RSS {:.1} MiB = {:.1} KiB per client",
         client_processes_rss_bytes as f64 / 1048576.0,
         client_processes_rss_bytes as f64 / 1024.0 / args.conns as f64
     ));
@@ -389,51 +532,12 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
             children.all("cut")?;
         }
         DropKind::Restart => {
-            drop(gw);
-            gw = Gateway::start_with(&bin, &gw_args, Stdio::null())?;
+            server.restart()?;
             restart_seconds = Some(dropped.elapsed().as_secs_f64());
         }
     }
     let publishing = bars.bar(args.publishes, "publishing");
-    let publisher = {
-        let (admin, publishes, rate, namespaces) =
-            (gw.admin, args.publishes, args.rate, args.namespaces);
-        let mut last = last.clone();
-        let bar = publishing.clone();
-        std::thread::spawn(move || -> anyhow::Result<Published> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut publisher = HttpPublisher::connect(admin).await?;
-                let per_tick = (rate / 100).max(1);
-                let mut tick = tokio::time::interval(Duration::from_millis(10));
-                let mut prev = 0;
-                let mut count = 0;
-                while count < publishes {
-                    tick.tick().await;
-                    let n = per_tick.min(publishes - count);
-                    let batch: Vec<(u64, u64)> = (0..n)
-                        .map(|k| {
-                            prev = now_us().max(prev + 1);
-                            ((count + k) % namespaces, prev)
-                        })
-                        .collect();
-                    publisher.publish(&batch).await?;
-                    for &(ns, sjid) in &batch {
-                        last[ns as usize] = sjid;
-                    }
-                    count += n;
-                    bar.set_position(count);
-                }
-                Ok(Published {
-                    last,
-                    count,
-                    seconds: dropped.elapsed().as_secs_f64(),
-                })
-            })
-        })
-    };
+    let publisher = spawn_publisher(args, server.endpoint()?, last, dropped, publishing.clone());
 
     let resubscribing = bars.bar(args.conns as u64, "resubscribed");
     let catching_up = bars.bar(args.conns as u64, "caught up");
@@ -469,8 +573,17 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         if all_resubscribed.is_some() && all_caught_up.is_some() {
             break;
         }
+        // A peer's clients that missed their namespace's last change never catch up.
+        if peer
+            && let (Some(pub_done), Some(resub)) = (&published, all_resubscribed)
+            && dropped.elapsed().as_secs_f64()
+                >= pub_done.seconds.max(resub) + PEER_SETTLE.as_secs_f64()
+        {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let ended_seconds = dropped.elapsed().as_secs_f64();
     resubscribing.finish_and_clear();
     catching_up.finish_and_clear();
     publishing.finish_and_clear();
@@ -478,9 +591,12 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         anyhow::bail!("publishing did not finish within {} s", args.timeout_s);
     };
     std::thread::sleep(Duration::from_secs(2));
-    let after = GatewayMemory::of(&gw)?;
+    let after = server.memory()?;
 
     let mut report = Report {
+        target: args.target,
+        server: server.process().to_owned(),
+        version: server.version(),
         drop: args.drop,
         clients: args.conns,
         namespaces: args.namespaces,
@@ -490,9 +606,11 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         connect_seconds,
         restart_seconds,
         publishes: published.count,
+        rate: args.rate,
         publish_seconds: published.seconds,
         all_resubscribed_seconds: all_resubscribed,
         all_caught_up_seconds: all_caught_up,
+        ended_seconds,
         resubscribed: Times::default(),
         caught_up: Times::default(),
         reconnects: 0,
@@ -500,10 +618,7 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         sessions_dropped: 0,
         failed_attempts: 0,
         http_503: 0,
-        gateway_rate_limited: gw
-            .metric("herald_handshakes_rate_limited_total")
-            .ok()
-            .flatten(),
+        gateway_rate_limited: server.rate_limited(),
         missing: 0,
         non_increasing: 0,
         foreign: 0,
@@ -511,8 +626,8 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         denied: 0,
         goaways: 0,
         fatal: 0,
-        gateway_before: before,
-        gateway_after: after,
+        server_before: before,
+        server_after: after,
         client_processes_rss_bytes,
         errors: Vec::new(),
     };
@@ -551,12 +666,103 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         println!("report written to {}", path.display());
     }
     drop(children);
-    drop(gw);
-    anyhow::ensure!(
-        report.missing == 0 && report.fatal == 0 && report.foreign == 0,
-        "some clients never caught up or were refused for good (see above)"
-    );
+    drop(server);
+    if peer {
+        // Missing clients are what a peer without replay does; a broken run is not.
+        anyhow::ensure!(
+            report.all_resubscribed_seconds.is_some() && report.fatal == 0 && report.foreign == 0,
+            "some clients never resubscribed or got changes of other namespaces (see above)"
+        );
+    } else {
+        anyhow::ensure!(
+            report.missing == 0 && report.fatal == 0 && report.foreign == 0,
+            "some clients never caught up or were refused for good (see above)"
+        );
+    }
     Ok(())
+}
+
+/// Starts the server of `--target`; returns it and the `storm-clients` arguments that reach it.
+fn start_server(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<(Server, Vec<String>)> {
+    if let Some(protocol) = args.target.protocol() {
+        let server = PeerServer::start(protocol, &args.peers, dir)?;
+        let connect = [
+            "--protocol",
+            protocol.name(),
+            "--addr",
+            &server.ws.to_string(),
+        ];
+        return Ok((Server::Peer(server), connect.map(str::to_owned).to_vec()));
+    }
+    let bin = args
+        .gateway_bin
+        .clone()
+        .unwrap_or_else(crate::gateway::sibling_gateway);
+    let key = SharedKey::generate(&bin, &dir.join("key"))?;
+    let port = free_port()?;
+    let mut gw_args = vec![
+        "--journal-no-sync".to_owned(),
+        "--data-dir".to_owned(),
+        dir.join("data").display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    gw_args.extend(key.gateway_args());
+    gw_args.extend(args.gateway_arg.iter().cloned());
+    let gw = Gateway::start_with(&bin, &gw_args, Stdio::null())?;
+    let url = format!("ws://127.0.0.1:{port}/v1/connect");
+    let connect = vec!["--url".to_owned(), url, "--token".to_owned(), key.token];
+    let server = Server::Herald {
+        gw,
+        bin,
+        args: gw_args,
+    };
+    Ok((server, connect))
+}
+
+/// A thread that publishes `--publishes` changes at `--rate` to `endpoint` (one namespace each,
+/// round-robin, SJIDs from the wall clock), from `dropped` on.
+fn spawn_publisher(
+    args: &StormArgs,
+    endpoint: Endpoint,
+    mut last: Vec<u64>,
+    dropped: Instant,
+    bar: indicatif::ProgressBar,
+) -> std::thread::JoinHandle<anyhow::Result<Published>> {
+    let (publishes, rate, namespaces) = (args.publishes, args.rate, args.namespaces);
+    std::thread::spawn(move || -> anyhow::Result<Published> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut publisher = Publish::open(&endpoint).await?;
+            let per_tick = (rate / 100).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut prev = 0;
+            let mut count = 0;
+            while count < publishes {
+                tick.tick().await;
+                let n = per_tick.min(publishes - count);
+                let batch: Vec<(u64, u64)> = (0..n)
+                    .map(|k| {
+                        prev = now_us().max(prev + 1);
+                        ((count + k) % namespaces, prev)
+                    })
+                    .collect();
+                publisher.publish(&batch).await?;
+                for &(ns, sjid) in &batch {
+                    last[ns as usize] = sjid;
+                }
+                count += n;
+                bar.set_position(count);
+            }
+            Ok(Published {
+                last,
+                count,
+                seconds: dropped.elapsed().as_secs_f64(),
+            })
+        })
+    })
 }
 
 /// Polls the children until `done` holds for the sum of their progress, at most `limit`.
@@ -588,13 +794,23 @@ fn watch_metric(gw: &Gateway, bar: indicatif::ProgressBar) -> crate::idle::Metri
 fn print_report(r: &Report) {
     let opt =
         |v: Option<f64>| v.map_or("not within the timeout".to_owned(), |s| format!("{s:.2} s"));
+    let caught_up = match (r.all_caught_up_seconds, r.target) {
+        (None, Target::NatsWs | Target::NodeWs) => format!(
+            "never all caught up ({} clients missed their namespace's last change; the storm \
+             ended after {:.2} s)",
+            r.missing, r.ended_seconds
+        ),
+        (v, _) => format!("caught up after {}", opt(v)),
+    };
     println!(
-        "drop ({:?}){}: every client resubscribed after {}, caught up after {} (publishing {} changes took {:.2} s)",
+        "{} ({}), drop ({:?}){}: every client resubscribed after {}, {} (publishing {} changes took {:.2} s)",
+        r.server,
+        r.version,
         r.drop,
         r.restart_seconds
-            .map_or(String::new(), |s| format!(", gateway back in {s:.2} s")),
+            .map_or(String::new(), |s| format!(", back in {s:.2} s")),
         opt(r.all_resubscribed_seconds),
-        opt(r.all_caught_up_seconds),
+        caught_up,
         r.publishes,
         r.publish_seconds
     );
@@ -609,31 +825,37 @@ fn print_report(r: &Report) {
         r.caught_up.max
     );
     println!(
-        "  {} reconnects at {:.0}/s; {} sessions dropped, {} failed attempts, {} refused with HTTP 503 (gateway counted {})",
+        "  {} reconnects at {:.0}/s; {} sessions dropped, {} failed attempts, {} refused with HTTP 503{}",
         r.reconnects,
         r.reconnects_per_second,
         r.sessions_dropped,
         r.failed_attempts,
         r.http_503,
-        r.gateway_rate_limited
-            .map_or("none".to_owned(), |v| format!("{v:.0}"))
+        match (r.target, r.gateway_rate_limited) {
+            (Target::Herald, v) => format!(
+                " (gateway counted {})",
+                v.map_or("none".to_owned(), |v| format!("{v:.0}"))
+            ),
+            _ => String::new(),
+        }
     );
     println!(
         "  missing {} (clients below their namespace's last SJID), non-increasing {}, foreign {}, resets {}, denied {}, goaways {}, fatal {}",
         r.missing, r.non_increasing, r.foreign, r.resets, r.denied, r.goaways, r.fatal
     );
-    let mem = |m: &GatewayMemory| {
+    let mem = |m: &ServerMemory| {
         format!(
-            "pid {} with {} connections: RSS {:.1} MiB, heap {}",
+            "pid {}{}: RSS {:.1} MiB, heap {}",
             m.pid,
-            m.connections.map_or("?".into(), |c| format!("{c:.0}")),
+            m.connections
+                .map_or(String::new(), |c| format!(" with {c:.0} connections")),
             m.rss_bytes as f64 / 1048576.0,
             m.heap_bytes
                 .map_or("n/a".into(), |h| format!("{:.1} MiB", h as f64 / 1048576.0))
         )
     };
-    println!("  gateway before: {}", mem(&r.gateway_before));
-    println!("  gateway after:  {}", mem(&r.gateway_after));
+    println!("  {} before: {}", r.server, mem(&r.server_before));
+    println!("  {} after:  {}", r.server, mem(&r.server_after));
     for e in r.errors.iter().take(5) {
         println!("  error: {e}");
     }
