@@ -32,32 +32,32 @@
 //! # Layout
 //! - `clients`: the `storm-clients` child process and its line protocol.
 //! - `peer_client`: a peer's client in that child (connect, subscribe, read, back off).
-//! - this module: the server, the children, the drop, the publishing and the report.
+//! - `children`: the parent's side of that protocol (spawning, commands, progress).
+//! - `server`: the system under test (a gateway or a peer server), its restart and its memory.
+//! - this module: the arguments, the drop, the publishing and the report.
 
+mod children;
 pub(crate) mod clients;
 mod peer_client;
+mod server;
 
-use crate::authkey::{SharedKey, free_port};
+use children::{Children, wait_until};
+use server::{Server, ServerMemory, start_server};
+
 use crate::fanout::publish::{Endpoint, Publish};
 use crate::gateway::Gateway;
 use crate::peer::Protocol;
-use crate::peer::server::{PeerArgs, PeerServer};
-use crate::procfs;
+use crate::peer::server::PeerArgs;
 use crate::progress::Bars;
 use crate::receive::{decode_histogram, new_histogram, now_us};
-use clients::{StormProgress, StormReport};
+use clients::StormReport;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Changes per `POST /v1/publish` when publishing the starting SJIDs.
 const SEED_BATCH: usize = 200;
-/// How long a child may take to answer one command.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Peers only: how long the storm goes on after the later of "publishing finished" and "every
 /// client resubscribed" before the clients still behind are counted as missing. By then every
 /// change has long reached every subscribed client (deliveries take milliseconds), so a client
@@ -174,107 +174,6 @@ impl Times {
     }
 }
 
-/// The server's memory at one moment.
-#[derive(Debug, Clone, Default, Serialize)]
-struct ServerMemory {
-    pid: u32,
-    /// Herald's own count (`herald_connections`); `None` for a peer.
-    connections: Option<f64>,
-    rss_bytes: u64,
-    /// Herald's jemalloc heap; `None` for a peer.
-    heap_bytes: Option<u64>,
-}
-
-/// The system under test: a gateway and how to start it again, or a peer server.
-enum Server {
-    Herald {
-        gw: Gateway,
-        bin: String,
-        args: Vec<String>,
-    },
-    Peer(PeerServer),
-}
-
-impl Server {
-    fn pid(&self) -> u32 {
-        match self {
-            Server::Herald { gw, .. } => gw.pid,
-            Server::Peer(p) => p.pid,
-        }
-    }
-
-    /// The process measured.
-    fn process(&self) -> &'static str {
-        match self {
-            Server::Herald { .. } => "herald-gateway",
-            Server::Peer(p) => match p.protocol {
-                Protocol::NatsWs => "nats-server",
-                Protocol::NodeWs => "node",
-            },
-        }
-    }
-
-    /// What ran, with its version.
-    fn version(&self) -> String {
-        match self {
-            Server::Herald { .. } => format!("herald-gateway {}", env!("CARGO_PKG_VERSION")),
-            Server::Peer(p) => p.version.clone(),
-        }
-    }
-
-    /// Where to publish: Herald's admin listener, Node's HTTP listener, or core NATS.
-    fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        match self {
-            Server::Herald { gw, .. } => Ok(Endpoint::Http(gw.admin)),
-            Server::Peer(p) => p.endpoint(),
-        }
-    }
-
-    /// SIGKILL, then start again on the same port(s) (Herald: and data dir and key).
-    fn restart(&mut self) -> anyhow::Result<()> {
-        match self {
-            Server::Herald { gw, bin, args } => {
-                // The old one must be gone before the new one binds its port.
-                drop(std::mem::replace(
-                    gw,
-                    Gateway::attach(gw.ws, gw.admin, gw.pid, String::new()),
-                ));
-                *gw = Gateway::start_with(bin, args, Stdio::null())?;
-                Ok(())
-            }
-            Server::Peer(p) => p.restart(),
-        }
-    }
-
-    fn memory(&self) -> anyhow::Result<ServerMemory> {
-        Ok(match self {
-            Server::Herald { gw, .. } => ServerMemory {
-                pid: gw.pid,
-                connections: gw.metric("herald_connections").ok().flatten(),
-                rss_bytes: procfs::rss_bytes(gw.pid)?,
-                heap_bytes: crate::gateway::heap(gw),
-            },
-            Server::Peer(p) => ServerMemory {
-                pid: p.pid,
-                connections: None,
-                rss_bytes: procfs::rss_bytes(p.pid)?,
-                heap_bytes: None,
-            },
-        })
-    }
-
-    /// Herald's count of handshakes refused by its rate limit.
-    fn rate_limited(&self) -> Option<f64> {
-        match self {
-            Server::Herald { gw, .. } => gw
-                .metric("herald_handshakes_rate_limited_total")
-                .ok()
-                .flatten(),
-            Server::Peer(_) => None,
-        }
-    }
-}
-
 /// The JSON report.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
@@ -327,108 +226,6 @@ struct Report {
     /// clients cost on the client side, runtime included).
     client_processes_rss_bytes: u64,
     errors: Vec<String>,
-}
-
-/// One `storm-clients` child and its line protocol.
-struct Children {
-    procs: Vec<(Child, ChildStdin, mpsc::Receiver<String>)>,
-}
-
-impl Children {
-    /// `connect`: how the clients reach the server (`--url … --token …`, or `--protocol …
-    /// --addr …`).
-    fn spawn(args: &StormArgs, connect: &[String]) -> anyhow::Result<Self> {
-        let mut procs = Vec::new();
-        let mut first = 0;
-        while first < args.conns {
-            let count = (args.conns - first).min(args.per_process.max(1));
-            let source = format!("127.0.0.{}", 2 + procs.len());
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("storm-clients")
-                .args(connect)
-                .args(["--source", &source])
-                .args(["--count", &count.to_string(), "--first", &first.to_string()])
-                .args(["--namespaces", &args.namespaces.to_string()])
-                .args(["--backoff-initial-ms", &args.backoff_initial_ms.to_string()])
-                .args(["--backoff-max-ms", &args.backoff_max_ms.to_string()])
-                .args(["--start-rate", &args.start_rate.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            crate::reaper::register(child.id());
-            let stdin = child
-                .stdin
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-            procs.push((child, stdin, crate::lines::stdout_lines(stdout)));
-            first += count;
-        }
-        Ok(Children { procs })
-    }
-
-    /// Waits for every child's `ready` line.
-    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        for (i, (_, _, rx)) in self.procs.iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .map_err(|_| anyhow::anyhow!("client process {i} was not ready in {limit:?}"))?;
-            anyhow::ensure!(line.starts_with("ready"), "client process {i}: {line}");
-        }
-        Ok(())
-    }
-
-    /// Sends `cmd` to every child and returns their answers.
-    fn all(&mut self, cmd: &str) -> anyhow::Result<Vec<String>> {
-        for (_, stdin, _) in &mut self.procs {
-            writeln!(stdin, "{cmd}")?;
-            stdin.flush()?;
-        }
-        self.procs
-            .iter()
-            .enumerate()
-            .map(|(i, (_, _, rx))| {
-                rx.recv_timeout(ANSWER_TIMEOUT)
-                    .map_err(|_| anyhow::anyhow!("client process {i} did not answer {cmd:?}"))
-            })
-            .collect()
-    }
-
-    fn progress(&mut self) -> anyhow::Result<StormProgress> {
-        let mut sum = StormProgress::default();
-        for line in self.all("progress")? {
-            let p: StormProgress = serde_json::from_str(&line)?;
-            sum.clients += p.clients;
-            sum.live += p.live;
-            sum.resubscribed += p.resubscribed;
-            sum.caught_up += p.caught_up;
-            sum.disconnects += p.disconnects;
-            sum.failed_attempts += p.failed_attempts;
-            sum.http_503 += p.http_503;
-            sum.fatal += p.fatal;
-        }
-        Ok(sum)
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (mut child, stdin, _) in self.procs.drain(..) {
-            drop(stdin);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            crate::reaper::unregister(child.id());
-        }
-    }
 }
 
 /// What the publisher thread did.
@@ -511,11 +308,7 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     ));
     std::thread::sleep(Duration::from_secs(2));
     let before = server.memory()?;
-    let client_processes_rss_bytes = children
-        .procs
-        .iter()
-        .map(|(c, _, _)| procfs::rss_bytes(c.id()))
-        .sum::<anyhow::Result<u64>>()?;
+    let client_processes_rss_bytes = children.rss_bytes()?;
     bars.println(&format!(
         "client processes: RSS {:.1} MiB = {:.1} KiB per client",
         client_processes_rss_bytes as f64 / 1048576.0,
@@ -600,7 +393,7 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         drop: args.drop,
         clients: args.conns,
         namespaces: args.namespaces,
-        processes: children.procs.len(),
+        processes: children.count(),
         backoff_initial_ms: args.backoff_initial_ms,
         backoff_max_ms: args.backoff_max_ms,
         connect_seconds,
@@ -682,44 +475,6 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the server of `--target`; returns it and the `storm-clients` arguments that reach it.
-fn start_server(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<(Server, Vec<String>)> {
-    if let Some(protocol) = args.target.protocol() {
-        let server = PeerServer::start(protocol, &args.peers, dir)?;
-        let connect = [
-            "--protocol",
-            protocol.name(),
-            "--addr",
-            &server.ws.to_string(),
-        ];
-        return Ok((Server::Peer(server), connect.map(str::to_owned).to_vec()));
-    }
-    let bin = args
-        .gateway_bin
-        .clone()
-        .unwrap_or_else(crate::gateway::sibling_gateway);
-    let key = SharedKey::generate(&bin, &dir.join("key"))?;
-    let port = free_port()?;
-    let mut gw_args = vec![
-        "--journal-no-sync".to_owned(),
-        "--data-dir".to_owned(),
-        dir.join("data").display().to_string(),
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-    ];
-    gw_args.extend(key.gateway_args());
-    gw_args.extend(args.gateway_arg.iter().cloned());
-    let gw = Gateway::start_with(&bin, &gw_args, Stdio::null())?;
-    let url = format!("ws://127.0.0.1:{port}/v1/connect");
-    let connect = vec!["--url".to_owned(), url, "--token".to_owned(), key.token];
-    let server = Server::Herald {
-        gw,
-        bin,
-        args: gw_args,
-    };
-    Ok((server, connect))
-}
-
 /// A thread that publishes `--publishes` changes at `--rate` to `endpoint` (one namespace each,
 /// round-robin, SJIDs from the wall clock), from `dropped` on.
 fn spawn_publisher(
@@ -763,26 +518,6 @@ fn spawn_publisher(
             })
         })
     })
-}
-
-/// Polls the children until `done` holds for the sum of their progress, at most `limit`.
-fn wait_until(
-    children: &mut Children,
-    limit: Duration,
-    done: impl Fn(&StormProgress) -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = children.progress()?;
-        if done(&p) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not done within {limit:?}: {p:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A thread that shows the gateway's `herald_connections` on `bar` until the guard is dropped.
