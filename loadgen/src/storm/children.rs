@@ -31,9 +31,7 @@ impl Children {
                 .args(["--source", &source])
                 .args(["--count", &count.to_string(), "--first", &first.to_string()])
                 .args(["--namespaces", &args.namespaces.to_string()])
-                .args(["--backoff-initial-ms", &args.backoff_initial_ms.to_string()])
-                .args(["--backoff-max-ms", &args.backoff_max_ms.to_string()])
-                .args(["--start-rate", &args.start_rate.to_string()])
+                .args(args.policy.flags())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()?;

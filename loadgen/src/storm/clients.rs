@@ -77,16 +77,47 @@ pub(crate) struct ClientsArgs {
     /// Index of this process's first client in the whole run.
     #[arg(long, default_value_t = 0)]
     first: u64,
-    /// The client library's first backoff cap, ms.
+    /// How the clients start and come back.
+    #[command(flatten)]
+    policy: ClientPolicy,
+}
+
+/// How the storm's clients start and reconnect: given to `storm`, handed on to every
+/// `storm-clients` child as the same flags.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct ClientPolicy {
+    /// The client library's first backoff cap, ms (its default).
     #[arg(long, default_value_t = 100)]
-    backoff_initial_ms: u64,
-    /// The client library's largest backoff cap, ms.
+    pub(crate) backoff_initial_ms: u64,
+    /// The client library's largest backoff cap, ms (its default).
     #[arg(long, default_value_t = 30_000)]
-    backoff_max_ms: u64,
-    /// Clients started per second at the beginning (keeps the first connects under the
-    /// gateway's handshake rate; the storm itself is not paced).
+    pub(crate) backoff_max_ms: u64,
+    /// Clients each child starts per second at the beginning (keeps the first connects under
+    /// the gateway's handshake rate; the storm itself is not paced).
     #[arg(long, default_value_t = 4000)]
-    start_rate: u64,
+    pub(crate) start_rate: u64,
+}
+
+impl ClientPolicy {
+    /// The same settings as `storm-clients` flags.
+    pub(crate) fn flags(&self) -> [String; 6] {
+        [
+            "--backoff-initial-ms".into(),
+            self.backoff_initial_ms.to_string(),
+            "--backoff-max-ms".into(),
+            self.backoff_max_ms.to_string(),
+            "--start-rate".into(),
+            self.start_rate.to_string(),
+        ]
+    }
+
+    fn backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.backoff_initial_ms)
+    }
+
+    fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
 }
 
 /// Answer to `progress`.
@@ -377,7 +408,8 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
     // Herald's clients are cut through their handles, the peer clients through `cut`.
     let mut handles = Vec::with_capacity(args.count);
     let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
-    let gap = Duration::from_secs(1) / u32::try_from(args.start_rate.max(1)).unwrap_or(u32::MAX);
+    let gap =
+        Duration::from_secs(1) / u32::try_from(args.policy.start_rate.max(1)).unwrap_or(u32::MAX);
     let mut pace = tokio::time::interval(gap.max(Duration::from_micros(10)));
     for i in 0..args.count {
         pace.tick().await;
@@ -388,8 +420,8 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
                 addr,
                 source: args.source,
                 ns,
-                backoff_initial: Duration::from_millis(args.backoff_initial_ms),
-                backoff_max: Duration::from_millis(args.backoff_max_ms),
+                backoff_initial: args.policy.backoff_initial(),
+                backoff_max: args.policy.backoff_max(),
             };
             tokio::task::spawn_local(peer_client::run(i, client, state.clone(), cut_rx.clone()));
             continue;
@@ -398,8 +430,8 @@ async fn clients(args: ClientsArgs) -> anyhow::Result<()> {
             anyhow::bail!("give --url and --token, or --protocol and --addr");
         };
         let mut config = ClientConfig::new(url.clone(), token.clone());
-        config.backoff_initial = Duration::from_millis(args.backoff_initial_ms);
-        config.backoff_max = Duration::from_millis(args.backoff_max_ms);
+        config.backoff_initial = args.policy.backoff_initial();
+        config.backoff_max = args.policy.backoff_max();
         config.local_addr = Some(args.source);
         // Small: one subscription, and this task reads the events at once.
         config.event_capacity = 16;
@@ -492,6 +524,36 @@ fn say(line: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// What `storm` hands on to its children is what they read back.
+    #[test]
+    fn the_client_policy_reaches_the_children_unchanged() {
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            policy: ClientPolicy,
+        }
+        let policy = ClientPolicy {
+            backoff_initial_ms: 7,
+            backoff_max_ms: 900,
+            start_rate: 123,
+        };
+        let read = Flags::try_parse_from(
+            std::iter::once("storm-clients".to_owned()).chain(policy.flags()),
+        )
+        .expect("flags")
+        .policy;
+        assert_eq!(
+            (
+                read.backoff_initial_ms,
+                read.backoff_max_ms,
+                read.start_rate
+            ),
+            (7, 900, 123)
+        );
+        assert_eq!(read.backoff_max(), Duration::from_millis(900));
+    }
     use crate::receive::decode_histogram;
 
     fn state(nss: &[u64]) -> State {

@@ -122,15 +122,9 @@ pub(crate) struct StormArgs {
     /// Their rate, per second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// The client library's first backoff cap, ms (its default).
-    #[arg(long, default_value_t = 100)]
-    backoff_initial_ms: u64,
-    /// The client library's largest backoff cap, ms (its default).
-    #[arg(long, default_value_t = 30_000)]
-    backoff_max_ms: u64,
-    /// Clients each child starts per second before the storm.
-    #[arg(long, default_value_t = 4000)]
-    start_rate: u64,
+    /// How the clients start and come back (handed on to the children).
+    #[command(flatten)]
+    policy: clients::ClientPolicy,
     /// Longest wait, from the drop, for every client to be caught up (peers: resubscribed).
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
@@ -394,8 +388,8 @@ fn storm(args: &StormArgs, dir: &std::path::Path) -> anyhow::Result<()> {
         clients: args.conns,
         namespaces: args.namespaces,
         processes: children.count(),
-        backoff_initial_ms: args.backoff_initial_ms,
-        backoff_max_ms: args.backoff_max_ms,
+        backoff_initial_ms: args.policy.backoff_initial_ms,
+        backoff_max_ms: args.policy.backoff_max_ms,
         connect_seconds,
         restart_seconds,
         publishes: published.count,
