@@ -144,6 +144,12 @@ pub struct ServeArgs {
     /// Skip fdatasync on publish (faster, but a power loss may lose acknowledged changes).
     #[arg(long, env = "HERALD_JOURNAL_NO_SYNC")]
     pub journal_no_sync: bool,
+    /// Feed the embedded journal from the metaserver's database (committed changes of its
+    /// journal table, read from the binlog): `mysql://USER@HOST:PORT/DATABASE?server_id=N`
+    /// (README "Reading the metaserver's database"). The resume point is kept in
+    /// `<data-dir>/tail.checkpoint`. `POST /v1/publish` keeps working beside it.
+    #[arg(long, env = "HERALD_JOURNAL_SOURCE", hide_env_values = true)]
+    pub journal_source: Option<String>,
     /// Token public keys, `kid=path.pem` or `path.pem` (repeat or comma-separate). None: a
     /// throwaway dev key is generated and a dev token printed.
     #[arg(long = "auth-key", env = "HERALD_AUTH_KEYS", value_delimiter = ',')]
@@ -251,6 +257,11 @@ impl ServeArgs {
         }
         if self.max_subscriptions == 0 {
             anyhow::bail!("--max-subscriptions must be at least 1");
+        }
+        if self.journal_source.is_some() && self.nats.is_some() {
+            anyhow::bail!(
+                "--journal-source feeds the embedded journal of a standalone gateway; with --nats, run herald-tail to publish into HERALD_JOURNAL instead"
+            );
         }
         if self.partitions == 0 {
             anyhow::bail!("--partitions must be at least 1");
