@@ -5,9 +5,16 @@
 //! seeded model test with crashes.
 
 use herald_e2e::mariadb::{DATABASE, MariaDb};
+use herald_e2e::nats::{NatsServer, RelayOptions, RelayProcess};
+use herald_e2e::ws::Incoming;
+use herald_e2e::{ClientFrame, GatewayOptions, GatewayProcess, ServerFrame, WsClient};
 use herald_tail::{Change, JournalSink, TailConfig};
 use mysql_async::prelude::Queryable;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -353,8 +360,495 @@ async fn refusals_say_what_to_change() {
     );
 }
 
-/// Path of a checkpoint dir, for tests that hand it to a binary.
-#[allow(dead_code)]
-fn checkpoint_in(dir: &Path) -> PathBuf {
-    dir.join("tail.checkpoint")
+/// `target/<profile>/herald-tail`, beside the test executable's `deps/`.
+fn tail_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not under target/<profile>/deps")
+        .join("herald-tail");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) first",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `herald-tail` binary; killed (SIGKILL) and reaped on drop.
+struct TailProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TailProcess {
+    fn start(source: &str, nats: &str, partitions: u64) -> Self {
+        let dir = tempdir();
+        let log = std::fs::File::create(dir.path().join("tail.log")).expect("log");
+        let mut child = Command::new(tail_binary())
+            .arg("--source")
+            .arg(source)
+            .arg("--checkpoint")
+            .arg(dir.path().join("tail.checkpoint"))
+            .arg("--nats")
+            .arg(nats)
+            .arg("--partitions")
+            .arg(partitions.to_string())
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .env("HERALD_LOG", "info,herald_tail=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald-tail");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut tail = TailProcess {
+            child: Some(child),
+            dir,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(line) if line.starts_with("herald-tail ready") => {}
+            other => panic!("herald-tail not ready ({other:?}): {}", tail.log()),
+        }
+        let _ = tail.child.as_mut();
+        tail
+    }
+
+    fn log(&self) -> String {
+        herald_e2e::process::log_tail(&self.dir.path().join("tail.log"), 30)
+    }
+}
+
+impl Drop for TailProcess {
+    fn drop(&mut self) {
+        herald_e2e::process::show_log_if_panicking(
+            "herald-tail",
+            &self.dir.path().join("tail.log"),
+        );
+        herald_e2e::process::kill9(&mut self.child);
+    }
+}
+
+/// Commits `(ns, 9)` in a transaction that rolls back, then `(ns, sjid)`; the client must see
+/// `sjid` and never 9.
+async fn rollback_then_commit(c: &mut mysql_async::Conn, ns: u64, sjid: u64) {
+    exec(c, "START TRANSACTION").await;
+    insert(c, &[(ns, 9)]).await;
+    exec(c, "ROLLBACK").await;
+    insert(c, &[(ns, sjid)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_gateway_journal_source_reaches_a_client() {
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT UNSIGNED")
+        .await;
+    let mut c = db.root().await;
+    insert(&mut c, &[(1, 3)]).await;
+    let gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(GatewayOptions::new().arg("--journal-source", db.tail_url("")))
+    });
+    let mut client = gw.client().await;
+    // Committed before the gateway started: loaded from the table at the first start.
+    let first = client.subscribe(&[(1, 0), (2, 0)]).await;
+    assert_eq!(first, vec![ServerFrame::Changed(vec![(1, 3)])]);
+    insert(&mut c, &[(2, 5)]).await;
+    assert_eq!(client.changed_until(2, 5, WAIT).await, vec![5]);
+    rollback_then_commit(&mut c, 1, 6).await;
+    assert_eq!(client.changed_until(1, 6, WAIT).await, vec![6]);
+    // The tailer's metrics are on the gateway's /metrics.
+    herald_e2e::eventually(WAIT, "herald_tail metrics on /metrics", || async {
+        let metrics = gw.get("/metrics").await.text();
+        (metrics.contains("herald_tail_reloads_total{reason=\"no_checkpoint\"} 1")
+            && metrics.contains("herald_tail_changes_published_total"))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_herald_tail_to_jetstream_relay_gateway_client() {
+    const PARTITIONS: u64 = 4;
+    let nats = NatsServer::start();
+    let _relay = RelayProcess::start(
+        &nats.url(),
+        RelayOptions::new().arg("--partitions", PARTITIONS),
+    )
+    .await;
+    let gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(
+            GatewayOptions::new()
+                .arg("--nats", nats.url())
+                .arg("--partitions", PARTITIONS),
+        )
+    });
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT UNSIGNED")
+        .await;
+    let _tail = TailProcess::start(&db.tail_url(""), &nats.url(), PARTITIONS);
+    let mut client = gw.client().await;
+    assert!(client.subscribe(&[(21, 0), (22, 0)]).await.is_empty());
+    let mut c = db.root().await;
+    insert(&mut c, &[(21, 5), (22, 7)]).await;
+    assert_eq!(client.changed_until(21, 5, WAIT).await, vec![5]);
+    rollback_then_commit(&mut c, 22, 8).await;
+    assert_eq!(client.changed_until(22, 8, WAIT).await, vec![7, 8]);
+
+    // In HERALD_JOURNAL exactly as a metaserver publishes: subject, 8-byte body, Nats-Msg-Id.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js
+        .get_stream(herald_proto::fanout::JOURNAL_STREAM)
+        .await
+        .expect("journal stream");
+    let subject = herald_proto::fanout::journal_subject(22, PARTITIONS);
+    let msg = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("last message of ns 22");
+    assert_eq!(&msg.payload[..], &8u64.to_be_bytes());
+    let id = msg
+        .headers
+        .get("Nats-Msg-Id")
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(id.as_deref(), Some("22:8"));
+}
+
+/// The database side of the model test: every committed and rolled-back change.
+#[derive(Default)]
+struct Model {
+    committed: HashSet<Change>,
+    max: HashMap<u64, u64>,
+    rolled_back: HashSet<Change>,
+}
+
+/// One writer: random transactions until `stop`. SJIDs come from `next`, unique per row.
+async fn writer(
+    db_opts: mysql_async::Opts,
+    seed: u64,
+    id: usize,
+    namespaces: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    model: Arc<Mutex<Model>>,
+    pause: Arc<tokio::sync::RwLock<()>>,
+    stop: CancellationToken,
+) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64 + 1));
+    let t = format!("{DATABASE}.server_file_journal");
+    let mut done = 0;
+    while !stop.is_cancelled() {
+        let _guard = pause.read().await;
+        let mut c = mysql_async::Conn::new(db_opts.clone())
+            .await
+            .expect("writer connects");
+        let rows: Vec<Change> = (0..rng.random_range(1..=4))
+            .map(|_| {
+                let sjid = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (rng.random_range(0..namespaces), sjid)
+            })
+            .collect();
+        let values: Vec<String> = rows.iter().map(|(n, s)| format!("({n},{s})")).collect();
+        let insert_sql = format!("INSERT INTO {t} (ns_id, sj_id) VALUES {}", values.join(","));
+        let kind = rng.random_range(0..100);
+        let xid = format!("w{id}-{done}");
+        // A deadlock (the UPDATE's locks against concurrent inserts) rolls the whole
+        // transaction back: its rows are recorded as rolled back, the connection dropped.
+        macro_rules! write_or_abort {
+            ($sql:expr) => {
+                if let Err(e) = c.query_drop($sql).await {
+                    assert!(
+                        e.to_string().contains("1213") || e.to_string().contains("1205"),
+                        "{}: {e}",
+                        $sql
+                    );
+                    model
+                        .lock()
+                        .unwrap()
+                        .rolled_back
+                        .extend(rows.iter().copied());
+                    drop(c);
+                    done += 1;
+                    continue;
+                }
+            };
+        }
+        let committed = match kind {
+            0..45 => {
+                exec(&mut c, "START TRANSACTION").await;
+                write_or_abort!(&insert_sql);
+                exec(&mut c, "COMMIT").await;
+                true
+            }
+            45..60 => {
+                exec(&mut c, "START TRANSACTION").await;
+                write_or_abort!(&insert_sql);
+                exec(&mut c, "ROLLBACK").await;
+                false
+            }
+            60..70 => {
+                // Long-running: others commit meanwhile; it is announced at its own commit.
+                exec(&mut c, "START TRANSACTION").await;
+                write_or_abort!(&insert_sql);
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+                exec(&mut c, "COMMIT").await;
+                true
+            }
+            70..80 => {
+                exec(&mut c, &format!("XA START '{xid}'")).await;
+                write_or_abort!(&insert_sql);
+                exec(&mut c, &format!("XA END '{xid}'")).await;
+                exec(&mut c, &format!("XA PREPARE '{xid}'")).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+                exec(&mut c, &format!("XA COMMIT '{xid}'")).await;
+                true
+            }
+            80..88 => {
+                exec(&mut c, &format!("XA START '{xid}'")).await;
+                write_or_abort!(&insert_sql);
+                for sql in [
+                    format!("XA END '{xid}'"),
+                    format!("XA PREPARE '{xid}'"),
+                    format!("XA ROLLBACK '{xid}'"),
+                ] {
+                    exec(&mut c, &sql).await;
+                }
+                false
+            }
+            _ => {
+                // An UPDATE raising one row of the namespace (if it has one) to the new SJID.
+                let (ns, sjid) = rows[0];
+                exec(&mut c, "START TRANSACTION").await;
+                write_or_abort!(&format!(
+                    "UPDATE {t} SET sj_id = {sjid} WHERE ns_id = {ns} ORDER BY id LIMIT 1"
+                ));
+                let changed = c.affected_rows() > 0;
+                exec(&mut c, "COMMIT").await;
+                if changed {
+                    let mut m = model.lock().unwrap();
+                    m.committed.insert((ns, sjid));
+                    let e = m.max.entry(ns).or_default();
+                    *e = (*e).max(sjid);
+                }
+                done += 1;
+                let _ = c.disconnect().await;
+                continue;
+            }
+        };
+        {
+            let mut m = model.lock().unwrap();
+            for &(ns, sjid) in &rows {
+                if committed {
+                    m.committed.insert((ns, sjid));
+                    let e = m.max.entry(ns).or_default();
+                    *e = (*e).max(sjid);
+                } else {
+                    m.rolled_back.insert((ns, sjid));
+                }
+            }
+        }
+        done += 1;
+        let _ = c.disconnect().await;
+    }
+    done
+}
+
+/// One client connection for the life of one gateway process: subscribes every namespace at
+/// its cursors and records every CHANGED until the connection ends or `stop`.
+async fn observe(
+    gw_addr: std::net::SocketAddr,
+    token: String,
+    mut cursors: HashMap<u64, u64>,
+    stop: CancellationToken,
+) -> (HashMap<u64, u64>, Vec<Change>) {
+    let mut seen = Vec::new();
+    let mut client = WsClient::connect(gw_addr).await;
+    client.hello(&token).await;
+    let pairs: Vec<Change> = cursors.iter().map(|(&n, &s)| (n, s)).collect();
+    client.send_frame(&ClientFrame::Subscribe(pairs)).await;
+    loop {
+        let incoming = tokio::select! {
+            i = client.next_incoming(Duration::from_millis(200)) => i,
+            () = stop.cancelled() => break,
+        };
+        match incoming {
+            Incoming::Frame(ServerFrame::Changed(changes)) => {
+                for (ns, sjid) in changes {
+                    seen.push((ns, sjid));
+                    let e = cursors.entry(ns).or_default();
+                    *e = (*e).max(sjid);
+                }
+            }
+            Incoming::Frame(_) | Incoming::Pong(_) | Incoming::Timeout => {}
+            Incoming::Close(_) | Incoming::Ended(_) => break,
+        }
+    }
+    (cursors, seen)
+}
+
+/// Seeded model test: writers commit, roll back, hold long and XA transactions while the
+/// gateway (with the tailer inside) is SIGKILLed at random moments, the binlog rotates, the
+/// database restarts once and one restart loses the checkpoint. At the end the client is at
+/// the committed maximum of every namespace, and it was never sent an SJID that was not
+/// committed. `HERALD_TAIL_SEED=<n>` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_random_transactions_and_crashes() {
+    const NAMESPACES: u64 = 16;
+    const WRITERS: usize = 3;
+    let seed: u64 = std::env::var("HERALD_TAIL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("model test seed: HERALD_TAIL_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT UNSIGNED")
+        .await;
+    let mut gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(GatewayOptions::new().arg("--journal-source", db.tail_url("")))
+    });
+    let model = Arc::new(Mutex::new(Model::default()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let pause = Arc::new(tokio::sync::RwLock::new(()));
+    let stop_writers = CancellationToken::new();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|id| {
+            tokio::spawn(writer(
+                db.root_opts(),
+                seed,
+                id,
+                NAMESPACES,
+                next.clone(),
+                model.clone(),
+                pause.clone(),
+                stop_writers.clone(),
+            ))
+        })
+        .collect();
+
+    let mut cursors: HashMap<u64, u64> = (0..NAMESPACES).map(|n| (n, 0)).collect();
+    let mut seen_all = Vec::new();
+    for round in 0..6 {
+        let stop_observer = CancellationToken::new();
+        let observer = tokio::spawn(observe(
+            gw.ws_addr(),
+            gw.token_all(),
+            cursors.clone(),
+            stop_observer.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        match round {
+            1 => {
+                let mut c = db.root().await;
+                exec(&mut c, "FLUSH BINARY LOGS").await;
+            }
+            2 => {
+                // The database crashes and restarts (writers paused, so every commit's outcome
+                // is known); the tailer reconnects on its own.
+                let _paused = pause.write().await;
+                db.restart().await;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
+        // SIGKILL at a random moment of the stream: maybe between the journal's ack and the
+        // checkpoint write.
+        gw.kill9();
+        if round == 3 {
+            // This restart has lost its resume point: it must reload, not start at "now".
+            let _ = std::fs::remove_file(gw.data_dir().join("tail.checkpoint"));
+        }
+        let (c, seen) = observer.await.expect("observer");
+        cursors = c;
+        seen_all.extend(seen);
+        tokio::task::block_in_place(|| gw.restart());
+        if round == 3 {
+            let what = format!("seed {seed}: the lost checkpoint is reloaded and counted");
+            herald_e2e::eventually(WAIT, &what, || async {
+                let metrics = gw.get("/metrics").await.text();
+                metrics
+                    .contains("herald_tail_reloads_total{reason=\"no_checkpoint\"} 1")
+                    .then_some(())
+            })
+            .await;
+        }
+    }
+    stop_writers.cancel();
+    let mut transactions = 0;
+    for w in writers {
+        transactions += w.await.expect("writer");
+    }
+    let (max, committed, rolled_back) = {
+        let m = model.lock().unwrap();
+        (m.max.clone(), m.committed.clone(), m.rolled_back.clone())
+    };
+    // The last client stays until it is at the committed maximum of every namespace.
+    let stop_observer = CancellationToken::new();
+    let observer = tokio::spawn(observe(
+        gw.ws_addr(),
+        gw.token_all(),
+        cursors.clone(),
+        stop_observer.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut fresh = WsClient::connect(gw.ws_addr()).await;
+    fresh.hello(&gw.token_all()).await;
+    let all: Vec<Change> = (0..NAMESPACES).map(|n| (n, 0)).collect();
+    let mut latest: HashMap<u64, u64> = HashMap::new();
+    loop {
+        // A fresh subscription with cursor 0 reports the gateway's latest of every namespace.
+        for frame in fresh.subscribe(&all).await {
+            if let ServerFrame::Changed(changes) = frame {
+                latest.extend(changes);
+            }
+        }
+        fresh
+            .unsubscribe(&(0..NAMESPACES).collect::<Vec<_>>())
+            .await;
+        if max.iter().all(|(ns, sjid)| latest.get(ns) == Some(sjid)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: the gateway never reached the committed maxima {max:?}; latest {latest:?}\n{}",
+            gw.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_observer.cancel();
+    let (final_cursors, seen) = observer.await.expect("observer");
+    seen_all.extend(seen);
+    for (ns, sjid) in &max {
+        assert_eq!(
+            final_cursors.get(ns),
+            Some(sjid),
+            "seed {seed}: the client is not at the committed maximum of ns {ns}"
+        );
+    }
+    for change in &seen_all {
+        assert!(
+            committed.contains(change),
+            "seed {seed}: the client was sent {change:?}, which was never committed (rolled back: {})",
+            rolled_back.contains(change)
+        );
+    }
+    eprintln!(
+        "model test seed {seed}: {transactions} transactions, {} committed rows, {} rolled back, {} CHANGED entries seen",
+        committed.len(),
+        rolled_back.len(),
+        seen_all.len()
+    );
+    assert!(
+        !rolled_back.is_empty() && committed.len() > 50,
+        "seed {seed}: too little traffic"
+    );
 }

@@ -102,11 +102,7 @@ impl Decoder {
         match data {
             EventData::FormatDescriptionEvent(_) => self.seen_format = true,
             EventData::RotateEvent(rotate) => {
-                let mut name = rotate.name_raw();
-                if !self.seen_format {
-                    name = &name[..name.len().saturating_sub(4)];
-                }
-                self.file = String::from_utf8_lossy(name).into_owned();
+                self.file = rotate_file_name(rotate.name_raw(), self.seen_format);
                 assembler.feed(Input::Boundary {
                     end: BinlogPosition::new(self.file.clone(), rotate.position()),
                 });
@@ -235,6 +231,28 @@ impl Decoder {
     }
 }
 
+/// The file name of a rotate event. A server's artificial rotate events (at the start of a
+/// stream, and when it moves to the next file after a crash left the previous one without a
+/// rotate event) can reach the reader while it assumes no checksum, so the name ends with the
+/// event's 4 CRC bytes. Binlog names end in `.<digits>`: a name that does not, while the name
+/// without its last 4 bytes does, had them; when both do (4 CRC bytes that are all digits),
+/// whether a format description was seen decides.
+fn rotate_file_name(raw: &[u8], seen_format: bool) -> String {
+    fn numbered(name: &[u8]) -> bool {
+        match name.iter().rposition(|&b| b == b'.') {
+            Some(dot) => dot + 1 < name.len() && name[dot + 1..].iter().all(u8::is_ascii_digit),
+            None => false,
+        }
+    }
+    let stripped = &raw[..raw.len().saturating_sub(4)];
+    let name = match (numbered(raw), numbered(stripped)) {
+        (false, true) => stripped,
+        (true, true) if !seen_format => stripped,
+        _ => raw,
+    };
+    String::from_utf8_lossy(name).into_owned()
+}
+
 /// Mask of a column's integer width: row events carry an unsigned `INT` as the signed value of
 /// its bits when the table map has no signedness metadata.
 fn width_mask(tme: &TableMapEvent<'_>, index: usize) -> u64 {
@@ -295,5 +313,25 @@ fn unsigned(value: &BinlogValue<'_>) -> Option<u64> {
         BinlogValue::Value(mysql_async::Value::UInt(u)) => Some(*u),
         BinlogValue::Value(mysql_async::Value::Int(i)) => Some(*i as u64),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotate_file_name;
+
+    #[test]
+    fn rotate_names_lose_a_trailing_checksum() {
+        assert_eq!(rotate_file_name(b"mb.000002", true), "mb.000002");
+        assert_eq!(
+            rotate_file_name(b"mb.000002\x26\xf1\x9a\x07", true),
+            "mb.000002"
+        );
+        assert_eq!(
+            rotate_file_name(b"mb.000002\x26\xf1\x9a\x07", false),
+            "mb.000002"
+        );
+        assert_eq!(rotate_file_name(b"mb.0000021234", false), "mb.000002");
+        assert_eq!(rotate_file_name(b"mb.0000021234", true), "mb.0000021234");
     }
 }
