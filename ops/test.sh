@@ -186,6 +186,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "cargo build --workspace --bins"
 cargo build --workspace --bins
 
+# --- journal tailer (issue 12): mariadbd for tests/tests/tail_mariadb.rs -----------------------
+section "MariaDB server binaries for the journal tailer's tests"
+bash ops/test-tail.sh
+# --- end journal tailer ------------------------------------------------------------------------
+
 section "cargo test --workspace"
 cargo test --workspace
 
