@@ -32,7 +32,10 @@ pub async fn start(url: &str, data_dir: &Path, journal: Journal) -> anyhow::Resu
     herald_tail::preflight(&cfg)
         .await
         .map_err(|e| anyhow::anyhow!("--journal-source: {e:#}"))?;
-    tracing::info!(?cfg, "journal source: following the database's binlog");
+    tracing::info!(
+        ?cfg,
+        "journal source: following the database's commit stream"
+    );
     let sink = EmbeddedJournalSink { journal };
     tokio::spawn(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();

@@ -1,4 +1,6 @@
-//! What the tailer follows and where it keeps its place, from one `mysql://` URL.
+//! What the tailer follows and where it keeps its place, from one URL whose scheme picks the
+//! database: [`TailConfig::from_url`] reads `mysql://` (MySQL/MariaDB, [`MysqlConfig`]) or
+//! `postgres://` / `postgresql://` (PostgreSQL, [`crate::postgres::PostgresConfig`]).
 //!
 //! `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE?server_id=N&table=T&ns_column=C&sjid_column=C&password_file=PATH`
 //!
@@ -22,9 +24,52 @@ pub const DEFAULT_SJID_COLUMN: &str = "sj_id";
 /// Default replication server id (must differ from every server's and replica's id).
 pub const DEFAULT_SERVER_ID: u32 = 4_251_001;
 
-/// The tailer's settings.
+/// The tailer's settings, per database.
+#[derive(Clone, Debug)]
+pub enum TailConfig {
+    /// MySQL / MariaDB: the row-based binlog.
+    Mysql(MysqlConfig),
+    /// PostgreSQL: logical replication (`pgoutput`) from a replication slot.
+    Postgres(crate::postgres::PostgresConfig),
+}
+
+impl TailConfig {
+    /// Parses `url`, choosing the database by its scheme; the checkpoint lives at `checkpoint`.
+    pub fn from_url(url: &str, checkpoint: PathBuf) -> anyhow::Result<Self> {
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        match scheme.to_ascii_lowercase().as_str() {
+            "mysql" | "mariadb" => Ok(TailConfig::Mysql(MysqlConfig::from_url(url, checkpoint)?)),
+            "postgres" | "postgresql" => Ok(TailConfig::Postgres(
+                crate::postgres::PostgresConfig::from_url(url, checkpoint)?,
+            )),
+            _ => anyhow::bail!(
+                "journal source URL: start it with mysql:// (MySQL/MariaDB binlog) or postgres:// (PostgreSQL logical replication)"
+            ),
+        }
+    }
+
+    /// File holding the resume point.
+    #[must_use]
+    pub fn checkpoint(&self) -> &std::path::Path {
+        match self {
+            TailConfig::Mysql(c) => &c.checkpoint,
+            TailConfig::Postgres(c) => &c.checkpoint,
+        }
+    }
+
+    /// Most changes handed to the sink at once.
+    #[must_use]
+    pub fn max_batch(&self) -> usize {
+        match self {
+            TailConfig::Mysql(c) => c.max_batch,
+            TailConfig::Postgres(c) => c.max_batch,
+        }
+    }
+}
+
+/// The MySQL / MariaDB tailer's settings.
 #[derive(Clone)]
-pub struct TailConfig {
+pub struct MysqlConfig {
     /// Connection options of the MySQL client (credentials resolved).
     pub opts: mysql_async::Opts,
     /// Database (schema) of the journal table: the URL's path.
@@ -45,9 +90,9 @@ pub struct TailConfig {
     pub max_batch: usize,
 }
 
-impl std::fmt::Debug for TailConfig {
+impl std::fmt::Debug for MysqlConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TailConfig")
+        f.debug_struct("MysqlConfig")
             .field("host", &self.opts.ip_or_hostname())
             .field("port", &self.opts.tcp_port())
             .field("user", &self.opts.user())
@@ -61,8 +106,8 @@ impl std::fmt::Debug for TailConfig {
     }
 }
 
-impl TailConfig {
-    /// Parses `url`; the checkpoint lives at `checkpoint`.
+impl MysqlConfig {
+    /// Parses a `mysql://` `url`; the checkpoint lives at `checkpoint`.
     pub fn from_url(url: &str, checkpoint: PathBuf) -> anyhow::Result<Self> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut table = DEFAULT_TABLE.to_owned();
@@ -110,7 +155,7 @@ impl TailConfig {
                 builder = builder.pass(Some(pass));
             }
         }
-        Ok(TailConfig {
+        Ok(MysqlConfig {
             opts: builder.into(),
             database,
             table,
@@ -139,7 +184,7 @@ mod tests {
 
     #[test]
     fn own_parameters_are_taken_out() {
-        let cfg = TailConfig::from_url(
+        let cfg = MysqlConfig::from_url(
             "mysql://herald:pw@127.0.0.1:3307/meta?table=j&ns_column=n&sjid_column=s&server_id=77&prefer_socket=false",
             "cp".into(),
         )
@@ -157,16 +202,16 @@ mod tests {
         assert_eq!(cfg.opts.pass(), Some("pw"));
         assert_eq!(cfg.opts.tcp_port(), 3307);
         assert!(!cfg.opts.prefer_socket());
-        let defaults = TailConfig::from_url("mysql://u@h/meta", "cp".into()).unwrap();
+        let defaults = MysqlConfig::from_url("mysql://u@h/meta", "cp".into()).unwrap();
         assert_eq!(defaults.table, DEFAULT_TABLE);
         assert_eq!(defaults.server_id, DEFAULT_SERVER_ID);
     }
 
     #[test]
     fn refusals_say_what_to_change() {
-        let no_db = TailConfig::from_url("mysql://u@h:3306", "cp".into()).unwrap_err();
+        let no_db = MysqlConfig::from_url("mysql://u@h:3306", "cp".into()).unwrap_err();
         assert!(no_db.to_string().contains("database"), "{no_db}");
-        let bad_id = TailConfig::from_url("mysql://u@h/m?server_id=0", "cp".into()).unwrap_err();
+        let bad_id = MysqlConfig::from_url("mysql://u@h/m?server_id=0", "cp".into()).unwrap_err();
         assert!(bad_id.to_string().contains("server_id"), "{bad_id}");
     }
 
@@ -176,8 +221,22 @@ mod tests {
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
         let url = format!("mysql://u@h/m?password_file={}", file.display());
-        let cfg = TailConfig::from_url(&url, "cp".into()).unwrap();
+        let cfg = MysqlConfig::from_url(&url, "cp".into()).unwrap();
         assert_eq!(cfg.opts.pass(), Some("s3cret"));
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn scheme_picks_the_database() {
+        assert!(matches!(
+            TailConfig::from_url("mysql://u@h/m", "cp".into()).unwrap(),
+            TailConfig::Mysql(_)
+        ));
+        assert!(matches!(
+            TailConfig::from_url("postgres://u@h/m", "cp".into()).unwrap(),
+            TailConfig::Postgres(_)
+        ));
+        let other = TailConfig::from_url("redis://h", "cp".into()).unwrap_err();
+        assert!(other.to_string().contains("postgres://"), "{other}");
     }
 }

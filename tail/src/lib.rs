@@ -40,6 +40,7 @@ pub mod jetstream;
 pub mod metrics;
 pub mod mysql;
 pub mod position;
+pub mod postgres;
 pub mod sink;
 pub mod source;
 pub mod tailer;
@@ -48,7 +49,7 @@ pub use assemble::Change;
 pub use checkpoint::Checkpoint;
 pub use config::TailConfig;
 pub use mysql::preflight::Refusal;
-pub use position::BinlogPosition;
+pub use position::{BinlogPosition, ResumePoint};
 pub use sink::JournalSink;
 pub use source::{Batch, ChangeSource};
 pub use tailer::run;
@@ -56,8 +57,13 @@ pub use tailer::run;
 /// Connects once and runs the preflight checks, so a program can refuse a misconfigured
 /// database before it reports itself ready.
 pub async fn preflight(cfg: &TailConfig) -> anyhow::Result<()> {
-    let mut conn = mysql_async::Conn::new(cfg.opts.clone()).await?;
-    mysql::preflight::check(&mut conn, cfg).await?;
-    let _ = conn.disconnect().await;
+    match cfg {
+        TailConfig::Mysql(cfg) => {
+            let mut conn = mysql_async::Conn::new(cfg.opts.clone()).await?;
+            mysql::preflight::check(&mut conn, cfg).await?;
+            let _ = conn.disconnect().await;
+        }
+        TailConfig::Postgres(cfg) => postgres::preflight::check_only(cfg).await?,
+    }
     Ok(())
 }

@@ -23,3 +23,6 @@ pub const ERRORS: &str = "herald_tail_errors_total";
 pub const CONNECTED: &str = "herald_tail_connected";
 /// Gauge: XA transactions prepared and not yet decided (they hold the checkpoint back).
 pub const XA_PREPARED: &str = "herald_tail_xa_prepared";
+/// Gauge (PostgreSQL): bytes of WAL between the server's end and the last resume point handed to
+/// the journal (what the slot holds back beyond this tailer's unacknowledged work).
+pub const LAG_BYTES: &str = "herald_tail_lag_bytes";

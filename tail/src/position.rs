@@ -1,4 +1,5 @@
-//! A place in the binlog: file name and byte offset, ordered as the server writes them.
+//! Where a tailer resumes: a place in the MySQL binlog (file name and byte offset, ordered as the
+//! server writes them) or a PostgreSQL WAL position (LSN), as [`ResumePoint`].
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -52,6 +53,39 @@ impl fmt::Display for BinlogPosition {
     }
 }
 
+/// A resume point of either database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ResumePoint {
+    /// MySQL / MariaDB: a binlog position.
+    Binlog(BinlogPosition),
+    /// PostgreSQL: the end LSN of the last acknowledged commit (or a keepalive's WAL end with
+    /// no transaction in between), the same value the tailer confirms to its replication slot.
+    Lsn(u64),
+}
+
+impl fmt::Display for ResumePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResumePoint::Binlog(p) => p.fmt(f),
+            ResumePoint::Lsn(lsn) => f.write_str(&format_lsn(*lsn)),
+        }
+    }
+}
+
+/// An LSN as PostgreSQL writes it (`16/B374D848`).
+#[must_use]
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Parses an LSN written as PostgreSQL writes it.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    (hi <= 0xFFFF_FFFF && lo <= 0xFFFF_FFFF).then_some((hi << 32) | lo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +98,14 @@ mod tests {
         assert!(a < b && b < c);
         assert!(BinlogPosition::new("mb.000010", 5) > b);
         assert_eq!(b.to_string(), "mb.000010:4");
+    }
+
+    #[test]
+    fn lsn_text_round_trip() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("x"), None);
+        assert_eq!(ResumePoint::Lsn(0x1_0000_0010).to_string(), "1/10");
     }
 }

@@ -1,5 +1,5 @@
 //! The interface between a database's change stream and the tailer's loop, so another database
-//! (PostgreSQL logical replication) can plug in beside [`crate::mysql::MysqlSource`].
+//! plugs in beside the other: [`crate::mysql::MysqlSource`], [`crate::postgres::PostgresSource`].
 
 use crate::assemble::Change;
 use crate::checkpoint::Checkpoint;
@@ -21,4 +21,11 @@ pub trait ChangeSource: Send {
         &mut self,
         max: usize,
     ) -> impl std::future::Future<Output = anyhow::Result<Batch>> + Send;
+
+    /// Called once the sink has acknowledged every change up to `checkpoint` (a batch's
+    /// checkpoint), before it is stored. A source whose server keeps the position (a
+    /// PostgreSQL replication slot) confirms it there; the default does nothing.
+    fn acknowledged(&mut self, checkpoint: &Checkpoint) {
+        let _ = checkpoint;
+    }
 }

@@ -10,6 +10,7 @@ use crate::config::TailConfig;
 use crate::metrics as m;
 use crate::mysql::MysqlSource;
 use crate::mysql::preflight::Refusal;
+use crate::postgres::PostgresSource;
 use crate::sink::JournalSink;
 use crate::source::ChangeSource;
 use std::sync::{Arc, Mutex};
@@ -25,11 +26,11 @@ pub async fn run<S: JournalSink>(
     sink: S,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let stored = Checkpoint::load(&cfg.checkpoint)?;
+    let stored = Checkpoint::load(cfg.checkpoint())?;
     if let Some(cp) = &stored {
-        tracing::info!(server = %cp.server, position = %cp.position, path = %cfg.checkpoint.display(), "checkpoint loaded");
+        tracing::info!(server = %cp.server, position = %cp.position, path = %cfg.checkpoint().display(), "checkpoint loaded");
     }
-    let writer = CheckpointWriter::spawn(cfg.checkpoint.clone(), stored)?;
+    let writer = CheckpointWriter::spawn(cfg.checkpoint().to_path_buf(), stored)?;
     let mut backoff = Duration::from_millis(100);
     let result = loop {
         let acked = writer.latest();
@@ -59,17 +60,36 @@ pub async fn run<S: JournalSink>(
     result
 }
 
-/// One connection's life: open, then batches until an error.
+/// One connection's life: open the database's source, then batches until an error.
 async fn session<S: JournalSink>(
     cfg: &TailConfig,
     sink: &S,
     writer: &CheckpointWriter,
     resume: Option<&Checkpoint>,
 ) -> anyhow::Result<()> {
-    let mut source = MysqlSource::open(cfg, resume).await?;
+    match cfg {
+        TailConfig::Mysql(c) => {
+            let source = MysqlSource::open(c, resume).await?;
+            pump(source, c.max_batch, sink, writer).await
+        }
+        TailConfig::Postgres(c) => {
+            let source = PostgresSource::open(c, resume).await?;
+            pump(source, c.max_batch, sink, writer).await
+        }
+    }
+}
+
+/// Batches from `source` to `sink`; each batch's resume point goes to the source
+/// ([`ChangeSource::acknowledged`]) and the checkpoint writer only after the sink acknowledged.
+async fn pump<C: ChangeSource, S: JournalSink>(
+    mut source: C,
+    max_batch: usize,
+    sink: &S,
+    writer: &CheckpointWriter,
+) -> anyhow::Result<()> {
     metrics::gauge!(m::CONNECTED).set(1.0);
     loop {
-        let batch = source.next_batch(cfg.max_batch).await?;
+        let batch = source.next_batch(max_batch).await?;
         if !batch.changes.is_empty() {
             let n = batch.changes.len() as u64;
             let started = Instant::now();
@@ -80,6 +100,7 @@ async fn session<S: JournalSink>(
             metrics::counter!(m::CHANGES_PUBLISHED).increment(n);
         }
         if let Some(cp) = batch.checkpoint {
+            source.acknowledged(&cp);
             writer.set(cp);
         }
     }

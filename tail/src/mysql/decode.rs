@@ -4,7 +4,7 @@
 
 use super::preflight::ServerFacts;
 use crate::assemble::{Assembler, Change, Input};
-use crate::config::TailConfig;
+use crate::config::MysqlConfig;
 use crate::metrics as m;
 use crate::position::BinlogPosition;
 use mysql_async::binlog::EventType;
@@ -52,7 +52,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for the configured table, starting in `file`.
     #[must_use]
-    pub fn new(cfg: &TailConfig, facts: &ServerFacts, file: String) -> Self {
+    pub fn new(cfg: &MysqlConfig, facts: &ServerFacts, file: String) -> Self {
         Decoder {
             database: cfg.database.clone(),
             table: cfg.table.clone(),

@@ -15,9 +15,9 @@ pub mod reload;
 
 use crate::assemble::{Assembler, Change};
 use crate::checkpoint::Checkpoint;
-use crate::config::TailConfig;
+use crate::config::MysqlConfig;
 use crate::metrics as m;
-use crate::position::BinlogPosition;
+use crate::position::{BinlogPosition, ResumePoint};
 use crate::source::{Batch, ChangeSource};
 use decode::Decoder;
 use futures_util::{FutureExt, StreamExt};
@@ -73,23 +73,28 @@ pub struct MysqlSource {
 
 impl MysqlSource {
     /// Connects, checks, picks the start (checkpoint or reload) and opens the stream.
-    pub async fn open(cfg: &TailConfig, checkpoint: Option<&Checkpoint>) -> anyhow::Result<Self> {
+    pub async fn open(cfg: &MysqlConfig, checkpoint: Option<&Checkpoint>) -> anyhow::Result<Self> {
         let mut conn = mysql_async::Conn::new(cfg.opts.clone()).await?;
         let facts = preflight::check(&mut conn, cfg).await?;
         let logs = preflight::binary_logs(&mut conn).await?;
         let resume = match checkpoint {
             None => Err(ReloadReason::NoCheckpoint),
             Some(cp) if cp.server != facts.identity => Err(ReloadReason::OtherServer),
-            Some(cp) => {
+            Some(Checkpoint {
+                position: ResumePoint::Binlog(position),
+                ..
+            }) => {
                 let held = logs
                     .iter()
-                    .any(|(file, size)| *file == cp.position.file && *size >= cp.position.pos);
+                    .any(|(file, size)| *file == position.file && *size >= position.pos);
                 if held {
-                    Ok(cp.position.clone())
+                    Ok(position.clone())
                 } else {
                     Err(ReloadReason::Purged)
                 }
             }
+            // A PostgreSQL checkpoint (its identity differs, so this is not reached).
+            Some(_) => Err(ReloadReason::OtherServer),
         };
         let mut reload_pages = VecDeque::new();
         let (start, reloaded) = match resume {
@@ -156,7 +161,7 @@ impl MysqlSource {
             self.last_resume = Some(resume.clone());
             Checkpoint {
                 server: self.identity.clone(),
-                position: resume,
+                position: ResumePoint::Binlog(resume),
             }
         });
         metrics::gauge!(m::XA_PREPARED).set(self.assembler.prepared_len() as f64);
@@ -192,7 +197,7 @@ impl ChangeSource for MysqlSource {
 /// Registers as a replica and requests the binlog from `start`.
 async fn open_stream(
     mut conn: mysql_async::Conn,
-    cfg: &TailConfig,
+    cfg: &MysqlConfig,
     facts: &ServerFacts,
     start: &BinlogPosition,
 ) -> anyhow::Result<mysql_async::BinlogStream> {

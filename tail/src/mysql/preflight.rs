@@ -1,7 +1,7 @@
 //! Checks made before reading anything: the binlog is on, row-based with full row images, and
 //! the journal table has its two unsigned integer columns. Each refusal says what to change.
 
-use crate::config::TailConfig;
+use crate::config::MysqlConfig;
 use mysql_async::prelude::Queryable;
 
 /// A configuration the tailer cannot work with; retrying does not help, an operator must act.
@@ -31,7 +31,7 @@ pub struct ServerFacts {
 /// Runs every check on `conn`.
 pub async fn check(
     conn: &mut mysql_async::Conn,
-    cfg: &TailConfig,
+    cfg: &MysqlConfig,
 ) -> Result<ServerFacts, anyhow::Error> {
     let (log_bin, format, row_image, server_id, version): (String, String, String, u32, String) =
         conn.query_first(

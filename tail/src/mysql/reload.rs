@@ -6,7 +6,7 @@
 
 use super::preflight::ServerFacts;
 use crate::assemble::Change;
-use crate::config::TailConfig;
+use crate::config::MysqlConfig;
 use crate::position::BinlogPosition;
 use mysql_async::prelude::Queryable;
 
@@ -29,7 +29,7 @@ pub struct Reload {
 /// which therefore sees at least everything before the position.
 pub async fn reload(
     conn: &mut mysql_async::Conn,
-    cfg: &TailConfig,
+    cfg: &MysqlConfig,
     facts: &ServerFacts,
 ) -> anyhow::Result<Reload> {
     let table = format!("`{}`.`{}`", cfg.database, cfg.table);
