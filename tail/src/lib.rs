@@ -1,7 +1,7 @@
 //! # herald-tail
 //!
 //! Committed means notified: the tailer follows the metaserver database's own commit stream
-//! (the MySQL/MariaDB row-based binlog) and feeds every committed change of the journal table
+//! (the MySQL/MariaDB row-based binlog, or PostgreSQL logical replication) and feeds every committed change of the journal table
 //! into Herald's journal, so no change is lost between the database commit and a publish.
 //!
 //! ```text
@@ -18,13 +18,20 @@
 //!  checkpoint: binlog file+position, stored (fsync, rename) only after the ack
 //! ```
 //!
+//! PostgreSQL takes the same path from its own source: `pgoutput` over the replication protocol
+//! (a publication on the journal table, a named slot), committed transactions only, in commit
+//! order; the commit's end LSN is confirmed to the slot and stored as the checkpoint after the
+//! sink's ack.
+//!
 //! A lost resume point (no checkpoint, binlog purged, another server) leads to a reload: the
 //! latest SJID of every namespace from one consistent snapshot, then the binlog from the
 //! position that snapshot matches.
 //!
 //! # Layout
-//! - [`config`]: the `mysql://` URL and the tailer's parameters.
+//! - [`config`]: the URL (`mysql://` or `postgres://`) and the tailer's parameters.
 //! - [`mysql`]: preflight refusals, reload, binlog decoding, [`mysql::MysqlSource`].
+//! - [`postgres`]: the same for PostgreSQL (`pgoutput` from a replication slot, the LSN
+//!   confirmed after the sink's ack), [`postgres::PostgresSource`].
 //! - [`assemble`]: sans-IO transaction assembly (commit order, rollbacks, XA).
 //! - [`source`]: [`ChangeSource`], what a database source provides; [`sink`]: [`JournalSink`].
 //! - [`checkpoint`], [`position`]: the resume point and its durable storage.

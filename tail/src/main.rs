@@ -1,4 +1,5 @@
-//! `herald-tail`: follow the metaserver database's binlog into `HERALD_JOURNAL`.
+//! `herald-tail`: follow the metaserver database's commit stream (MySQL/MariaDB binlog or
+//! PostgreSQL logical replication) into `HERALD_JOURNAL`.
 
 use anyhow::Context;
 use axum::routing::get;
@@ -9,16 +10,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// Follows the journal table in the metaserver's MySQL/MariaDB binlog and publishes every
-/// committed change into HERALD_JOURNAL, as a metaserver would.
+/// Follows the journal table in the metaserver's MySQL/MariaDB binlog or PostgreSQL logical
+/// replication and publishes every committed change into HERALD_JOURNAL, as a metaserver would.
 #[derive(Debug, Parser)]
 #[command(name = "herald-tail", version)]
 struct Cli {
-    /// The database: mysql://USER[:PASSWORD]@HOST:PORT/DATABASE[?server_id=N&table=T&ns_column=C&sjid_column=C&password_file=PATH].
+    /// The database, chosen by the URL's scheme:
+    /// mysql://USER[:PASSWORD]@HOST:PORT/DATABASE[?server_id=N&table=T&ns_column=C&sjid_column=C&password_file=PATH]
+    /// or postgres://USER[:PASSWORD]@HOST:PORT/DATABASE[?slot=S&publication=P&schema=S&table=T&ns_column=C&sjid_column=C&password_file=PATH].
     /// Without a password in the URL or password_file, HERALD_TAIL_PASSWORD is used.
     #[arg(long, env = "HERALD_TAIL_SOURCE")]
     source: String,
-    /// File holding the resume point (binlog file and position).
+    /// File holding the resume point (binlog file and position, or PostgreSQL LSN).
     #[arg(
         long,
         env = "HERALD_TAIL_CHECKPOINT",

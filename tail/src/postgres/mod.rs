@@ -17,15 +17,15 @@
 //!
 //! # Slot and checkpoint
 //! The slot keeps the position on the server: its `confirmed_flush_lsn` is the last LSN this
-//! tailer confirmed, and the server streams from there (the session asks for LSN 0, which the
-//! server reads as "from `confirmed_flush_lsn`"), keeping the WAL needed for it. The checkpoint
-//! file keeps the same LSN on the tailer's side, written after the same acknowledgement: it
-//! proves the journal already holds everything this server committed before it. So the slot
-//! is trusted only together with a checkpoint of the same server (system identifier and
-//! database); no checkpoint (a new journal), another server, or no slot means a reload. The
-//! two may differ by the last few acknowledgements (the confirm and the file write are not one
-//! step): either way the server resends from the older point, which merge-is-max makes
-//! harmless.
+//! tailer confirmed, and the server keeps the WAL needed from there. The checkpoint file keeps
+//! the same LSN on the tailer's side, written after the same acknowledgement: it proves the
+//! journal already holds everything this server committed before it. So the slot is trusted
+//! only together with a checkpoint of the same server (system identifier and database); no
+//! checkpoint (a new journal), another server, or no slot means a reload. Resuming asks the
+//! server to start at the checkpoint's LSN: it streams from the later of that and
+//! `confirmed_flush_lsn`, so the two may differ by the last few acknowledgements (the confirm
+//! to the slot and the file write are not one step) without losing anything; at worst a
+//! crash between them re-sends a little, which merge-is-max makes harmless.
 
 pub mod config;
 pub mod decode;
@@ -99,7 +99,16 @@ impl PostgresSource {
         cfg: &PostgresConfig,
         checkpoint: Option<&Checkpoint>,
     ) -> anyhow::Result<Self> {
-        let mut client = preflight::connect(cfg).await?;
+        // Resuming starts at the checkpoint (the server skips what committed before it, so a
+        // confirmation that did not reach the slot before a stop re-sends nothing).
+        let guess = match checkpoint {
+            Some(Checkpoint {
+                position: ResumePoint::Lsn(lsn),
+                ..
+            }) => *lsn,
+            _ => 0,
+        };
+        let mut client = preflight::connect(cfg, guess).await?;
         let facts = preflight::check(&mut client, cfg).await?;
         let slot = preflight::slot(&mut client, cfg).await?;
         let resume = match (checkpoint, &slot) {
@@ -122,6 +131,12 @@ impl PostgresSource {
                 (lsn, None)
             }
             Err(reason) => {
+                if guess != 0 {
+                    // A reload starts at the new slot's consistent point, never at an LSN of
+                    // another slot or server: a fresh session that starts at 0.
+                    drop(client);
+                    client = preflight::connect(cfg, 0).await?;
+                }
                 let started = std::time::Instant::now();
                 let loaded = reload::reload(&mut client, cfg, slot.is_some()).await?;
                 let namespaces = loaded.latest.len();

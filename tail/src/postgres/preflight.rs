@@ -29,9 +29,12 @@ pub struct SlotInfo {
 }
 
 /// Opens an authenticated replication session (`replication=database`) that waits, so queries
-/// and replication commands can run before `START_REPLICATION`. The stream starts at LSN 0,
-/// which the server reads as "from the slot's `confirmed_flush_lsn`".
-pub async fn connect(cfg: &PostgresConfig) -> anyhow::Result<ReplicationClient> {
+/// and replication commands can run before `START_REPLICATION`. The stream will start at
+/// `start`: the server streams from the slot's `confirmed_flush_lsn` or `start`, whichever is
+/// later, skipping transactions that committed before `start` (0: from the slot's position).
+/// `start` is also the flush position reported until the first acknowledgement, so it must be
+/// a point the journal holds everything before.
+pub async fn connect(cfg: &PostgresConfig, start: u64) -> anyhow::Result<ReplicationClient> {
     let rc = ReplicationConfig::new(
         cfg.host.clone(),
         cfg.user.clone(),
@@ -41,7 +44,7 @@ pub async fn connect(cfg: &PostgresConfig) -> anyhow::Result<ReplicationClient> 
         cfg.publication.clone(),
     )
     .with_port(cfg.port)
-    .with_start_lsn(Lsn(0))
+    .with_start_lsn(Lsn(start))
     // An acknowledged LSN reaches the slot within a second; idle sessions still report.
     .with_status_interval(Duration::from_secs(1))
     .with_wakeup_interval(Duration::from_secs(5))
@@ -104,7 +107,7 @@ fn classify(e: PgWireError, sql: &str) -> anyhow::Error {
 /// Connects, runs every check, and closes the session: for a program that must refuse a
 /// misconfigured database before it reports itself ready.
 pub async fn check_only(cfg: &PostgresConfig) -> anyhow::Result<()> {
-    let mut client = connect(cfg).await?;
+    let mut client = connect(cfg, 0).await?;
     check(&mut client, cfg).await?;
     drop(client);
     Ok(())

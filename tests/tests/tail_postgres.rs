@@ -1,0 +1,418 @@
+//! The journal tailer (herald-tail) against a private PostgreSQL with `wal_level=logical`:
+//! committed changes only, in commit order, through a publication and a replication slot; the
+//! flushed LSN confirmed to the slot after the journal's acknowledgement; restart from the
+//! slot with changes made while the tailer was down; a dropped slot reloads; refusals; and
+//! through the real gateway (`--journal-source postgres://…`) to a client.
+
+use herald_e2e::postgres::{DATABASE, Postgres, TAIL_USER};
+use herald_e2e::{GatewayOptions, GatewayProcess, ServerFrame};
+use herald_tail::{Change, JournalSink, TailConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Bound on one expected change: WAL → tailer is milliseconds; generous for a loaded CI box.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The changes the tailer delivered, in order: the test's window onto its output.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Change>>>);
+
+impl JournalSink for Recorder {
+    async fn deliver(&self, changes: Vec<Change>) -> anyhow::Result<()> {
+        self.0.lock().unwrap().extend(changes);
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// Waits until a delivered change has `ns` at `sjid` or above.
+    async fn until(&self, ns: u64, sjid: u64) {
+        herald_e2e::eventually(
+            WAIT,
+            &format!("the tailer delivers ({ns}, {sjid})"),
+            || async {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|&(n, s)| n == ns && s >= sjid)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// An in-process tailer with its checkpoint in `dir`.
+struct Tail {
+    out: Recorder,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn config(url: &str, dir: &Path) -> TailConfig {
+    TailConfig::from_url(url, dir.join("tail.checkpoint")).expect("config")
+}
+
+impl Tail {
+    fn start(db: &Postgres, dir: &Path) -> Self {
+        Self::start_with(config(&db.tail_url(""), dir))
+    }
+
+    /// Starts it and waits until it streams (its first checkpoint is stored), so what the
+    /// test writes next comes through the slot rather than a first-start load.
+    async fn start_streaming(db: &Postgres, dir: &Path) -> Self {
+        let tail = Self::start(db, dir);
+        let path = dir.join("tail.checkpoint");
+        herald_e2e::eventually(WAIT, "the first checkpoint", || async {
+            path.exists().then_some(())
+        })
+        .await;
+        tail
+    }
+
+    fn start_with(cfg: TailConfig) -> Self {
+        let out = Recorder::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(herald_tail::run(cfg, out.clone(), stop.clone()));
+        Tail { out, stop, task }
+    }
+
+    /// Stops it (the checkpoint of everything delivered is stored) and returns what it
+    /// delivered since the last `take`.
+    async fn stop(self) -> Vec<Change> {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("tailer stops")
+            .expect("join")
+            .expect("tailer ran without error");
+        self.out.take()
+    }
+}
+
+fn insert(db: &Postgres, rows: &[(u64, u64)]) {
+    let values: Vec<String> = rows.iter().map(|(n, s)| format!("({n},{s})")).collect();
+    db.sql(&format!(
+        "INSERT INTO server_file_journal (ns_id, sj_id) VALUES {}",
+        values.join(",")
+    ));
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("herald-tail-pg-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// The LSN in the checkpoint file.
+fn checkpoint_lsn(dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(dir.join("tail.checkpoint")).expect("checkpoint");
+    let lsn = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lsn="))
+        .expect("an lsn= line");
+    herald_tail::position::parse_lsn(lsn).expect("an LSN")
+}
+
+/// `confirmed_flush_lsn` of the tailer's slot.
+fn slot_confirmed(db: &Postgres) -> Option<u64> {
+    let text = db.sql(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'herald_tail'",
+    );
+    herald_tail::position::parse_lsn(&text)
+}
+
+#[tokio::test]
+async fn only_committed_changes_in_commit_order_and_the_slot_confirmed_after_the_ack() {
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    // With the old row in every update, only updates that raise the SJID are announced.
+    db.sql("ALTER TABLE server_file_journal REPLICA IDENTITY FULL");
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+
+    insert(&db, &[(1, 1), (2, 5)]);
+    db.sql("UPDATE server_file_journal SET sj_id = 7 WHERE ns_id = 2");
+    db.sql("UPDATE server_file_journal SET sj_id = 6 WHERE ns_id = 2");
+    db.sql("UPDATE server_file_journal SET note = 'x' WHERE ns_id = 2");
+    db.sql("DELETE FROM server_file_journal WHERE ns_id = 1");
+    // Rolled back: never announced.
+    db.sql("BEGIN; INSERT INTO server_file_journal (ns_id, sj_id) VALUES (3, 9); ROLLBACK");
+    // A multi-row transaction: all its rows, after its commit.
+    db.sql(
+        "BEGIN; INSERT INTO server_file_journal (ns_id, sj_id) VALUES (10, 1); \
+         INSERT INTO server_file_journal (ns_id, sj_id) VALUES (11, 1), (10, 2); COMMIT",
+    );
+    // A subtransaction rolled back inside a committed transaction: only the kept row.
+    db.sql(
+        "BEGIN; INSERT INTO server_file_journal (ns_id, sj_id) VALUES (12, 1); SAVEPOINT s; \
+         INSERT INTO server_file_journal (ns_id, sj_id) VALUES (13, 1); ROLLBACK TO SAVEPOINT s; COMMIT",
+    );
+    // Another table's changes never reach the journal.
+    db.sql("CREATE TABLE other (ns_id bigint, sj_id bigint); INSERT INTO other VALUES (50, 50)");
+    insert(&db, &[(99, 1)]);
+    tail.out.until(99, 1).await;
+
+    // The slot is confirmed up to the checkpoint once the journal acknowledged it (status
+    // updates go out within a second).
+    herald_e2e::eventually(WAIT, "the slot confirms the checkpoint", || async {
+        let stored = checkpoint_lsn(dir.path());
+        (slot_confirmed(&db)? >= stored).then_some(())
+    })
+    .await;
+    let got = tail.stop().await;
+    assert_eq!(
+        got,
+        vec![
+            (1, 1),
+            (2, 5),
+            (2, 7),
+            (10, 1),
+            (11, 1),
+            (10, 2),
+            (12, 1),
+            (99, 1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn restart_resumes_from_the_slot_and_a_dropped_slot_reloads() {
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "numeric(20,0)");
+    let dir = tempdir();
+    insert(&db, &[(1, 1)]);
+    // First start: no checkpoint, so the slot is created and the table loaded in its snapshot.
+    let tail = Tail::start(&db, dir.path());
+    tail.out.until(1, 1).await;
+    // numeric(20,0) holds every u64.
+    insert(&db, &[(2, u64::MAX)]);
+    tail.out.until(2, u64::MAX).await;
+    assert_eq!(tail.stop().await, vec![(1, 1), (2, u64::MAX)]);
+
+    // Changes while the tailer is down come from the slot: exactly those, in commit order
+    // (a reload would send every namespace, in namespace order).
+    insert(&db, &[(3, 3)]);
+    db.sql("UPDATE server_file_journal SET sj_id = 4 WHERE ns_id = 1");
+    let tail = Tail::start(&db, dir.path());
+    tail.out.until(1, 4).await;
+    assert_eq!(tail.stop().await, vec![(3, 3), (1, 4)]);
+
+    // The slot is dropped while the tailer is down: it must not start at "now"; it recreates
+    // the slot, reloads the latest SJID of every namespace in the slot's snapshot, then streams
+    // on from the slot's consistent point.
+    db.sql("SELECT pg_drop_replication_slot('herald_tail')");
+    insert(&db, &[(5, 5)]);
+    let tail = Tail::start(&db, dir.path());
+    tail.out.until(5, 5).await;
+    insert(&db, &[(6, 6)]);
+    tail.out.until(6, 6).await;
+    let got = tail.stop().await;
+    assert_eq!(
+        got,
+        vec![(1, 4), (2, u64::MAX), (3, 3), (5, 5), (6, 6)],
+        "a reload (namespace order), then the stream"
+    );
+    assert!(slot_confirmed(&db).is_some(), "the slot was recreated");
+}
+
+#[tokio::test]
+async fn refusals_say_what_to_change() {
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    db.create_journal("int_journal", "integer");
+    db.sql(&format!(
+        "CREATE TABLE no_sjid (id bigserial PRIMARY KEY, ns_id bigint, version bigint); \
+         GRANT SELECT ON no_sjid TO {TAIL_USER}; \
+         CREATE TABLE unpublished (id bigserial PRIMARY KEY, ns_id bigint, sj_id bigint); \
+         GRANT SELECT ON unpublished TO {TAIL_USER}; \
+         CREATE ROLE plain LOGIN PASSWORD 'plain-pw'"
+    ));
+    let dir = tempdir();
+    let refusal = |url: String| {
+        let cfg = config(&url, dir.path());
+        async move {
+            format!(
+                "{:#}",
+                herald_tail::preflight(&cfg).await.expect_err("refused")
+            )
+        }
+    };
+    let e = refusal(db.tail_url("table=missing")).await;
+    assert!(e.contains("public.missing not found"), "{e}");
+    let e = refusal(db.tail_url("table=no_sjid&publication=p2")).await;
+    assert!(
+        e.contains("no column sj_id") && e.contains("ns_id, version"),
+        "{e}"
+    );
+    let e = refusal(db.tail_url("table=int_journal&publication=int_journal_pub")).await;
+    assert!(
+        e.contains("is integer") && e.contains("TYPE bigint") && e.contains("numeric(20,0)"),
+        "{e}"
+    );
+    // The publication is missing and the role (not the table's owner) cannot create it.
+    let e = refusal(db.tail_url("table=unpublished&publication=unpub")).await;
+    assert!(e.contains("CREATE PUBLICATION \"unpub\""), "{e}");
+    // A role without REPLICATION.
+    let url = format!(
+        "postgres://plain:plain-pw@127.0.0.1:{}/{DATABASE}",
+        db.port()
+    );
+    let e = refusal(url).await;
+    assert!(e.contains("ALTER ROLE <role> REPLICATION"), "{e}");
+
+    // wal_level=replica (the default): refused, and run() stops instead of retrying forever.
+    let replica = Postgres::start_with("replica").await;
+    replica.create_journal("server_file_journal", "bigint");
+    let e = refusal(replica.tail_url("")).await;
+    assert!(
+        e.contains("wal_level is replica") && e.contains("wal_level = logical"),
+        "{e}"
+    );
+    let run = herald_tail::run(
+        config(&replica.tail_url(""), dir.path()),
+        Recorder::default(),
+        CancellationToken::new(),
+    );
+    let e = tokio::time::timeout(WAIT, run).await.expect("run returns");
+    assert!(e.unwrap_err().to_string().contains("wal_level"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_gateway_journal_source_reaches_a_client() {
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    insert(&db, &[(1, 3)]);
+    let gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(GatewayOptions::new().arg("--journal-source", db.tail_url("")))
+    });
+    let mut client = gw.client().await;
+    // Committed before the gateway started: loaded from the table at the first start.
+    let first = client.subscribe(&[(1, 0), (2, 0)]).await;
+    assert_eq!(first, vec![ServerFrame::Changed(vec![(1, 3)])]);
+    insert(&db, &[(2, 5)]);
+    assert_eq!(client.changed_until(2, 5, WAIT).await, vec![5]);
+    // Rolled back: never sent; the commit after it is.
+    db.sql("BEGIN; INSERT INTO server_file_journal (ns_id, sj_id) VALUES (1, 9); ROLLBACK");
+    insert(&db, &[(1, 6)]);
+    assert_eq!(client.changed_until(1, 6, WAIT).await, vec![6]);
+    // An update that raises; a delete announces nothing (the next change is the update's).
+    db.sql("DELETE FROM server_file_journal WHERE ns_id = 2");
+    db.sql("UPDATE server_file_journal SET sj_id = 8 WHERE ns_id = 1 AND sj_id = 6");
+    assert_eq!(client.changed_until(1, 8, WAIT).await, vec![8]);
+    // The tailer's metrics are on the gateway's /metrics.
+    herald_e2e::eventually(WAIT, "herald_tail metrics on /metrics", || async {
+        let metrics = gw.get("/metrics").await.text();
+        (metrics.contains("herald_tail_reloads_total{reason=\"no_checkpoint\"} 1")
+            && metrics.contains("herald_tail_changes_published_total"))
+        .then_some(())
+    })
+    .await;
+}
+
+/// Seeded: random transactions (some rolled back, some updates, some deletes) while the
+/// tailer is stopped and restarted at random, once with its slot dropped. At the end the
+/// journal (what the tailer delivered, merged by max) holds exactly the committed maximum of
+/// every namespace, and nothing delivered was ever a rolled-back value.
+#[tokio::test]
+async fn model_random_transactions_and_restarts() {
+    let seed: u64 = std::env::var("HERALD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("model_random_transactions_and_restarts seed={seed} (HERALD_SEED={seed} to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    let dir = tempdir();
+    // Committed maximum per namespace, and every value that was only ever rolled back.
+    let mut committed: HashMap<u64, u64> = HashMap::new();
+    let mut next_sjid: u64 = 1;
+    let mut rolled_back = Vec::new();
+    let mut journal: HashMap<u64, u64> = HashMap::new();
+    let mut delivered = Vec::new();
+    let mut tail = Some(Tail::start(&db, dir.path()));
+    let dropped_at = rng.random_range(3..8);
+    for round in 0..10 {
+        for _ in 0..rng.random_range(2..6) {
+            let mut stmts = Vec::new();
+            let mut pending = Vec::new();
+            for _ in 0..rng.random_range(1..4) {
+                let ns = rng.random_range(1..8u64);
+                let sjid = next_sjid;
+                next_sjid += 1;
+                if rng.random_bool(0.2) && committed.contains_key(&ns) {
+                    stmts.push(format!(
+                        "UPDATE server_file_journal SET sj_id = {sjid} WHERE ns_id = {ns}"
+                    ));
+                } else {
+                    stmts.push(format!(
+                        "INSERT INTO server_file_journal (ns_id, sj_id) VALUES ({ns}, {sjid})"
+                    ));
+                }
+                pending.push((ns, sjid));
+            }
+            if rng.random_bool(0.1) {
+                // Pruning as a metaserver would: rows below their namespace's latest.
+                stmts.push(
+                    "DELETE FROM server_file_journal a WHERE EXISTS (SELECT 1 FROM \
+                     server_file_journal b WHERE b.ns_id = a.ns_id AND b.sj_id > a.sj_id)"
+                        .into(),
+                );
+            }
+            let commit = rng.random_bool(0.75);
+            db.sql(&format!(
+                "BEGIN; {}; {}",
+                stmts.join("; "),
+                if commit { "COMMIT" } else { "ROLLBACK" }
+            ));
+            for (ns, sjid) in pending {
+                if commit {
+                    let e = committed.entry(ns).or_insert(0);
+                    *e = (*e).max(sjid);
+                } else {
+                    rolled_back.push((ns, sjid));
+                }
+            }
+        }
+        // Restart the tailer at random, once losing the slot while it is down.
+        if rng.random_bool(0.5) || round == dropped_at {
+            if let Some(t) = tail.take() {
+                delivered.extend(t.stop().await);
+            }
+            if round == dropped_at {
+                db.sql(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = 'herald_tail'",
+                );
+            }
+            tail = Some(Tail::start(&db, dir.path()));
+        }
+    }
+    let t = tail.take().expect("a tailer");
+    for (&ns, &max) in &committed {
+        t.out.until(ns, max).await;
+    }
+    delivered.extend(t.stop().await);
+    for &(ns, sjid) in &delivered {
+        assert!(
+            !rolled_back.contains(&(ns, sjid)),
+            "seed={seed}: rolled-back ({ns}, {sjid}) was delivered"
+        );
+        let e = journal.entry(ns).or_insert(0);
+        *e = (*e).max(sjid);
+    }
+    // Updates may lower a row's value, but the journal keeps the max committed per namespace.
+    assert_eq!(journal, committed, "seed={seed}");
+}
