@@ -190,6 +190,10 @@ cargo build --workspace --bins
 section "MariaDB server binaries for the journal tailer's tests"
 bash ops/test-tail.sh
 # --- end journal tailer ------------------------------------------------------------------------
+# --- journal tailer, PostgreSQL (issue 12): initdb/postgres/psql for tests/tests/tail_postgres.rs
+section "PostgreSQL server binaries for the journal tailer's tests"
+bash ops/test-tail-postgres.sh
+# --- end journal tailer, PostgreSQL -------------------------------------------------------------
 
 section "cargo test --workspace"
 cargo test --workspace

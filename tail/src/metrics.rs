@@ -6,7 +6,8 @@ pub const ROWS: &str = "herald_tail_rows_total";
 pub const ROWS_SKIPPED: &str = "herald_tail_rows_skipped_total";
 /// Counter: changes acknowledged by the journal (reload entries included).
 pub const CHANGES_PUBLISHED: &str = "herald_tail_changes_published_total";
-/// Counter, label `reason` (`no_checkpoint`, `other_server`, `purged`): reloads from the table.
+/// Counter, label `reason` (`no_checkpoint`, `other_server`, `purged`; PostgreSQL also
+/// `slot_missing`, `slot_lost`): reloads from the table.
 pub const RELOADS: &str = "herald_tail_reloads_total";
 /// Counter: namespaces read by reloads.
 pub const RELOAD_NAMESPACES: &str = "herald_tail_reload_namespaces_total";

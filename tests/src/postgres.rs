@@ -115,17 +115,23 @@ pub struct Postgres {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
-    wal_level: String,
+    /// `-c name=value` settings of the server.
+    settings: Vec<String>,
 }
 
 impl Postgres {
     /// A server with `wal_level=logical`.
     pub async fn start() -> Self {
-        Self::start_with("logical").await
+        Self::start_with_settings(&[]).await
     }
 
     /// A server with this `wal_level`.
     pub async fn start_with(wal_level: &str) -> Self {
+        Self::start_with_settings(&[&format!("wal_level={wal_level}")]).await
+    }
+
+    /// A server with these `-c name=value` settings (after the defaults: `wal_level=logical`).
+    pub async fn start_with_settings(settings: &[&str]) -> Self {
         let dir = owned_tempdir("herald-pg-");
         let status = Command::new("cp")
             .arg("-a")
@@ -138,7 +144,7 @@ impl Postgres {
             child: None,
             dir,
             port: free_port(),
-            wal_level: wal_level.to_owned(),
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
         };
         db.spawn();
         db.wait_ready().await;
@@ -165,13 +171,14 @@ impl Postgres {
             .arg("-k")
             .arg(d)
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", &format!("wal_level={}", self.wal_level)])
+            .args(["-c", "wal_level=logical"])
             .args(["-c", "max_wal_senders=10", "-c", "max_replication_slots=10"])
             .args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
-            .args(["-c", "wal_sender_timeout=10s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(["-c", "wal_sender_timeout=10s"]);
+        for setting in &self.settings {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("spawn postgres"));
     }
 

@@ -227,6 +227,48 @@ async fn restart_resumes_from_the_slot_and_a_dropped_slot_reloads() {
     assert!(slot_confirmed(&db).is_some(), "the slot was recreated");
 }
 
+/// `max_slot_wal_keep_size` bounds what a stopped tailer's slot holds: past it the server
+/// invalidates the slot (`wal_status = 'lost'`). The tailer must notice, recreate it and reload,
+/// not retry a dead slot forever nor start at "now".
+#[tokio::test]
+async fn an_invalidated_slot_is_recreated_and_reloads() {
+    let db = Postgres::start_with_settings(&["max_slot_wal_keep_size=1MB"]).await;
+    db.create_journal("server_file_journal", "bigint");
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+    insert(&db, &[(1, 1)]);
+    tail.out.until(1, 1).await;
+    assert_eq!(tail.stop().await, vec![(1, 1)]);
+
+    // While the tailer is down: a change, then WAL past the limit, until the slot is lost.
+    insert(&db, &[(2, 2)]);
+    for i in 0.. {
+        insert(&db, &[(3, 3 + i)]);
+        db.sql("SELECT pg_switch_wal()");
+        db.sql("CHECKPOINT");
+        let status = db.sql("SELECT wal_status FROM pg_replication_slots");
+        if status == "lost" {
+            break;
+        }
+        assert!(
+            i < 50,
+            "the slot is never invalidated (wal_status {status})"
+        );
+    }
+    let tail = Tail::start(&db, dir.path());
+    insert(&db, &[(4, 100)]);
+    tail.out.until(4, 100).await;
+    let got = tail.stop().await;
+    let last3 = db.sql("SELECT max(sj_id) FROM server_file_journal WHERE ns_id = 3");
+    let last3: u64 = last3.parse().unwrap();
+    assert_eq!(got, vec![(1, 1), (2, 2), (3, last3), (4, 100)]);
+    assert_eq!(
+        db.sql("SELECT wal_status FROM pg_replication_slots"),
+        "reserved",
+        "a fresh slot"
+    );
+}
+
 #[tokio::test]
 async fn refusals_say_what_to_change() {
     let db = Postgres::start().await;

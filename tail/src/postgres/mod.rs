@@ -57,6 +57,9 @@ pub enum ReloadReason {
     OtherServer,
     /// The server has no slot of that name (dropped, or a new host).
     SlotMissing,
+    /// The slot was invalidated (`wal_status = 'lost'`: `max_slot_wal_keep_size` exceeded while
+    /// the tailer was away); it is dropped and created anew.
+    SlotLost,
 }
 
 impl ReloadReason {
@@ -67,6 +70,7 @@ impl ReloadReason {
             ReloadReason::NoCheckpoint => "no_checkpoint",
             ReloadReason::OtherServer => "other_server",
             ReloadReason::SlotMissing => "slot_missing",
+            ReloadReason::SlotLost => "slot_lost",
         }
     }
 }
@@ -115,6 +119,7 @@ impl PostgresSource {
             (None, _) => Err(ReloadReason::NoCheckpoint),
             (Some(cp), _) if cp.server != facts.identity => Err(ReloadReason::OtherServer),
             (Some(_), None) => Err(ReloadReason::SlotMissing),
+            (Some(_), Some(s)) if s.lost => Err(ReloadReason::SlotLost),
             (
                 Some(Checkpoint {
                     position: ResumePoint::Lsn(lsn),

@@ -26,6 +26,9 @@ pub struct SlotInfo {
     pub active: bool,
     /// `confirmed_flush_lsn`: what the server knows this tailer has acknowledged.
     pub confirmed_flush: Option<u64>,
+    /// `wal_status = 'lost'`: the server removed WAL the slot needed (`max_slot_wal_keep_size`);
+    /// it can never stream again and is as good as missing.
+    pub lost: bool,
 }
 
 /// Opens an authenticated replication session (`replication=database`) that waits, so queries
@@ -303,7 +306,7 @@ pub async fn slot(
     let rows = query(
         client,
         &format!(
-            "SELECT plugin, database, active::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = {}",
+            "SELECT plugin, database, active::text, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = {}",
             quote_literal(&cfg.slot)
         ),
     )
@@ -325,5 +328,6 @@ pub async fn slot(
     Ok(Some(SlotInfo {
         active: text(2).as_deref() == Some("true"),
         confirmed_flush: text(3).and_then(|l| crate::position::parse_lsn(&l)),
+        lost: text(4).as_deref() == Some("lost"),
     }))
 }
