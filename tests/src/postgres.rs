@@ -227,6 +227,23 @@ impl Postgres {
         }
     }
 
+    /// An interactive `psql` in the journal database (statements written to its stdin), for a
+    /// transaction held open across other commits. The caller closes stdin and waits for it.
+    #[must_use]
+    pub fn psql_session(&self) -> Child {
+        Command::new(binary("psql"))
+            .arg("-h")
+            .arg(self.dir.path())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", DATABASE])
+            .args(["-v", "ON_ERROR_STOP=1", "-qAtX"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn psql")
+    }
+
     /// Like [`Self::try_sql_in`], panicking on an error.
     pub fn sql_in(&self, database: &str, sql: &str) -> String {
         self.try_sql_in(database, sql)

@@ -227,6 +227,61 @@ async fn restart_resumes_from_the_slot_and_a_dropped_slot_reloads() {
     assert!(slot_confirmed(&db).is_some(), "the slot was recreated");
 }
 
+/// A transaction that began before others and commits after them is announced at its commit,
+/// after them (commit order); a 100,000-row transaction arrives whole, in order, in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_large_transactions() {
+    use std::io::Write;
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+
+    let mut long = db.psql_session();
+    let stdin = long.stdin.as_mut().expect("psql stdin");
+    stdin
+        .write_all(b"BEGIN;\nINSERT INTO server_file_journal (ns_id, sj_id) VALUES (1, 100);\n")
+        .expect("write to psql");
+    stdin.flush().expect("flush psql");
+    // Make sure the long transaction has written its row before the others commit.
+    herald_e2e::eventually(WAIT, "the long transaction's row is written", || async {
+        (db.sql("SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'") == "1")
+            .then_some(())
+    })
+    .await;
+    insert(&db, &[(2, 1)]);
+    insert(&db, &[(3, 1)]);
+    let stdin = long.stdin.as_mut().expect("psql stdin");
+    stdin.write_all(b"COMMIT;\n").expect("write to psql");
+    drop(long.stdin.take());
+    assert!(long.wait().expect("psql exits").success());
+    tail.out.until(1, 100).await;
+    assert_eq!(tail.out.take(), vec![(2, 1), (3, 1), (1, 100)]);
+
+    // 100,000 rows in one transaction, over 1,000 namespaces.
+    let started = std::time::Instant::now();
+    db.sql(
+        "INSERT INTO server_file_journal (ns_id, sj_id) \
+         SELECT 1000 + g % 1000, 1000 + g FROM generate_series(1, 100000) g",
+    );
+    let committed = started.elapsed();
+    tail.out.until(1000, 101_000).await; // the last row (g = 100,000)
+    let delivered_at = started.elapsed();
+    let got = tail.stop().await;
+    assert_eq!(got.len(), 100_000, "every row of the transaction");
+    assert!(
+        got.iter().enumerate().all(|(i, &(ns, sj))| {
+            let g = i as u64 + 1;
+            ns == 1000 + g % 1000 && sj == 1000 + g
+        }),
+        "in the order the transaction wrote them"
+    );
+    eprintln!(
+        "100k-row transaction: committed in {committed:?}, all delivered {:?} after the commit returned",
+        delivered_at - committed
+    );
+}
+
 /// `max_slot_wal_keep_size` bounds what a stopped tailer's slot holds: past it the server
 /// invalidates the slot (`wal_status = 'lost'`). The tailer must notice, recreate it and reload,
 /// not retry a dead slot forever nor start at "now".
