@@ -4,13 +4,15 @@
 //! slot with changes made while the tailer was down; a dropped slot reloads; refusals; and
 //! through the real gateway (`--journal-source postgres://…`) to a client.
 
+use herald_e2e::nats::{NatsServer, RelayOptions, RelayProcess};
 use herald_e2e::postgres::{DATABASE, Postgres, TAIL_USER};
 use herald_e2e::{GatewayOptions, GatewayProcess, ServerFrame};
 use herald_tail::{Change, JournalSink, TailConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -416,6 +418,131 @@ async fn standalone_gateway_journal_source_reaches_a_client() {
         .then_some(())
     })
     .await;
+}
+
+/// `target/<profile>/herald-tail`, beside the test executable's `deps/`.
+fn tail_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not under target/<profile>/deps")
+        .join("herald-tail");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) first",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `herald-tail` binary; killed (SIGKILL) and reaped on drop.
+struct TailProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TailProcess {
+    fn start(source: &str, nats: &str, partitions: u64) -> Self {
+        let dir = tempdir();
+        let log = std::fs::File::create(dir.path().join("tail.log")).expect("log");
+        let mut child = Command::new(tail_binary())
+            .arg("--source")
+            .arg(source)
+            .arg("--checkpoint")
+            .arg(dir.path().join("tail.checkpoint"))
+            .arg("--nats")
+            .arg(nats)
+            .arg("--partitions")
+            .arg(partitions.to_string())
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .env("HERALD_LOG", "info,herald_tail=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herald-tail");
+        let stdout = child.stdout.take().expect("stdout");
+        let tail = TailProcess {
+            child: Some(child),
+            dir,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        match rx.recv_timeout(WAIT) {
+            Ok(line) if line.starts_with("herald-tail ready") => {}
+            other => panic!(
+                "herald-tail not ready ({other:?}): {}",
+                herald_e2e::process::log_tail(&tail.dir.path().join("tail.log"), 30)
+            ),
+        }
+        tail
+    }
+}
+
+impl Drop for TailProcess {
+    fn drop(&mut self) {
+        herald_e2e::process::show_log_if_panicking(
+            "herald-tail",
+            &self.dir.path().join("tail.log"),
+        );
+        herald_e2e::process::kill9(&mut self.child);
+    }
+}
+
+/// The binary picks PostgreSQL by the URL's scheme and publishes into HERALD_JOURNAL exactly as
+/// a metaserver would; a relay and a gateway bring the changes to a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_herald_tail_to_jetstream_relay_gateway_client() {
+    const PARTITIONS: u64 = 4;
+    let nats = NatsServer::start();
+    let _relay = RelayProcess::start(
+        &nats.url(),
+        RelayOptions::new().arg("--partitions", PARTITIONS),
+    )
+    .await;
+    let gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(
+            GatewayOptions::new()
+                .arg("--nats", nats.url())
+                .arg("--partitions", PARTITIONS),
+        )
+    });
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    let _tail = TailProcess::start(&db.tail_url(""), &nats.url(), PARTITIONS);
+    let mut client = gw.client().await;
+    assert!(client.subscribe(&[(21, 0), (22, 0)]).await.is_empty());
+    insert(&db, &[(21, 5), (22, 7)]);
+    assert_eq!(client.changed_until(21, 5, WAIT).await, vec![5]);
+    db.sql("BEGIN; INSERT INTO server_file_journal (ns_id, sj_id) VALUES (22, 9); ROLLBACK");
+    insert(&db, &[(22, 8)]);
+    assert_eq!(client.changed_until(22, 8, WAIT).await, vec![7, 8]);
+
+    // In HERALD_JOURNAL exactly as a metaserver publishes: subject, 8-byte body, Nats-Msg-Id.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js
+        .get_stream(herald_proto::fanout::JOURNAL_STREAM)
+        .await
+        .expect("journal stream");
+    let subject = herald_proto::fanout::journal_subject(22, PARTITIONS);
+    let msg = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("last message of ns 22");
+    assert_eq!(&msg.payload[..], &8u64.to_be_bytes());
+    let id = msg
+        .headers
+        .get("Nats-Msg-Id")
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(id.as_deref(), Some("22:8"));
 }
 
 /// Seeded: random transactions (some rolled back, some updates, some deletes) while the
