@@ -546,16 +546,19 @@ async fn distributed_herald_tail_to_jetstream_relay_gateway_client() {
 }
 
 /// Seeded: random transactions (some rolled back, some updates, some deletes) while the
-/// tailer is stopped and restarted at random, once with its slot dropped. At the end the
+/// tailer is stopped and restarted at random, once with its slot dropped, and the database
+/// crashes and recovers once. `HERALD_TAIL_SEED=<n>` replays a run. At the end the
 /// journal (what the tailer delivered, merged by max) holds exactly the committed maximum of
 /// every namespace, and nothing delivered was ever a rolled-back value.
 #[tokio::test]
 async fn model_random_transactions_and_restarts() {
-    let seed: u64 = std::env::var("HERALD_SEED")
+    let seed: u64 = std::env::var("HERALD_TAIL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    eprintln!("model_random_transactions_and_restarts seed={seed} (HERALD_SEED={seed} to replay)");
+    eprintln!(
+        "model_random_transactions_and_restarts seed={seed} (HERALD_TAIL_SEED={seed} replays it)"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let db = Postgres::start().await;
     db.create_journal("server_file_journal", "bigint");
@@ -568,7 +571,14 @@ async fn model_random_transactions_and_restarts() {
     let mut delivered = Vec::new();
     let mut tail = Some(Tail::start(&db, dir.path()));
     let dropped_at = rng.random_range(3..8);
+    let restarted_at = rng.random_range(1..9);
+    let mut db = db;
     for round in 0..10 {
+        // The database crashes once (SIGKILL, crash recovery) under a running tailer, which
+        // reconnects and resumes.
+        if round == restarted_at {
+            db.restart().await;
+        }
         for _ in 0..rng.random_range(2..6) {
             let mut stmts = Vec::new();
             let mut pending = Vec::new();
