@@ -650,3 +650,58 @@ async fn model_random_transactions_and_restarts() {
     // Updates may lower a row's value, but the journal keeps the max committed per namespace.
     assert_eq!(journal, committed, "seed={seed}");
 }
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Commit → client latency through PostgreSQL and `--journal-source`, beside the direct publish
+/// path (`POST /v1/publish`) of the same gateway, one change at a time. Prints the figures;
+/// asserts only that every change arrived. Run with
+/// `cargo test -p herald-e2e --test tail_postgres -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn bench_commit_to_client_latency() {
+    use std::io::Write;
+    const N: u64 = 200;
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    let gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(GatewayOptions::new().arg("--journal-source", db.tail_url("")))
+    });
+    let mut client = gw.client().await;
+    client.subscribe(&[(1, 0), (2, 0)]).await;
+    // One psql session: each INSERT commits on its own (autocommit) as soon as it is read.
+    let mut psql = db.psql_session();
+    let mut via_db = Vec::new();
+    let mut direct = Vec::new();
+    for i in 1..=N {
+        let started = std::time::Instant::now();
+        let stdin = psql.stdin.as_mut().expect("psql stdin");
+        writeln!(
+            stdin,
+            "INSERT INTO server_file_journal (ns_id, sj_id) VALUES (1, {i});"
+        )
+        .expect("write");
+        stdin.flush().expect("flush");
+        client.changed_until(1, i, WAIT).await;
+        via_db.push(started.elapsed());
+
+        let started = std::time::Instant::now();
+        gw.publish_ok(&[(2, i)]).await;
+        client.changed_until(2, i, WAIT).await;
+        direct.push(started.elapsed());
+    }
+    drop(psql.stdin.take());
+    let _ = psql.wait();
+    via_db.sort();
+    direct.sort();
+    eprintln!(
+        "commit -> client, {N} changes one at a time: PostgreSQL tail p50 {:?} p99 {:?}; direct POST /v1/publish p50 {:?} p99 {:?}",
+        percentile(&via_db, 0.5),
+        percentile(&via_db, 0.99),
+        percentile(&direct, 0.5),
+        percentile(&direct, 0.99)
+    );
+}
