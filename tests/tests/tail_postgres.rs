@@ -189,6 +189,68 @@ async fn only_committed_changes_in_commit_order_and_the_slot_confirmed_after_the
     );
 }
 
+/// A journal that acknowledges only when the test opens its gate.
+#[derive(Clone)]
+struct GatedSink {
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+    out: Recorder,
+}
+
+impl JournalSink for GatedSink {
+    async fn deliver(&self, changes: Vec<Change>) -> anyhow::Result<()> {
+        let mut rx = self.open.subscribe();
+        rx.wait_for(|open| *open).await?;
+        self.out.deliver(changes).await
+    }
+}
+
+/// The slot never confirms a change the journal has not acknowledged: while the sink holds a
+/// batch, `confirmed_flush_lsn` stays before that batch's commit (status updates go out every
+/// second, so three seconds would show a premature confirm); once it acknowledges, it moves on.
+#[tokio::test]
+async fn the_slot_is_not_confirmed_before_the_journal_acknowledges() {
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    let dir = tempdir();
+    let (open, _) = tokio::sync::watch::channel(true);
+    let sink = GatedSink {
+        open: Arc::new(open),
+        out: Recorder::default(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(herald_tail::run(
+        config(&db.tail_url(""), dir.path()),
+        sink.clone(),
+        stop.clone(),
+    ));
+    insert(&db, &[(1, 1)]);
+    sink.out.until(1, 1).await;
+
+    sink.open.send_replace(false);
+    let before = herald_tail::position::parse_lsn(&db.sql("SELECT pg_current_wal_lsn()")).unwrap();
+    insert(&db, &[(2, 2)]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = slot_confirmed(&db).expect("the slot");
+    assert!(
+        held <= before,
+        "confirmed {held:X} past {before:X} before the journal acknowledged"
+    );
+    assert!(!sink.out.take().contains(&(2, 2)));
+
+    sink.open.send_replace(true);
+    sink.out.until(2, 2).await;
+    herald_e2e::eventually(WAIT, "the slot confirms past the change", || async {
+        (slot_confirmed(&db)? > before).then_some(())
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("tailer stops")
+        .expect("join")
+        .expect("tailer ran without error");
+}
+
 #[tokio::test]
 async fn restart_resumes_from_the_slot_and_a_dropped_slot_reloads() {
     let db = Postgres::start().await;
