@@ -298,6 +298,40 @@ async fn restart_resumes_from_the_checkpoint_and_a_purged_binlog_reloads() {
 }
 
 #[tokio::test]
+async fn a_transaction_of_100k_rows_is_announced_whole_after_its_commit() {
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT UNSIGNED")
+        .await;
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+    let mut c = db.root().await;
+    exec(&mut c, "START TRANSACTION").await;
+    for chunk in 0..10u64 {
+        let rows: Vec<Change> = (chunk * 10_000 + 1..=(chunk + 1) * 10_000)
+            .map(|s| (s % 1000, s))
+            .collect();
+        insert(&mut c, &rows).await;
+    }
+    // Nothing of it before the commit, though its rows are written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tail.out.0.lock().unwrap().is_empty());
+    exec(&mut c, "COMMIT").await;
+    tail.out.until(0, 100_000).await;
+    let got = tail.stop().await;
+    assert_eq!(got.len(), 100_000, "every row of the transaction");
+    let mut max: HashMap<u64, u64> = HashMap::new();
+    for (ns, sjid) in got {
+        let e = max.entry(ns).or_default();
+        *e = (*e).max(sjid);
+    }
+    assert_eq!(max.len(), 1000);
+    assert!(
+        max.iter()
+            .all(|(&ns, &sjid)| sjid == 99_000 + if ns == 0 { 1000 } else { ns })
+    );
+}
+
+#[tokio::test]
 async fn refusals_say_what_to_change() {
     let db = MariaDb::start().await;
     db.create_journal("server_file_journal", "BIGINT UNSIGNED")
