@@ -1008,3 +1008,34 @@ async fn bench_tail_latency_and_throughput() {
         cpu * 1e6 / rows as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_tail_binary_exits_on_a_refusal_with_what_to_change() {
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT").await;
+    let dir = tempdir();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(tail_binary())
+        .arg("--source")
+        .arg(db.tail_url(""))
+        .arg("--checkpoint")
+        .arg(dir.path().join("tail.checkpoint"))
+        .arg("--admin-listen")
+        .arg("127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn herald-tail");
+    let mut child = Some(child);
+    let status = herald_e2e::process::wait_exit(&mut child, WAIT).await;
+    herald_e2e::process::kill9(&mut child);
+    let status = status.expect("herald-tail exits on a refusal");
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        stderr.contains("BIGINT UNSIGNED NOT NULL") && stderr.contains("`ns_id`"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("tail.checkpoint").exists());
+}
