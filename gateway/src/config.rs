@@ -395,4 +395,16 @@ mod tests {
             assert!(cli.serve.validate().is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn journal_source_is_for_the_embedded_journal() {
+        let url = "mysql://u@127.0.0.1:3306/meta";
+        let cli = Cli::try_parse_from(["g", "--journal-source", url]).unwrap();
+        cli.serve.validate().unwrap();
+        assert_eq!(cli.serve.journal_source.as_deref(), Some(url));
+        let cli =
+            Cli::try_parse_from(["g", "--journal-source", url, "--nats", "nats://x:4222"]).unwrap();
+        let e = cli.serve.validate().unwrap_err().to_string();
+        assert!(e.contains("herald-tail"), "{e}");
+    }
 }

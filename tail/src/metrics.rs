@@ -14,7 +14,8 @@ pub const RELOAD_NAMESPACES: &str = "herald_tail_reload_namespaces_total";
 /// Gauge: seconds between the last event's commit on the database and its reading (0 while the
 /// server only sends heartbeats, i.e. the tailer is caught up).
 pub const LAG_SECONDS: &str = "herald_tail_lag_seconds";
-/// Gauge: seconds since the checkpoint was last stored.
+/// Gauge: seconds an acknowledged resume point has waited to be stored (0 while the stored
+/// checkpoint is current; grows only while storing fails, e.g. a full or read-only disk).
 pub const CHECKPOINT_AGE_SECONDS: &str = "herald_tail_checkpoint_age_seconds";
 /// Histogram: seconds the journal took to acknowledge a batch.
 pub const SINK_SECONDS: &str = "herald_tail_sink_seconds";

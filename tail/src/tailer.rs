@@ -121,39 +121,35 @@ impl CheckpointWriter {
         let thread = std::thread::Builder::new()
             .name("herald-tail-checkpoint".into())
             .spawn(move || {
-                let mut stored_at = Instant::now();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build();
                 let Ok(rt) = rt else { return };
                 rt.block_on(async move {
+                    // The newest point not stored yet (a failed store), and since when.
+                    let mut pending: Option<(Checkpoint, Instant)> = None;
                     loop {
                         let changed =
                             tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
-                        match changed {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => {
-                                // Sender dropped: store the last value, then stop.
-                                let last = rx.borrow_and_update().clone();
-                                if let Some(cp) = last {
-                                    store(&path, &cp);
-                                }
-                                return;
-                            }
-                            Err(_) => {
-                                metrics::gauge!(m::CHECKPOINT_AGE_SECONDS)
-                                    .set(stored_at.elapsed().as_secs_f64());
-                                continue;
-                            }
-                        }
-                        let cp = rx.borrow_and_update().clone();
-                        if let Some(cp) = cp
-                            && store(&path, &cp)
+                        let closed = matches!(changed, Ok(Err(_)));
+                        if changed.is_ok()
+                            && let Some(cp) = rx.borrow_and_update().clone()
                         {
-                            stored_at = Instant::now();
+                            let since = pending.take().map_or_else(Instant::now, |p| p.1);
+                            pending = Some((cp, since));
                         }
-                        metrics::gauge!(m::CHECKPOINT_AGE_SECONDS)
-                            .set(stored_at.elapsed().as_secs_f64());
+                        if let Some((cp, since)) = pending.take()
+                            && !store(&path, &cp)
+                        {
+                            pending = Some((cp, since));
+                        }
+                        let age = pending
+                            .as_ref()
+                            .map_or(0.0, |p| p.1.elapsed().as_secs_f64());
+                        metrics::gauge!(m::CHECKPOINT_AGE_SECONDS).set(age);
+                        if closed {
+                            return;
+                        }
                     }
                 });
             })?;

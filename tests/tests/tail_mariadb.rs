@@ -298,6 +298,40 @@ async fn restart_resumes_from_the_checkpoint_and_a_purged_binlog_reloads() {
 }
 
 #[tokio::test]
+async fn a_transaction_of_100k_rows_is_announced_whole_after_its_commit() {
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT UNSIGNED")
+        .await;
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+    let mut c = db.root().await;
+    exec(&mut c, "START TRANSACTION").await;
+    for chunk in 0..10u64 {
+        let rows: Vec<Change> = (chunk * 10_000 + 1..=(chunk + 1) * 10_000)
+            .map(|s| (s % 1000, s))
+            .collect();
+        insert(&mut c, &rows).await;
+    }
+    // Nothing of it before the commit, though its rows are written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tail.out.0.lock().unwrap().is_empty());
+    exec(&mut c, "COMMIT").await;
+    tail.out.until(0, 100_000).await;
+    let got = tail.stop().await;
+    assert_eq!(got.len(), 100_000, "every row of the transaction");
+    let mut max: HashMap<u64, u64> = HashMap::new();
+    for (ns, sjid) in got {
+        let e = max.entry(ns).or_default();
+        *e = (*e).max(sjid);
+    }
+    assert_eq!(max.len(), 1000);
+    assert!(
+        max.iter()
+            .all(|(&ns, &sjid)| sjid == 99_000 + if ns == 0 { 1000 } else { ns })
+    );
+}
+
+#[tokio::test]
 async fn refusals_say_what_to_change() {
     let db = MariaDb::start().await;
     db.create_journal("server_file_journal", "BIGINT UNSIGNED")
@@ -851,4 +885,157 @@ async fn model_random_transactions_and_crashes() {
         !rolled_back.is_empty() && committed.len() > 50,
         "seed {seed}: too little traffic"
     );
+}
+
+/// CPU seconds (user + system) of this process so far, from /proc/self/stat.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 (utime, stime), counted from after the command name (field 3 = index 0).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Benchmark (BENCHMARKS.md "Journal tailer"): commit → client latency through the binlog
+/// beside the direct path (commit, then `POST /v1/publish`) in the same run, and the rows per
+/// second and CPU-seconds per 1M rows of a catch-up over a backlog.
+/// `cargo test --release -p herald-e2e --test tail_mariadb -- --ignored --nocapture bench`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by hand, figures go to BENCHMARKS.md"]
+async fn bench_tail_latency_and_throughput() {
+    let samples: usize = std::env::var("HERALD_TAIL_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let rows: u64 = std::env::var("HERALD_TAIL_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT UNSIGNED")
+        .await;
+    // The direct path's metaserver writes a table the tailer does not follow.
+    db.create_journal("direct_journal", "BIGINT UNSIGNED").await;
+    let gw = tokio::task::block_in_place(|| {
+        GatewayProcess::start(GatewayOptions::new().arg("--journal-source", db.tail_url("")))
+    });
+    let mut client = gw.client().await;
+    assert!(client.subscribe(&[(1, 0), (2, 0)]).await.is_empty());
+    let mut c = db.root().await;
+    let (mut tail_lat, mut direct_lat) = (Vec::new(), Vec::new());
+    for i in 1..=samples as u64 {
+        let started = std::time::Instant::now();
+        insert(&mut c, &[(1, i)]).await;
+        client.changed_until(1, i, WAIT).await;
+        tail_lat.push(started.elapsed());
+
+        let started = std::time::Instant::now();
+        exec(
+            &mut c,
+            &format!("INSERT INTO {DATABASE}.direct_journal (ns_id, sj_id) VALUES (2, {i})"),
+        )
+        .await;
+        gw.publish_ok(&[(2, i)]).await;
+        client.changed_until(2, i, WAIT).await;
+        direct_lat.push(started.elapsed());
+    }
+    tail_lat.sort();
+    direct_lat.sort();
+    println!(
+        "commit -> client over {samples} commits: tailer p50 {:?} p99 {:?}; direct (commit, then POST /v1/publish) p50 {:?} p99 {:?}",
+        percentile(&tail_lat, 0.5),
+        percentile(&tail_lat, 0.99),
+        percentile(&direct_lat, 0.5),
+        percentile(&direct_lat, 0.99)
+    );
+    drop(client);
+    drop(gw);
+
+    // Catch-up: the tailer stops, `rows` rows commit (10k-row transactions), the tailer
+    // starts again from its checkpoint and reads them all.
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+    tail.stop().await;
+    let written = std::time::Instant::now();
+    let mut next = 1u64;
+    while next <= rows {
+        let batch: Vec<Change> = (next..(next + 10_000).min(rows + 1))
+            .map(|s| (s % 100_000, s))
+            .collect();
+        next += batch.len() as u64;
+        insert(&mut c, &batch).await;
+    }
+    let write_s = written.elapsed().as_secs_f64();
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    #[derive(Clone)]
+    struct Counter(Arc<std::sync::atomic::AtomicU64>);
+    impl JournalSink for Counter {
+        async fn deliver(&self, changes: Vec<Change>) -> anyhow::Result<()> {
+            self.0
+                .fetch_add(changes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+    let cpu0 = process_cpu_seconds();
+    let started = std::time::Instant::now();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(herald_tail::run(
+        config(&db, dir.path(), ""),
+        Counter(counted.clone()),
+        stop.clone(),
+    ));
+    herald_e2e::eventually(Duration::from_secs(600), "catch-up", || async {
+        (counted.load(std::sync::atomic::Ordering::Relaxed) >= rows).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    stop.cancel();
+    let _ = task.await;
+    println!(
+        "catch-up over a backlog of {rows} rows (written in {write_s:.1} s): {elapsed:.2} s, {:.0} rows/s, {:.2} CPU-s per 1M rows (tailer process)",
+        rows as f64 / elapsed,
+        cpu * 1e6 / rows as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_tail_binary_exits_on_a_refusal_with_what_to_change() {
+    let db = MariaDb::start().await;
+    db.create_journal("server_file_journal", "BIGINT").await;
+    let dir = tempdir();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(tail_binary())
+        .arg("--source")
+        .arg(db.tail_url(""))
+        .arg("--checkpoint")
+        .arg(dir.path().join("tail.checkpoint"))
+        .arg("--admin-listen")
+        .arg("127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn herald-tail");
+    let mut child = Some(child);
+    let status = herald_e2e::process::wait_exit(&mut child, WAIT).await;
+    herald_e2e::process::kill9(&mut child);
+    let status = status.expect("herald-tail exits on a refusal");
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        stderr.contains("BIGINT UNSIGNED NOT NULL") && stderr.contains("`ns_id`"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("tail.checkpoint").exists());
 }
