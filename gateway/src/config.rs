@@ -145,7 +145,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_JOURNAL_NO_SYNC")]
     pub journal_no_sync: bool,
     /// Feed the embedded journal from the metaserver's database (committed changes of its
-    /// journal table, read from the binlog): `mysql://USER@HOST:PORT/DATABASE?server_id=N`
+    /// journal table, read from the binlog or from logical replication):
+    /// `mysql://USER@HOST:PORT/DATABASE?server_id=N` or
+    /// `postgres://USER@HOST:PORT/DATABASE?slot=NAME&publication=NAME`
     /// (README "Reading the metaserver's database"). The resume point is kept in
     /// `<data-dir>/tail.checkpoint`. `POST /v1/publish` keeps working beside it.
     #[arg(long, env = "HERALD_JOURNAL_SOURCE", hide_env_values = true)]
