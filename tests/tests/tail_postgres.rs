@@ -506,8 +506,16 @@ struct TailProcess {
 
 impl TailProcess {
     fn start(source: &str, nats: &str, partitions: u64) -> Self {
-        let dir = tempdir();
-        let log = std::fs::File::create(dir.path().join("tail.log")).expect("log");
+        Self::start_in(tempdir(), source, nats, partitions)
+    }
+
+    /// Starts it with its checkpoint (and log) in `dir`, as a restart after a crash does.
+    fn start_in(dir: tempfile::TempDir, source: &str, nats: &str, partitions: u64) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("tail.log"))
+            .expect("log");
         let mut child = Command::new(tail_binary())
             .arg("--source")
             .arg(source)
@@ -549,6 +557,15 @@ impl TailProcess {
     }
 }
 
+impl TailProcess {
+    /// SIGKILL (no shutdown, no last checkpoint write); returns its directory for a restart.
+    fn kill9(mut self) -> tempfile::TempDir {
+        herald_e2e::process::kill9(&mut self.child);
+        let dir = tempfile::Builder::new().tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
 impl Drop for TailProcess {
     fn drop(&mut self) {
         herald_e2e::process::show_log_if_panicking(
@@ -579,7 +596,7 @@ async fn distributed_herald_tail_to_jetstream_relay_gateway_client() {
     });
     let db = Postgres::start().await;
     db.create_journal("server_file_journal", "bigint");
-    let _tail = TailProcess::start(&db.tail_url(""), &nats.url(), PARTITIONS);
+    let tail = TailProcess::start(&db.tail_url(""), &nats.url(), PARTITIONS);
     let mut client = gw.client().await;
     assert!(client.subscribe(&[(21, 0), (22, 0)]).await.is_empty());
     insert(&db, &[(21, 5), (22, 7)]);
@@ -605,6 +622,16 @@ async fn distributed_herald_tail_to_jetstream_relay_gateway_client() {
         .get("Nats-Msg-Id")
         .map(|v| v.as_str().to_owned());
     assert_eq!(id.as_deref(), Some("22:8"));
+
+    // SIGKILL, changes (and a rollback) while it is down, restart on the same checkpoint: the
+    // client gets exactly the committed values, from the slot.
+    let dir = tail.kill9();
+    insert(&db, &[(21, 6)]);
+    db.sql("BEGIN; INSERT INTO server_file_journal (ns_id, sj_id) VALUES (22, 99); ROLLBACK");
+    insert(&db, &[(22, 10)]);
+    let _tail = TailProcess::start_in(dir, &db.tail_url(""), &nats.url(), PARTITIONS);
+    assert_eq!(client.changed_until(21, 6, WAIT).await, vec![6]);
+    assert_eq!(client.changed_until(22, 10, WAIT).await, vec![10]);
 }
 
 /// Seeded: random transactions (some rolled back, some updates, some deletes) while the
