@@ -3,10 +3,10 @@
 
 use crate::conn::{Conn, ConnState, Phase, Transport, queue_bytes};
 use crate::dispatch::{bad_frame, finish_subscribe, on_frame};
-use crate::upgrade::{self, Admission, Decision};
 use crate::worker::{CLOSE_GRACE_TICKS, Worker};
 use herald_proto::MAX_CLIENT_FRAME;
 use herald_proto::frame::decode_client;
+use herald_proto::http::{self as upgrade, Admission, Decision};
 use herald_proto::ws::{self, Event, Step};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;

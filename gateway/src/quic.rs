@@ -305,7 +305,7 @@ fn alpn_is_herald(connection: &quinn::Connection) -> bool {
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol)
-        .is_some_and(|p| p == crate::tls::QUIC_ALPN)
+        .is_some_and(|p| p == herald_proto::QUIC_ALPN)
 }
 
 /// Frames in and out until the session ends. Other bidirectional streams are reset with code 1.

@@ -147,7 +147,7 @@ fn quic_setups(
     else {
         return Ok((Vec::new(), None));
     };
-    let tls = crate::tls::server_config(cert, key, &[crate::tls::QUIC_ALPN])?;
+    let tls = crate::tls::server_config(cert, key, &[herald_proto::QUIC_ALPN])?;
     // Longer than the longest heartbeat timeout (2.5 x heartbeat), so the sweep closes a silent
     // client with code 104 before QUIC's idle timeout would.
     let longest = (0..=limits.heartbeat_classes.len())

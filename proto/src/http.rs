@@ -1,11 +1,15 @@
-//! The HTTP/1.1 side of the client listener: the WebSocket upgrade of `GET /v1/connect`
-//! (RFC 6455 section 4) and the plain answers around it (PROTOCOL.md "Transports").
+//! The HTTP/1.1 side of the client listener, sans-IO (PROTOCOL.md "Transports"): the decision
+//! on a request head ([`decide`]: the WebSocket upgrade of `GET /v1/connect` per RFC 6455
+//! section 4, a `POST /v1/longpoll` whose body to read, or a refusal), and the responses around
+//! it (plain-text refusals, long-poll JSON answers).
 //!
-//! Parsed with `httparse` from the connection's read buffer; nothing is kept once the upgrade
-//! is answered, so an upgraded connection carries no HTTP state.
+//! Parsed with `httparse` from the caller's read buffer; nothing is kept once the head is
+//! decided, so an upgraded connection carries no HTTP state.
 
+use crate::longpoll::{self, ErrorBody, ErrorName};
 use base64::Engine;
 use sha1::{Digest, Sha1};
+use std::fmt::Write as _;
 
 /// Largest request head accepted before answering 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -24,11 +28,11 @@ pub enum Decision {
         head_len: usize,
     },
     /// A long-poll request (`POST /v1/longpoll`): its body is the `body_len` bytes after the
-    /// `head_len` bytes of head (see [`crate::longpoll`]).
+    /// `head_len` bytes of head (see [`longpoll::Request`]).
     LongPoll {
         /// Length of the request head.
         head_len: usize,
-        /// Content-Length of the body (at most [`crate::longpoll::MAX_BODY`]).
+        /// Content-Length of the body (at most [`longpoll::MAX_BODY`]).
         body_len: usize,
         /// HTTP/1.1 without `Connection: close`: keep the connection after the reply.
         keep_alive: bool,
@@ -79,10 +83,10 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
                 &[("Allow", "GET")],
             ));
         }
-        ("POST", "/v1/longpoll") => {
-            return Some(crate::longpoll::decide_head(&req, head_len, admission));
+        ("POST", longpoll::PATH) => {
+            return Some(decide_longpoll(&req, head_len, admission));
         }
-        (_, "/v1/longpoll") => {
+        (_, longpoll::PATH) => {
             return Some(refuse(405, "use POST", &[("Allow", "POST")]));
         }
         _ => {
@@ -132,7 +136,7 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
     let Some(key) = key.filter(|_| key_ok) else {
         return Some(refuse(400, "missing or malformed Sec-WebSocket-Key", &[]));
     };
-    if !has_token("sec-websocket-protocol", herald_proto::WS_SUBPROTOCOL) {
+    if !has_token("sec-websocket-protocol", crate::WS_SUBPROTOCOL) {
         return Some(refuse(
             400,
             "the WebSocket subprotocol herald.v1 is required",
@@ -161,7 +165,7 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
-        herald_proto::WS_SUBPROTOCOL
+        crate::WS_SUBPROTOCOL
     );
     Some(Decision::Upgrade {
         response: response.into_bytes(),
@@ -185,16 +189,130 @@ pub fn refuse(status: u16, message: &str, extra: &[(&str, &str)]) -> Decision {
     let mut head =
         format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n");
     for (name, value) in extra {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(head, "{name}: {value}\r\n");
     }
-    head.push_str(&format!(
+    let _ = write!(
+        head,
         "Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
         message.len() + 1
-    ));
+    );
     Decision::Refuse {
         status,
         response: head.into_bytes(),
     }
+}
+
+/// Retry-After (seconds) of a long-poll 503 for the connection cap, draining or a failed look-up.
+pub const RETRY_AFTER_FULL: &str = "5";
+/// Retry-After (seconds) of a long-poll 429 for the handshake rate.
+pub const RETRY_AFTER_RATE: &str = "1";
+
+/// Decides on a complete `POST /v1/longpoll` head: read its body, or refuse with a JSON error.
+fn decide_longpoll(
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    admission: Admission,
+) -> Decision {
+    let header = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    let bad = |message: &str| refuse_json(400, ErrorName::BadRequest, message, &[]);
+    if header("transfer-encoding").next().is_some() {
+        return bad("chunked bodies are not accepted: send Content-Length");
+    }
+    let mut lengths = header("content-length");
+    let body_len = match (lengths.next(), lengths.next()) {
+        (Some(h), None) => std::str::from_utf8(h.value)
+            .ok()
+            .and_then(|v| crate::claims::parse_decimal(v.trim()))
+            .and_then(|n| usize::try_from(n).ok()),
+        _ => None,
+    };
+    let Some(body_len) = body_len else {
+        return bad("one valid Content-Length is required");
+    };
+    if body_len > longpoll::MAX_BODY {
+        return bad(&format!("body over {} bytes", longpoll::MAX_BODY));
+    }
+    if admission.draining || admission.full {
+        let why = if admission.draining {
+            "draining: poll again later"
+        } else {
+            "over the connection cap: poll again later"
+        };
+        let extra = [("Retry-After", RETRY_AFTER_FULL)];
+        return refuse_json(503, ErrorName::Overloaded, why, &extra);
+    }
+    if admission.rate_limited {
+        let why = "too many new connections: poll again later";
+        let extra = [("Retry-After", RETRY_AFTER_RATE)];
+        return refuse_json(429, ErrorName::Overloaded, why, &extra);
+    }
+    let connection_close = header("connection").any(|h| {
+        std::str::from_utf8(h.value)
+            .unwrap_or("")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    });
+    Decision::LongPoll {
+        head_len,
+        body_len,
+        keep_alive: req.version == Some(1) && !connection_close,
+    }
+}
+
+fn refuse_json(status: u16, name: ErrorName, message: &str, extra: &[(&str, &str)]) -> Decision {
+    Decision::Refuse {
+        status,
+        response: error_response(status, name, message, extra, &[]),
+    }
+}
+
+/// A long-poll refusal: the JSON [`ErrorBody`] with `Connection: close` (and `extra` headers,
+/// such as `Retry-After`).
+#[must_use]
+pub fn error_response(
+    status: u16,
+    name: ErrorName,
+    message: &str,
+    extra: &[(&str, &str)],
+    namespaces: &[u64],
+) -> Vec<u8> {
+    let body = ErrorBody::encode(name, message, namespaces);
+    let reason = match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n");
+    for (name, value) in extra {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        head,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    head.into_bytes()
+}
+
+/// A long-poll 200 answer carrying `body` (a [`longpoll::Reply`]); `keep_alive` chooses the
+/// `Connection` header. Never cached by a proxy.
+#[must_use]
+pub fn ok_response(body: &str, keep_alive: bool) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\
+         Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        body.len()
+    );
+    out.push_str(body);
+    out.into_bytes()
 }
 
 #[cfg(test)]

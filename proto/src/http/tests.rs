@@ -169,3 +169,50 @@ fn longpoll_heads() {
         405
     );
 }
+
+#[test]
+fn longpoll_refusals_carry_a_json_error_body() {
+    let Some(Decision::Refuse { status, response }) = decide(
+        b"POST /v1/longpoll HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
+        OPEN,
+    ) else {
+        panic!()
+    };
+    assert_eq!(status, 400);
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("Content-Type: application/json"), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "{head}"
+    );
+    let parsed = ErrorBody::parse_lenient(body.as_bytes());
+    assert_eq!(parsed.name(), Some(ErrorName::BadRequest));
+}
+
+#[test]
+fn ok_responses_are_never_cached() {
+    let text = String::from_utf8(ok_response("{}", false)).unwrap();
+    assert_eq!(
+        text,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    );
+    assert!(
+        String::from_utf8(ok_response("{}", true))
+            .unwrap()
+            .contains("Connection: keep-alive\r\n")
+    );
+}
+
+proptest::proptest! {
+    /// Any bytes: a decision or "read more", never a panic (the fuzz target runs this longer).
+    #[test]
+    fn any_head_is_decided_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        for admission in [OPEN, Admission { full: true, draining: false, rate_limited: true }] {
+            if let Some(Decision::Refuse { response, .. }) = decide(&bytes, admission) {
+                proptest::prop_assert!(response.starts_with(b"HTTP/1.1 "));
+            }
+        }
+    }
+}
