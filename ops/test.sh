@@ -181,6 +181,10 @@ cargo fmt --all -- --check
 section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The fuzz targets need nightly to fuzz, but they must keep compiling against proto's API.
+section "cargo check --manifest-path fuzz/Cargo.toml --bins (fuzz targets compile)"
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 # The end-to-end tests run the real herald-gateway and herald-relay binaries. `cargo test` builds
 # a package's binaries only for that package's own integration tests, so build them first.
 section "cargo build --workspace --bins"
