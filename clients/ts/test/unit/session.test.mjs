@@ -243,3 +243,41 @@ test('WebSocket blocked: long-poll takes over (token per poll, backoff_s), WebSo
   const sub = srv.frames.find((f) => f.type == 'subscribe');
   assert.deepEqual(sub.pairs, [[7n, 9007199254740993n]]);
 });
+
+test('long-poll errors: 401 asks for a new token, 403 denies the namespaces, 503 waits Retry-After', async (t) => {
+  const at = [];
+  const srv = await scripted({
+    longpoll: async (body, n) => {
+      at.push(Date.now());
+      if (n == 1) return [401, { error: 'token_expired', message: 'expired' }];
+      if (n == 2) return [403, { error: 'forbidden_namespace', message: 'no', namespaces: [9] }];
+      if (n == 3) return [503, { error: 'overloaded', message: 'busy' }]; // Retry-After: 1
+      await sleep(100);
+      return [200, { changes: [{ ns: 7, sjid: 4 }], reset: [], backoff_s: null }];
+    },
+  });
+  srv.blockUpgrades = true;
+  const { c, log } = client(srv.url, { backoffMs: 1, backoffMaxMs: 1 });
+  t.after(() => (c.close(), srv.stop()));
+  await c.subscribe(7);
+  await c.subscribe(9);
+  await until(() => log.changed.length == 1, 8000, 'a change after the errors');
+  assert.deepEqual(log.denied, [[9n, 4]]);
+  assert.deepEqual(srv.polls[2].cursors, { 7: 3 }, 'denied namespace no longer polled');
+  assert.notEqual(srv.polls[0].token, srv.polls[1].token, 'a new token after 401');
+  assert.ok(at[3] - at[2] >= 990, `Retry-After 1 s honoured (${at[3] - at[2]} ms)`);
+  assert.ok(log.states.some((s) => s.startsWith('backoff:HTTP 401')), log.states.join());
+});
+
+test('a silent server is given up after 2 heartbeats and the client reconnects', async (t) => {
+  const srv = await scripted({
+    heartbeatMs: 100n,
+    onFrame: (conn, f) => conn == 0 && f.type == 'ping', // connection 0 never answers PING
+  });
+  const { c } = client(srv.url);
+  t.after(() => (c.close(), srv.stop()));
+  const t0 = Date.now();
+  await until(() => srv.frames.some((f) => f.conn == 1 && f.type == 'hello'), 3000, 'reconnect');
+  // Pings every 100 ms; nothing heard for more than 200 ms closes: well under 3 s even here.
+  assert.ok(Date.now() - t0 >= 200, `${Date.now() - t0} ms`);
+});
