@@ -140,17 +140,23 @@ export function scenarios(label, makeDriver, { direct }) {
     assert.deepEqual(s.changed.map(([, v]) => v), ['1', '2', '3']);
   });
 
-  test(`${label}: token refresh, the provider's fresh token replaces a refused one`, async (t) => {
+  test(`${label}: token refresh, the provider's fresh token replaces a refused or expiring one`, async (t) => {
     const { gws, d, tokens, url } = await setup(t, ['a']);
     let n = 0;
-    // The first token is expired (past the 30 s leeway): the gateway refuses it (4003), then
-    // the client must ask the provider again and use what it gets.
-    tokens.next = () => keys.token({ ttlS: n++ == 0 ? -120 : 3600 });
+    // 1st token: expired past the 30 s leeway, refused at HELLO (ERROR unauthorized, close 4003).
+    // 2nd: expired 27 s ago, so accepted within the leeway, and the gateway sends
+    // GOAWAY(token_expired) (close 4103) about 3 s later. 3rd and later: valid for an hour. Each
+    // time the client must ask the provider again and use what it gets.
+    tokens.next = () => keys.token({ ttlS: [-120, -27][n++] ?? 3600 });
     await d.start({ url: [url(0)], backoffMs: 100, backoffMaxMs: 800 });
     await d.subscribe('40', '0');
     await gws[0].publish([[40, 1]]);
-    const s = await cursorsReach(d, { 40: '1' }, 8000, 'CHANGED with the refreshed token');
-    assert.ok(tokens.calls >= 2, `${tokens.calls} token calls`);
-    assert.ok(s.states.includes('backoff:close 4003'), s.states.join());
+    await cursorsReach(d, { 40: '1' }, 8000, 'CHANGED with the second token');
+    await until(async () => (await d.snapshot()).states.includes('backoff:close 4103'), 10000, 'GOAWAY token_expired');
+    await until(async () => (await d.snapshot()).state == 'connected', 5000, 'reconnected with a fresh token');
+    await gws[0].publish([[40, 2]]);
+    const s = await cursorsReach(d, { 40: '2' }, 3000, 'CHANGED with the third token');
+    assert.equal(tokens.calls, 3, `token calls: ${s.states.join()}`);
+    assert.ok(s.states.indexOf('backoff:close 4003') < s.states.indexOf('backoff:close 4103'), s.states.join());
   });
 }
