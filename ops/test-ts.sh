@@ -28,7 +28,8 @@ if [[ -z "${CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
     sudo=""
     [[ "$(id -u)" == 0 ]] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y chromium || { $sudo apt-get update && $sudo apt-get install -y chromium; }
+    $sudo apt-get install -y chromium || { $sudo apt-get update && $sudo apt-get install -y chromium; } ||
+        { echo "ops/test-ts.sh: could not install chromium with apt-get; install it or set CHROMIUM=/path/to/chromium" >&2; exit 1; }
 fi
 
 gateway="${CARGO_TARGET_DIR:-$root/target}/debug/herald-gateway"
