@@ -137,7 +137,15 @@ export class HeraldClient {
   }
 
   private emit<K extends keyof HeraldEvents>(k: K, ...a: Parameters<HeraldEvents[K]>) {
-    for (const f of this.h[k]) (f as (...x: unknown[]) => void)(...a);
+    // A throwing handler must not break the session: its error is rethrown on its own.
+    for (const f of this.h[k])
+      try {
+        (f as (...x: unknown[]) => void)(...a);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
   }
 
   private set(s: State, detail?: string) {
