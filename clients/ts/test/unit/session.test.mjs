@@ -281,3 +281,24 @@ test('a silent server is given up after 2 heartbeats and the client reconnects',
   // Pings every 100 ms; nothing heard for more than 200 ms closes: well under 3 s even here.
   assert.ok(Date.now() - t0 >= 200, `${Date.now() - t0} ms`);
 });
+
+test('unsubscribe sends UNSUBSCRIBE, and the namespace is not resubscribed after a reconnect', async (t) => {
+  const srv = await scripted({
+    onFrame: (conn, f, send) => {
+      if (f.type == 'subscribe') send({ type: 'changed', pairs: f.pairs.map(([ns, c]) => [ns, c + 1n]) });
+    },
+  });
+  const { c, log } = client(srv.url);
+  t.after(() => (c.close(), srv.stop()));
+  await c.subscribe(7);
+  await until(() => c.state == 'connected' && log.changed.length == 1, 5000, 'first change');
+  await c.subscribe(8, 10);
+  await until(() => log.changed.length == 2, 5000, 'second change');
+  c.unsubscribe(7);
+  await until(() => srv.frames.some((f) => f.type == 'unsubscribe'), 5000, 'UNSUBSCRIBE');
+  assert.deepEqual(srv.frames.find((f) => f.type == 'unsubscribe').ns, [7n]);
+  assert.deepEqual(c.cursors(), new Map([[8n, 11n]]));
+  srv.conns[0].terminate();
+  await until(() => srv.frames.some((f) => f.conn == 1 && f.type == 'subscribe'), 5000, 'resubscribe');
+  assert.deepEqual(srv.frames.filter((f) => f.conn == 1 && f.type == 'subscribe').flatMap((f) => f.pairs), [[8n, 11n]]);
+});
