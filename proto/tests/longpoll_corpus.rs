@@ -1,12 +1,12 @@
-//! The long-poll half of the shared conformance corpus (`proto/corpus/longpoll.json`): request
-//! bodies and reply parsing of this crate's long-poll client must match it, as the TypeScript
-//! client's must.
+//! The long-poll half of the shared conformance corpus (`proto/corpus/longpoll.json`): the
+//! request bodies and reply parsing of `herald_proto::longpoll` (which the gateway and the Rust
+//! client both use) must match it, as the TypeScript client's must.
 
-use herald_client::longpoll::{parse_reply, request_body};
+use herald_proto::longpoll::{Reply, Request};
 use serde_json::Value;
 
 fn corpus() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto/corpus/longpoll.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/longpoll.json");
     let text = std::fs::read_to_string(path).expect("read proto/corpus/longpoll.json");
     let v: Value = serde_json::from_str(&text).expect("longpoll.json is JSON");
     assert_eq!(v["version"], 1, "corpus format version");
@@ -30,11 +30,12 @@ fn request_bodies_match_the_corpus() {
             .iter()
             .map(|p| (u(&p[0]), u(&p[1])))
             .collect();
-        let body = request_body(
-            case["token"].as_str().expect("token"),
-            &cursors,
-            case["timeout_s"].as_u64().expect("timeout_s"),
-        );
+        let body = Request {
+            token: case["token"].as_str().expect("token").to_owned(),
+            cursors,
+            timeout_s: case["timeout_s"].as_u64().expect("timeout_s"),
+        }
+        .encode();
         let got: Value = serde_json::from_slice(&body).expect("body is JSON");
         assert_eq!(got, case["json"], "{name}");
     }
@@ -47,7 +48,7 @@ fn replies_parse_as_the_corpus_says() {
     assert!(!cases.is_empty());
     for case in cases {
         let name = case["name"].as_str().expect("name");
-        let got = parse_reply(case["body"].as_str().expect("body").as_bytes());
+        let got = Reply::parse(case["body"].as_str().expect("body").as_bytes());
         if case.get("error").is_some() {
             assert!(got.is_err(), "{name}: parsed {got:?}");
             continue;
