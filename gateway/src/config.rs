@@ -192,6 +192,16 @@ pub struct ServeArgs {
     /// Bytes queued for a socket that does not take writes before it is a slow consumer.
     #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub outbox_limit_bytes: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 while the listeners still accept, so a load
+    /// balancer's health check takes the gateway out before it refuses anything; then the
+    /// drain begins. A second SIGTERM ends the grace early.
+    #[arg(long, env = "HERALD_STOP_GRACE_MS", default_value_t = 5000)]
+    pub stop_grace_ms: u64,
+    /// Distributed mode: the longest a NATS server may deliver no relay heartbeat (while some
+    /// partition is followed) before the gateway switches to another server of `--nats` and
+    /// resyncs (0: off; relays send heartbeats every 500 ms).
+    #[arg(long, env = "HERALD_RELAY_SILENCE_MS", default_value_t = 2000)]
+    pub relay_silence_ms: u64,
     /// Seconds live clients are given to leave on SIGTERM.
     #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
