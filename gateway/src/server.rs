@@ -169,7 +169,7 @@ fn quic_setups(
         .unwrap_or(limits.heartbeat);
     let idle = longest.mul_f64(2.5) + std::time::Duration::from_secs(30);
     let server = crate::quic::server_config(tls, idle)?;
-    let endpoint = quinn::EndpointConfig::new(crate::quic::reset_key(key)?);
+    let endpoint = crate::quic::endpoint_config(key)?;
     let sockets = crate::quic::bind_reuseport_udp(addr, workers)
         .with_context(|| format!("binding the QUIC listener {addr}"))?;
     let bound = sockets[0].local_addr()?;

@@ -242,17 +242,11 @@ impl NatsCluster {
     /// Starts `n` nodes (at least 3 for replicated streams) and waits until JetStream places a
     /// stream with `n` replicas on them.
     pub async fn start(n: usize) -> Self {
-        Self::start_with_jetstream_on(n, n).await
-    }
-
-    /// `n` nodes of which only the first `js` run JetStream (at least 1): the others only route,
-    /// so stopping one of them cannot move a JetStream leader.
-    pub async fn start_with_jetstream_on(n: usize, js: usize) -> Self {
         let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let route = |p: &u16| format!("nats://127.0.0.1:{p}");
         let mut nodes = Vec::with_capacity(n);
         for (i, port) in route_ports.iter().enumerate() {
-            let mut node = NatsServer::unstarted(i < js);
+            let mut node = NatsServer::unstarted(true);
             let routes: Vec<String> = route_ports
                 .iter()
                 .filter(|p| *p != port)
@@ -274,7 +268,7 @@ impl NatsCluster {
             node.spawn();
         }
         let cluster = NatsCluster { nodes };
-        cluster.wait_for_jetstream(js.clamp(1, n)).await;
+        cluster.wait_for_jetstream(n).await;
         cluster
     }
 
