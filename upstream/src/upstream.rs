@@ -510,7 +510,7 @@ async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch
     up.inner.silence.heard();
     let all = up.inner.config.scope == Scope::All;
     while let Some(msg) = sub.next().await {
-        up.inner.silence.heard();
+        up.inner.silence.heard_from_relay();
         let batch = match FanoutBatch::decode(&msg.payload) {
             Ok(b) => b,
             Err(e) => {
@@ -562,7 +562,7 @@ async fn watch_relay_silence(inner: std::sync::Weak<Inner>, limit: Duration) {
             continue;
         }
         let quiet = up.inner.silence.silent_for();
-        if quiet <= limit {
+        if quiet <= up.inner.silence.allowance(limit) {
             continue;
         }
         let info = up.inner.client.server_info();

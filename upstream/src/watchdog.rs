@@ -8,10 +8,14 @@
 //! the reconnect callback ([`pick_server`]) then prefers any other server of the pool, and the
 //! usual reconnect path resyncs every partition (changes published meanwhile come back from the
 //! relays' latest tables).
+//!
+//! If the relays themselves are all silent (down, or cut from the cluster), switching servers
+//! cannot help: each switch that is not followed by a relay message doubles the silence allowed
+//! before the next one (up to 8×), until a relay is heard again.
 
 use async_nats::{ReconnectToServer, Server, ServerInfo};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the watchdog shares with the partition readers and the reconnect callback.
@@ -22,6 +26,8 @@ pub struct Silence {
     last_heard_ms: AtomicU64,
     /// `(host, port)` of the server given up on, until connected elsewhere.
     avoid: Mutex<Option<(String, u16)>>,
+    /// Switches since a relay was last heard.
+    strikes: AtomicU32,
 }
 
 impl Default for Silence {
@@ -30,12 +36,19 @@ impl Default for Silence {
             start: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             avoid: Mutex::new(None),
+            strikes: AtomicU32::new(0),
         }
     }
 }
 
 impl Silence {
-    /// Something arrived from a relay (or the clock restarts: a new connection, new interest).
+    /// A message from a relay arrived: the clock restarts and the allowance is back to 1×.
+    pub fn heard_from_relay(&self) {
+        self.strikes.store(0, Ordering::Relaxed);
+        self.heard();
+    }
+
+    /// The clock restarts without a relay having spoken (a new connection, new interest).
     pub fn heard(&self) {
         self.last_heard_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -52,9 +65,17 @@ impl Silence {
         self.avoid.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The silence allowed now: `limit`, doubled for each switch since a relay was last heard
+    /// (at most 8×).
+    #[must_use]
+    pub fn allowance(&self, limit: Duration) -> Duration {
+        limit * (1 << self.strikes.load(Ordering::Relaxed).min(3))
+    }
+
     /// Gives up on the server described by `info`: reconnects prefer the others.
     pub fn give_up_on(&self, info: &ServerInfo) {
         *self.avoid() = Some((info.host.clone(), info.port));
+        self.strikes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connected again: every server is fair game from now on.
@@ -89,4 +110,25 @@ fn same_server(s: &Server, (host, port): &(String, u16)) -> bool {
 #[must_use]
 pub fn check_interval(silence: Duration) -> Duration {
     (silence / 4).max(Duration::from_millis(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_without_a_relay_back_off_until_one_speaks() {
+        let s = Silence::default();
+        let limit = Duration::from_secs(2);
+        assert_eq!(s.allowance(limit), limit);
+        let info = ServerInfo::default();
+        for want in [4, 8, 16, 16] {
+            s.give_up_on(&info);
+            assert_eq!(s.allowance(limit), Duration::from_secs(want));
+        }
+        s.heard();
+        assert_eq!(s.allowance(limit), Duration::from_secs(16));
+        s.heard_from_relay();
+        assert_eq!(s.allowance(limit), limit);
+    }
 }
