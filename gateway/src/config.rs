@@ -144,6 +144,10 @@ pub struct ServeArgs {
     /// Skip fdatasync on publish (faster, but a power loss may lose acknowledged changes).
     #[arg(long, env = "HERALD_JOURNAL_NO_SYNC")]
     pub journal_no_sync: bool,
+    /// Size at which the journal rolls to a new segment and compacts the older ones into a
+    /// snapshot of one record per namespace (in the background; at least 4096).
+    #[arg(long, env = "HERALD_JOURNAL_COMPACT_BYTES", default_value_t = DEFAULT_COMPACT_BYTES)]
+    pub journal_compact_bytes: u64,
     /// Token public keys, `kid=path.pem` or `path.pem` (repeat or comma-separate). None: a
     /// throwaway dev key is generated and a dev token printed.
     #[arg(long = "auth-key", env = "HERALD_AUTH_KEYS", value_delimiter = ',')]
@@ -188,6 +192,16 @@ pub struct ServeArgs {
     /// Bytes queued for a socket that does not take writes before it is a slow consumer.
     #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub outbox_limit_bytes: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 while the listeners still accept, so a load
+    /// balancer's health check takes the gateway out before it refuses anything; then the
+    /// drain begins. A second SIGTERM ends the grace early.
+    #[arg(long, env = "HERALD_STOP_GRACE_MS", default_value_t = 5000)]
+    pub stop_grace_ms: u64,
+    /// Distributed mode: the longest a NATS server may deliver no relay heartbeat (while some
+    /// partition is followed) before the gateway switches to another server of `--nats` and
+    /// resyncs (0: off; relays send heartbeats every 500 ms).
+    #[arg(long, env = "HERALD_RELAY_SILENCE_MS", default_value_t = 2000)]
+    pub relay_silence_ms: u64,
     /// Seconds live clients are given to leave on SIGTERM.
     #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
@@ -220,13 +234,31 @@ pub struct ConnLimits {
     pub handshake_rate_per_source: u64,
 }
 
-/// The embedded journal's settings.
+/// Default `--journal-compact-bytes`: 16 MiB.
+pub const DEFAULT_COMPACT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The embedded journal's settings. Build it with [`JournalConfig::new`] and set the other
+/// fields after, so new fields keep a default.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
-    /// Where the log lives.
+    /// Where the segments and the snapshot live.
     pub dir: PathBuf,
     /// fdatasync before acknowledging.
     pub sync: bool,
+    /// Active segment size that triggers a roll and a background compaction.
+    pub compact_bytes: u64,
+}
+
+impl JournalConfig {
+    /// A journal in `dir`, with fdatasync when `sync`, and the other settings at their defaults.
+    #[must_use]
+    pub fn new(dir: impl Into<PathBuf>, sync: bool) -> Self {
+        Self {
+            dir: dir.into(),
+            sync,
+            compact_bytes: DEFAULT_COMPACT_BYTES,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -269,6 +301,9 @@ impl ServeArgs {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             anyhow::bail!("--tls-cert and --tls-key go together");
+        }
+        if self.journal_compact_bytes < 4096 {
+            anyhow::bail!("--journal-compact-bytes must be at least 4096");
         }
         if self.outbox_limit_bytes < 4096 {
             anyhow::bail!("--outbox-limit-bytes must be at least 4096");
@@ -314,8 +349,8 @@ impl ServeArgs {
     #[must_use]
     pub fn journal(&self) -> JournalConfig {
         JournalConfig {
-            dir: self.data_dir.clone(),
-            sync: !self.journal_no_sync,
+            compact_bytes: self.journal_compact_bytes,
+            ..JournalConfig::new(self.data_dir.clone(), !self.journal_no_sync)
         }
     }
 }

@@ -152,6 +152,10 @@ impl GatewayProcess {
                 "{KID}={}",
                 self.dir.path().join("test.pub.pem").display()
             ))
+            // SIGTERM starts the drain at once in tests; the grace's own test sets it (a flag
+            // given twice takes its last value).
+            .arg("--stop-grace-ms")
+            .arg("0")
             .args(&self.options.args)
             .env("HERALD_LOG", "info,herald_gateway=debug")
             .env("NO_COLOR", "1")
@@ -388,6 +392,12 @@ impl GatewayProcess {
     /// still running.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         crate::process::wait_exit(&mut self.child, limit).await
+    }
+
+    /// The gateway's `--data-dir` (the embedded journal's directory).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     fn log_path(&self) -> PathBuf {

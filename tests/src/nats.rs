@@ -185,6 +185,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The process id (to SIGSTOP a server that must hang rather than close its sockets).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("nats-server running").id()
+    }
+
+    /// Its client port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Kills the server (SIGKILL); the store dir stays.
     pub fn stop(&mut self) {
         crate::process::kill9(&mut self.child);
