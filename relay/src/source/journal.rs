@@ -220,11 +220,11 @@ impl JournalSource {
                 () = shutdown.cancelled() => return Ok(Ended::Shutdown),
                 Some(message) = next_tapped(&mut tap.subscriber) => {
                     if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
-                        intake.apply(ns, sjid).await;
+                        intake.apply_early(ns, sjid).await;
                     }
                 }
                 Some((ns, sjid)) = tap.caught_up.recv() => {
-                    intake.apply(ns, sjid).await;
+                    intake.apply_early(ns, sjid).await;
                 }
                 _ = reconnects.tick() => {
                     if tap.reconnected() {
