@@ -189,6 +189,15 @@ pub struct ServeArgs {
     /// clients can share an address behind NAT.
     #[arg(long, env = "HERALD_HANDSHAKE_RATE_PER_SOURCE", default_value_t = 0)]
     pub handshake_rate_per_source: u64,
+    /// Web origins whose pages may read long-poll answers (CORS), e.g.
+    /// `https://app.example.com` (repeat or comma-separate), or `*` for any. Default: none (only
+    /// same-origin pages; WebSocket needs no CORS). Tokens travel in the body, not in cookies.
+    #[arg(
+        long = "longpoll-allow-origin",
+        env = "HERALD_LONGPOLL_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub longpoll_allow_origins: Vec<String>,
     /// Bytes queued for a socket that does not take writes before it is a slow consumer.
     #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub outbox_limit_bytes: usize,
@@ -232,6 +241,8 @@ pub struct ConnLimits {
     pub handshake_rate: u64,
     /// Handshakes a second per source address (0: unlimited).
     pub handshake_rate_per_source: u64,
+    /// Web origins that may read long-poll answers (CORS).
+    pub allowed_origins: herald_proto::cors::AllowedOrigins,
 }
 
 /// Default `--journal-compact-bytes`: 16 MiB.
@@ -281,6 +292,8 @@ impl ServeArgs {
         if !(100..=600_000).contains(&self.handshake_timeout_ms) {
             anyhow::bail!("--handshake-timeout-ms must be within 100..=600000");
         }
+        herald_proto::cors::AllowedOrigins::parse(&self.longpoll_allow_origins)
+            .map_err(|e| anyhow::anyhow!("--longpoll-allow-origin: {e}"))?;
         if self.max_subscriptions == 0 {
             anyhow::bail!("--max-subscriptions must be at least 1");
         }
@@ -342,6 +355,11 @@ impl ServeArgs {
             outbox_limit_bytes: self.outbox_limit_bytes,
             handshake_rate: self.handshake_rate,
             handshake_rate_per_source: self.handshake_rate_per_source,
+            // Checked in `validate`.
+            allowed_origins: herald_proto::cors::AllowedOrigins::parse(
+                &self.longpoll_allow_origins,
+            )
+            .unwrap_or_default(),
         }
     }
 
