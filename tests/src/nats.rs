@@ -244,12 +244,25 @@ impl NatsCluster {
     /// Starts `n` nodes (at least 3 for replicated streams) and waits until JetStream places a
     /// stream with `n` replicas on them.
     pub async fn start(n: usize) -> Self {
-        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let monitor_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // Client ports first, then route and monitoring ports distinct from them and from each
+        // other: a port released by `free_port` may be handed out again at once.
+        let mut nodes: Vec<NatsServer> = (0..n).map(|_| NatsServer::unstarted(true)).collect();
+        let mut taken: Vec<u16> = nodes.iter().map(|node| node.port).collect();
+        let mut distinct_port = || {
+            for _ in 0..1000 {
+                let p = free_port();
+                if !taken.contains(&p) {
+                    taken.push(p);
+                    return p;
+                }
+            }
+            panic!("no free loopback port distinct from {taken:?} in 1000 tries");
+        };
+        let route_ports: Vec<u16> = (0..n).map(|_| distinct_port()).collect();
+        let monitor_ports: Vec<u16> = (0..n).map(|_| distinct_port()).collect();
         let route = |p: &u16| format!("nats://127.0.0.1:{p}");
-        let mut nodes = Vec::with_capacity(n);
         for (i, port) in route_ports.iter().enumerate() {
-            let mut node = NatsServer::unstarted(true);
+            let node = &mut nodes[i];
             let routes: Vec<String> = route_ports
                 .iter()
                 .filter(|p| *p != port)
@@ -267,7 +280,6 @@ impl NatsCluster {
                 "-m".into(),
                 monitor_ports[i].to_string(),
             ];
-            nodes.push(node);
         }
         for node in &mut nodes {
             node.spawn();
