@@ -198,6 +198,11 @@ section "TypeScript client: build, size budget, unit and end-to-end tests (ops/t
 bash ops/test-ts.sh
 # ---- end of TypeScript client ------------------------------------------------------------------
 
+# --- journal tailer (issue 12): mariadbd for tests/tests/tail_mariadb.rs -----------------------
+section "MariaDB server binaries for the journal tailer's tests"
+bash ops/test-tail.sh
+# --- end journal tailer ------------------------------------------------------------------------
+
 section "cargo test --workspace"
 cargo test --workspace
 

@@ -148,6 +148,12 @@ pub struct ServeArgs {
     /// snapshot of one record per namespace (in the background; at least 4096).
     #[arg(long, env = "HERALD_JOURNAL_COMPACT_BYTES", default_value_t = DEFAULT_COMPACT_BYTES)]
     pub journal_compact_bytes: u64,
+    /// Feed the embedded journal from the metaserver's database (committed changes of its
+    /// journal table, read from the binlog): `mysql://USER@HOST:PORT/DATABASE?server_id=N`
+    /// (README "Reading the metaserver's database"). The resume point is kept in
+    /// `<data-dir>/tail.checkpoint`. `POST /v1/publish` keeps working beside it.
+    #[arg(long, env = "HERALD_JOURNAL_SOURCE", hide_env_values = true)]
+    pub journal_source: Option<String>,
     /// Token public keys, `kid=path.pem` or `path.pem` (repeat or comma-separate). None: a
     /// throwaway dev key is generated and a dev token printed.
     #[arg(long = "auth-key", env = "HERALD_AUTH_KEYS", value_delimiter = ',')]
@@ -297,6 +303,11 @@ impl ServeArgs {
         if self.max_subscriptions == 0 {
             anyhow::bail!("--max-subscriptions must be at least 1");
         }
+        if self.journal_source.is_some() && self.nats.is_some() {
+            anyhow::bail!(
+                "--journal-source feeds the embedded journal of a standalone gateway; with --nats, run herald-tail to publish into HERALD_JOURNAL instead"
+            );
+        }
         if self.partitions == 0 {
             anyhow::bail!("--partitions must be at least 1");
         }
@@ -436,5 +447,17 @@ mod tests {
             let cli = Cli::try_parse_from(["g", "--heartbeat-class", bad]).unwrap();
             assert!(cli.serve.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn journal_source_is_for_the_embedded_journal() {
+        let url = "mysql://u@127.0.0.1:3306/meta";
+        let cli = Cli::try_parse_from(["g", "--journal-source", url]).unwrap();
+        cli.serve.validate().unwrap();
+        assert_eq!(cli.serve.journal_source.as_deref(), Some(url));
+        let cli =
+            Cli::try_parse_from(["g", "--journal-source", url, "--nats", "nats://x:4222"]).unwrap();
+        let e = cli.serve.validate().unwrap_err().to_string();
+        assert!(e.contains("herald-tail"), "{e}");
     }
 }

@@ -47,6 +47,9 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         None => {
             let latest = Arc::new(LatestTable::new());
             let journal = Journal::open(&args.journal(), latest.clone(), senders)?;
+            if let Some(url) = &args.journal_source {
+                crate::journal_sink::start(url, &args.data_dir, journal.clone()).await?;
+            }
             (Source::Embedded(latest), Some(journal))
         }
     };

@@ -371,6 +371,12 @@ impl GatewayProcess {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    /// The gateway's `--data-dir` (journal, and the tailer's checkpoint with `--journal-source`).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         crate::process::kill9(&mut self.child);
