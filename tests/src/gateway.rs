@@ -400,12 +400,6 @@ impl GatewayProcess {
         crate::process::wait_exit(&mut self.child, limit).await
     }
 
-    /// The gateway's `--data-dir` (the embedded journal's directory).
-    #[must_use]
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("gateway.log")
     }
