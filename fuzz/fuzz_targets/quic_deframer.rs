@@ -18,7 +18,11 @@ fn drain(buf: &[u8], fin: bool, frames: &mut Vec<Vec<u8>>) -> (usize, Option<Qui
     loop {
         match next_frame(&buf[at..], MAX_CLIENT_FRAME, fin) {
             Ok(Deframed::Frame { start, end }) => {
-                assert!(start < end && at + end <= buf.len(), "{start}..{end} of {}", buf.len() - at);
+                assert!(
+                    start < end && at + end <= buf.len(),
+                    "{start}..{end} of {}",
+                    buf.len() - at
+                );
                 assert!(end - start <= MAX_CLIENT_FRAME);
                 let frame = &buf[at + start..at + end];
                 let _ = decode_client(frame);

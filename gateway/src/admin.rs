@@ -10,14 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-/// Largest publish body.
-pub const MAX_PUBLISH_BODY: usize = 1024 * 1024;
-/// Largest integer a JSON number may carry here (PROTOCOL.md: above it, decimal strings).
-const MAX_JSON_INT: u64 = 1 << 53;
 
 /// What the admin handlers need.
 #[derive(Clone)]
@@ -39,11 +34,11 @@ pub struct AdminState {
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/v1/publish", post(publish))
+        .route(herald_proto::publish::PATH, post(publish))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .layer(DefaultBodyLimit::max(MAX_PUBLISH_BODY))
+        .layer(DefaultBodyLimit::max(herald_proto::publish::MAX_BODY))
         .with_state(state)
 }
 
@@ -76,7 +71,7 @@ async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Byte
             "this gateway follows relays over NATS; publish to the JetStream journal (herald-relay publish)",
         );
     };
-    let changes = match parse_publish(&body) {
+    let changes = match herald_proto::publish::parse(&body) {
         Ok(c) => c,
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", msg),
     };
@@ -88,41 +83,6 @@ async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Byte
         )
             .into_response(),
         Err(msg) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg),
-    }
-}
-
-/// Parses `{"changes": [{"ns": …, "sjid": …}, …]}`; any malformed entry rejects the batch.
-pub fn parse_publish(body: &[u8]) -> Result<Vec<(u64, u64)>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    let list = v
-        .get("changes")
-        .and_then(Value::as_array)
-        .ok_or("body must be an object with a \"changes\" array")?;
-    list.iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            let field = |name: &str| -> Result<u64, String> {
-                let value = entry
-                    .get(name)
-                    .ok_or_else(|| format!("changes[{i}] has no \"{name}\""))?;
-                json_u64(value).ok_or_else(|| {
-                    format!("changes[{i}].{name} must be an integer up to 2^53 or a decimal string")
-                })
-            };
-            let (ns, sjid) = (field("ns")?, field("sjid")?);
-            if sjid == 0 {
-                return Err(format!("changes[{i}].sjid must be at least 1"));
-            }
-            Ok((ns, sjid))
-        })
-        .collect()
-}
-
-fn json_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64().filter(|&n| n <= MAX_JSON_INT),
-        Value::String(s) => herald_proto::claims::parse_decimal(s),
-        _ => None,
     }
 }
 
@@ -160,36 +120,4 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publish_bodies() {
-        assert_eq!(
-            parse_publish(
-                br#"{"changes":[{"ns":7,"sjid":42},{"ns":"18446744073709551615","sjid":"9"}]}"#
-            ),
-            Ok(vec![(7, 42), (u64::MAX, 9)])
-        );
-        assert_eq!(parse_publish(br#"{"changes":[]}"#), Ok(vec![]));
-        for bad in [
-            &br#"{"changes":[{"ns":7,"sjid":0}]}"#[..],
-            br#"{"changes":[{"ns":7}]}"#,
-            br#"{"changes":[{"ns":-1,"sjid":1}]}"#,
-            br#"{"changes":[{"ns":1.5,"sjid":1}]}"#,
-            br#"{"changes":[{"ns":9007199254740993,"sjid":1}]}"#,
-            br#"{"changes":[{"ns":"x","sjid":1}]}"#,
-            br#"{"changes":{}}"#,
-            b"nope",
-        ] {
-            assert!(
-                parse_publish(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 }

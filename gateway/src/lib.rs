@@ -26,7 +26,8 @@
 //! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
 //! - [`conn`]: one client connection's state, byte stream and writes, whatever the transport;
 //!   [`dispatch`]: what a client frame does to it, whatever the transport;
-//!   [`handler`]: the task of a TCP connection (HTTP, WebSocket); [`upgrade`]: its HTTP handshake;
+//!   [`handler`]: the task of a TCP connection (HTTP heads decided by `herald_proto::http`,
+//!   then WebSocket or long-poll);
 //!   [`quic`]: the QUIC listener and the task of a QUIC connection;
 //!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
 //! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters;
@@ -56,5 +57,4 @@ pub mod source;
 pub mod stats;
 pub mod tls;
 pub mod tls_stream;
-pub mod upgrade;
 pub mod worker;

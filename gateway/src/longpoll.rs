@@ -13,27 +13,14 @@
 use crate::auth::AuthError;
 use crate::conn::{Conn, ConnState, Phase, Transport, queue_bytes};
 use crate::session::{self, Registered, SubscribeOutcome};
-use crate::upgrade::{Admission, Decision};
 use crate::worker::{CLOSE_GRACE_TICKS, Worker, duration_ticks};
+use herald_proto::cors::Grant;
+use herald_proto::http::{RETRY_AFTER_FULL, error_response, ok_response};
+use herald_proto::longpoll::{ErrorName, Reply, Request};
 use herald_upstream::LookupError;
 use rand::Rng;
-use serde_json::Value;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-
-/// Largest request body accepted (a body announcing more gets 400 before it is read).
-pub const MAX_BODY: usize = 64 * 1024;
-/// Shortest `timeout_s` accepted, and the default.
-pub const MIN_TIMEOUT_S: u64 = 30;
-/// Longest `timeout_s` accepted.
-pub const MAX_TIMEOUT_S: u64 = 480;
-/// Numbers above this travel as decimal strings, both ways.
-const MAX_JSON_INT: u64 = 1 << 53;
-/// Retry-After (seconds) of a 503 for the connection cap, draining or a failed look-up.
-const RETRY_AFTER_FULL: &str = "5";
-/// Retry-After (seconds) of a 429 for the handshake rate.
-const RETRY_AFTER_RATE: &str = "1";
 
 /// The state of a waiting poll, boxed in `ConnState::poll` (absent on every other connection).
 #[derive(Debug, Default)]
@@ -42,6 +29,8 @@ pub struct Poll {
     changes: Vec<(u64, u64)>,
     /// Keep the connection for another poll after the reply.
     keep_alive: bool,
+    /// The CORS headers the answer carries (what the request's `Origin` was granted).
+    cors: Grant,
 }
 
 impl Poll {
@@ -57,148 +46,26 @@ impl Poll {
     }
 }
 
-/// A parsed long-poll request body.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Request {
-    /// The JWT.
-    pub token: String,
-    /// `(ns, cursor)`, in the body's order.
-    pub cursors: Vec<(u64, u64)>,
-    /// How long to wait for a change, seconds.
-    pub timeout_s: u64,
-}
-
-/// Decides on a complete `POST /v1/longpoll` head: read its body, or refuse.
-#[must_use]
-pub fn decide_head(
-    req: &httparse::Request<'_, '_>,
-    head_len: usize,
-    admission: Admission,
-) -> Decision {
-    let header = |name: &'static str| {
-        req.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-    };
-    if header("transfer-encoding").next().is_some() {
-        return refuse(
-            400,
-            "bad_request",
-            "chunked bodies are not accepted: send Content-Length",
-            &[],
-        );
-    }
-    let mut lengths = header("content-length");
-    let body_len = match (lengths.next(), lengths.next()) {
-        (Some(h), None) => std::str::from_utf8(h.value)
-            .ok()
-            .and_then(|v| herald_proto::claims::parse_decimal(v.trim()))
-            .and_then(|n| usize::try_from(n).ok()),
-        _ => None,
-    };
-    let Some(body_len) = body_len else {
-        return refuse(
-            400,
-            "bad_request",
-            "one valid Content-Length is required",
-            &[],
-        );
-    };
-    if body_len > MAX_BODY {
-        return refuse(
-            400,
-            "bad_request",
-            &format!("body over {MAX_BODY} bytes"),
-            &[],
-        );
-    }
-    if admission.draining || admission.full {
-        let why = if admission.draining {
-            "draining: poll again later"
-        } else {
-            "over the connection cap: poll again later"
-        };
-        return refuse(503, "overloaded", why, &[("Retry-After", RETRY_AFTER_FULL)]);
-    }
-    if admission.rate_limited {
-        return refuse(
-            429,
-            "overloaded",
-            "too many new connections: poll again later",
-            &[("Retry-After", RETRY_AFTER_RATE)],
-        );
-    }
-    let connection_close = header("connection").any(|h| {
-        std::str::from_utf8(h.value)
-            .unwrap_or("")
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("close"))
-    });
-    Decision::LongPoll {
-        head_len,
-        body_len,
-        keep_alive: req.version == Some(1) && !connection_close,
-    }
-}
-
-/// Parses a request body (PROTOCOL.md "Transports"; unknown fields are ignored).
-pub fn parse_request(body: &[u8]) -> Result<Request, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    let obj = v.as_object().ok_or("body must be a JSON object")?;
-    let token = obj
-        .get("token")
-        .and_then(Value::as_str)
-        .ok_or("\"token\" must be a string")?
-        .to_owned();
-    let cursors = obj
-        .get("cursors")
-        .and_then(Value::as_object)
-        .ok_or("\"cursors\" must be an object of namespace → SJID")?;
-    if cursors.is_empty() {
-        return Err("\"cursors\" must not be empty".into());
-    }
-    let cursors = cursors
-        .iter()
-        .map(|(k, v)| {
-            let ns = herald_proto::claims::parse_decimal(k)
-                .ok_or_else(|| format!("cursor key {k:?} is not a decimal namespace id"))?;
-            let sjid = json_u64(v).ok_or_else(|| {
-                format!("cursor of {k} must be an integer up to 2^53 or a decimal string")
-            })?;
-            Ok((ns, sjid))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let timeout_s = match obj.get("timeout_s") {
-        None => MIN_TIMEOUT_S,
-        Some(t) => t
-            .as_u64()
-            .filter(|t| (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(t))
-            .ok_or_else(|| {
-                format!("\"timeout_s\" must be an integer from {MIN_TIMEOUT_S} to {MAX_TIMEOUT_S}")
-            })?,
-    };
-    Ok(Request {
-        token,
-        cursors,
-        timeout_s,
-    })
-}
-
-fn json_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64().filter(|&n| n <= MAX_JSON_INT),
-        Value::String(s) => herald_proto::claims::parse_decimal(s),
-        _ => None,
-    }
-}
-
 /// Handles a complete request (`body` after the head): refuses it, answers it, or leaves it
 /// waiting in `Phase::Open`.
-pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep_alive: bool) {
+pub fn start(
+    worker: &Worker,
+    conn: &Conn,
+    st: &mut ConnState,
+    body: &[u8],
+    keep_alive: bool,
+    cors: Grant,
+) {
     metrics::counter!("herald_longpoll_requests_total").increment(1);
-    let req = match parse_request(body) {
+    // Created first: a refusal below reads its CORS grant from it (and clears it).
+    st.poll = Some(Box::new(Poll {
+        changes: Vec::new(),
+        keep_alive,
+        cors,
+    }));
+    let req = match Request::parse(body) {
         Ok(r) => r,
-        Err(msg) => return fail(worker, st, 400, "bad_request", &msg, &[], &[]),
+        Err(msg) => return fail(worker, st, 400, ErrorName::BadRequest, &msg, &[], &[]),
     };
     let claims = match worker.verifier.verify(&req.token) {
         Ok(c) => c,
@@ -206,9 +73,9 @@ pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep
             metrics::counter!("herald_handshake_failures_total", "reason" => e.label())
                 .increment(1);
             let name = if matches!(e, AuthError::Expired) {
-                "token_expired"
+                ErrorName::TokenExpired
             } else {
-                "unauthorized"
+                ErrorName::Unauthorized
             };
             return fail(worker, st, 401, name, &e.to_string(), &[], &[]);
         }
@@ -223,12 +90,20 @@ pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep
         forbidden.sort_unstable();
         forbidden.dedup();
         let msg = "the token does not grant these namespaces";
-        return fail(worker, st, 403, "forbidden_namespace", msg, &[], &forbidden);
+        return fail(
+            worker,
+            st,
+            403,
+            ErrorName::ForbiddenNamespace,
+            msg,
+            &[],
+            &forbidden,
+        );
     }
     let max = worker.limits.max_subscriptions;
     if req.cursors.len() as u64 > max {
         let msg = format!("at most {max} cursors per poll");
-        return fail(worker, st, 400, "bad_request", &msg, &[], &[]);
+        return fail(worker, st, 400, ErrorName::BadRequest, &msg, &[], &[]);
     }
     if !st.counted {
         st.counted = true;
@@ -243,10 +118,6 @@ pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep
     st.phase = Phase::Open;
     st.deadline = now.saturating_add(wait + jitter + 1);
     st.token_expires = u32::MAX;
-    st.poll = Some(Box::new(Poll {
-        changes: Vec::new(),
-        keep_alive,
-    }));
     let mut interest = worker.interest.borrow_mut();
     let reg = session::register(
         &mut st.subs,
@@ -285,7 +156,7 @@ pub fn looked_up(
             release(worker, conn.key, st);
             let msg = "namespace look-up failed: poll again later";
             let extra = [("Retry-After", RETRY_AFTER_FULL)];
-            return fail(worker, st, 503, "overloaded", msg, &extra, &[]);
+            return fail(worker, st, 503, ErrorName::Overloaded, msg, &extra, &[]);
         }
     };
     let outcome = session::complete(
@@ -369,20 +240,15 @@ fn answer(
     let backoff = backoff.or_else(|| load_backoff(worker));
     let draining = worker.shared.draining.load(Ordering::Relaxed);
     let keep_alive = poll.keep_alive && !draining;
-    let body = reply_body(poll.changes, reset, backoff);
+    let body = Reply {
+        changes: poll.changes,
+        reset: reset.to_vec(),
+        backoff_s: backoff,
+    }
+    .encode();
     metrics::counter!("herald_longpoll_replies_total", "reason" => why).increment(1);
-    let mut head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    head.push_str(if keep_alive {
-        "Connection: keep-alive\r\n\r\n"
-    } else {
-        "Connection: close\r\n\r\n"
-    });
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body.as_bytes());
+    let cors = worker.limits.allowed_origins.headers(poll.cors);
+    let response = ok_response(&body, keep_alive, &cors);
     queue_bytes(st, response);
     let now = worker.now();
     if keep_alive {
@@ -396,172 +262,33 @@ fn answer(
     }
 }
 
-/// The JSON reply: changes merged per namespace (highest SJID), sorted by namespace.
-#[must_use]
-pub fn reply_body(mut changes: Vec<(u64, u64)>, reset: &[u64], backoff: Option<u64>) -> String {
-    changes.sort_unstable();
-    changes.reverse();
-    changes.dedup_by_key(|c| c.0);
-    changes.reverse();
-    let mut out = String::with_capacity(48 + changes.len() * 32 + reset.len() * 12);
-    out.push_str("{\"changes\":[");
-    for (i, &(ns, sjid)) in changes.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{{\"ns\":{},\"sjid\":{}}}", num(ns), num(sjid));
-    }
-    out.push_str("],\"reset\":[");
-    for (i, &ns) in reset.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&num(ns));
-    }
-    out.push_str("],\"backoff_s\":");
-    match backoff {
-        Some(s) => {
-            let _ = write!(out, "{s}");
-        }
-        None => out.push_str("null"),
-    }
-    out.push('}');
-    out
-}
-
-/// A JSON number, or a decimal string above 2^53.
-fn num(n: u64) -> String {
-    if n > MAX_JSON_INT {
-        format!("\"{n}\"")
-    } else {
-        n.to_string()
-    }
-}
-
-/// A refusal of a whole request, decided from its head.
-fn refuse(status: u16, error: &str, message: &str, extra: &[(&str, &str)]) -> Decision {
-    Decision::Refuse {
-        status,
-        response: error_response(status, error, message, extra, &[]),
-    }
-}
-
-/// Answers an error and closes (`st` is in `Phase::Http` with nothing registered).
+/// Answers an error (with the poll's CORS headers) and closes (`st` is in `Phase::Http` with
+/// nothing registered).
 fn fail(
     worker: &Worker,
     st: &mut ConnState,
     status: u16,
-    error: &str,
+    error: ErrorName,
     message: &str,
     extra: &[(&str, &str)],
     namespaces: &[u64],
 ) {
     metrics::counter!("herald_http_refusals_total", "status" => status.to_string()).increment(1);
-    st.poll = None;
+    let grant = st.poll.take().map_or(Grant::NONE, |p| p.cors);
+    let mut headers = extra.to_vec();
+    headers.extend(worker.limits.allowed_origins.headers(grant));
     queue_bytes(
         st,
-        error_response(status, error, message, extra, namespaces),
+        error_response(status, error, message, &headers, namespaces),
     );
     st.phase = Phase::Closing;
     st.exit_when_flushed = true;
     st.deadline = worker.now().saturating_add(CLOSE_GRACE_TICKS);
 }
 
-/// `{"error": …, "message": …}` (plus `"namespaces"` when given) with `Connection: close`.
-#[must_use]
-pub fn error_response(
-    status: u16,
-    error: &str,
-    message: &str,
-    extra: &[(&str, &str)],
-    namespaces: &[u64],
-) -> Vec<u8> {
-    let mut body = serde_json::json!({ "error": error, "message": message });
-    if !namespaces.is_empty() {
-        let list: Vec<Value> = namespaces
-            .iter()
-            .map(|&n| {
-                if n > MAX_JSON_INT {
-                    Value::String(n.to_string())
-                } else {
-                    Value::from(n)
-                }
-            })
-            .collect();
-        body["namespaces"] = Value::Array(list);
-    }
-    let body = body.to_string();
-    let reason = match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n");
-    for (name, value) in extra {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    let _ = write!(
-        head,
-        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    head.into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_requests_and_refuses_bad_ones() {
-        let r = parse_request(
-            br#"{"token":"t","cursors":{"7":42,"9007199254740993":"18446744073709551615"}}"#,
-        )
-        .expect("valid");
-        assert_eq!(r.timeout_s, 30);
-        let mut c = r.cursors.clone();
-        c.sort_unstable();
-        assert_eq!(c, vec![(7, 42), (9_007_199_254_740_993, u64::MAX)]);
-        for bad in [
-            &br#"{"token":"t","cursors":{}}"#[..],
-            br#"{"token":"t"}"#,
-            br#"{"cursors":{"1":1}}"#,
-            br#"{"token":"t","cursors":{"1":1},"timeout_s":29}"#,
-            br#"{"token":"t","cursors":{"1":1},"timeout_s":481}"#,
-            br#"{"token":"t","cursors":{"1":1},"timeout_s":30.5}"#,
-            br#"{"token":"t","cursors":{"1":1},"timeout_s":"30"}"#,
-            br#"{"token":"t","cursors":{"1":9007199254740993}}"#,
-            br#"{"token":"t","cursors":{"x":1}}"#,
-            br#"{"token":"t","cursors":{"1":-1}}"#,
-            b"not json",
-        ] {
-            assert!(
-                parse_request(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn reply_merges_changes_and_quotes_big_numbers() {
-        let body = reply_body(
-            vec![(7, 3), (2, 1), (7, 5), (u64::MAX, 1 << 60)],
-            &[9],
-            Some(4),
-        );
-        assert_eq!(
-            body,
-            r#"{"changes":[{"ns":2,"sjid":1},{"ns":7,"sjid":5},{"ns":"18446744073709551615","sjid":"1152921504606846976"}],"reset":[9],"backoff_s":4}"#
-        );
-        assert_eq!(
-            reply_body(Vec::new(), &[], None),
-            r#"{"changes":[],"reset":[],"backoff_s":null}"#
-        );
-    }
 
     /// Memory per waiting poll: the boxed state every waiting poll carries.
     #[test]

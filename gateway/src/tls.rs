@@ -8,9 +8,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// ALPN protocol of the QUIC transport (PROTOCOL.md "Transports").
-pub const QUIC_ALPN: &[u8] = b"herald/1";
-
 /// ALPN of the `wss` listener: HTTP/1.1 only (the WebSocket upgrade is an HTTP/1.1 request). A
 /// client that offers no ALPN is served as well (C14).
 pub const WSS_ALPN: &[u8] = b"http/1.1";

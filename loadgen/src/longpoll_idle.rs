@@ -203,7 +203,12 @@ async fn send_poll(args: &LongPollHoldArgs, index: u64) -> anyhow::Result<TcpStr
     let mut stream =
         tokio::time::timeout(Duration::from_secs(30), socket.connect(args.ws)).await??;
     let ns = 1_000_000 + index % args.namespaces;
-    let body = herald_client::longpoll::request_body(&args.token, &[(ns, 0)], TIMEOUT_S);
+    let body = herald_proto::longpoll::Request {
+        token: args.token.clone(),
+        cursors: vec![(ns, 0)],
+        timeout_s: TIMEOUT_S,
+    }
+    .encode();
     let mut req = format!(
         "POST /v1/longpoll HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         args.ws,

@@ -19,12 +19,22 @@
 //! - [`quic`]: the QUIC session stream's framing (a varint length before each frame).
 //! - [`claims`]: the JWT claims a token carries, with the `ns` grant rules.
 //! - [`fanout`]: the NATS messages between journal, relays and gateways (batches, look-ups).
+//! - [`json`]: the big-number rule of every JSON body (numbers above 2^53 as decimal strings).
+//! - [`longpoll`]: the long-poll request, reply and error bodies, limits and error names.
+//! - [`http`]: the client listener's HTTP/1.1 heads: WebSocket upgrade, long-poll, refusals.
+//! - [`cors`]: which web origins may read long-poll answers.
+//! - [`publish`]: the body of a standalone gateway's `POST /v1/publish`.
 #![warn(missing_docs)]
 
 pub mod claims;
 pub mod code;
+pub mod cors;
 pub mod fanout;
 pub mod frame;
+pub mod http;
+pub mod json;
+pub mod longpoll;
+pub mod publish;
 pub mod quic;
 pub mod varint;
 pub mod ws;

@@ -131,6 +131,9 @@ pub fn stream_config(settings: &StreamSettings) -> Config {
         discard: DiscardPolicy::Old,
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
+        // Any replica answers direct gets: the relay reads the journal forward through them
+        // after a reconnect, without the stream or meta leader (source::journal's catch-up).
+        allow_direct: true,
         ..Config::default()
     }
 }
@@ -199,6 +202,9 @@ pub async fn ensure_stream(
                     .await
                     .map_err(|e| StreamError::Api(e.to_string()))?;
                 check_existing(&info.config)?;
+                if !info.config.allow_direct {
+                    allow_direct_gets(js, info.config.clone()).await;
+                }
                 if info.config.num_replicas != settings.replicas
                     || info.config.duplicate_window != settings.duplicate_window
                 {
@@ -231,6 +237,26 @@ pub async fn ensure_stream(
     Err(StreamError::Api(format!(
         "{JOURNAL_STREAM} kept appearing and disappearing while being created"
     )))
+}
+
+/// Turns on `allow_direct` on a journal stream created before it was set (older relays, or an
+/// operator). Without it the reconnect catch-up finds nothing and only the consumer delivers
+/// what a reconnect hid, seconds later when a JetStream leader was lost: worth a warning, not
+/// a refusal.
+async fn allow_direct_gets(js: &jetstream::Context, mut config: Config) {
+    config.allow_direct = true;
+    match js.update_stream(config).await {
+        Ok(_) => tracing::info!(
+            stream = JOURNAL_STREAM,
+            "turned on allow_direct (direct gets)"
+        ),
+        Err(e) => tracing::warn!(
+            stream = JOURNAL_STREAM,
+            error = %e,
+            "could not turn on allow_direct: after a NATS reconnect, changes published meanwhile \
+             may wait for the journal consumer (seconds if a JetStream leader was lost)"
+        ),
+    }
 }
 
 fn is_not_found(kind: &GetStreamErrorKind) -> bool {

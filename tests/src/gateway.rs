@@ -152,6 +152,10 @@ impl GatewayProcess {
                 "{KID}={}",
                 self.dir.path().join("test.pub.pem").display()
             ))
+            // SIGTERM starts the drain at once in tests; the grace's own test sets it (a flag
+            // given twice takes its last value).
+            .arg("--stop-grace-ms")
+            .arg("0")
             .args(&self.options.args)
             .env("HERALD_LOG", "info,herald_gateway=debug")
             .env("NO_COLOR", "1")

@@ -185,6 +185,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The process id (to SIGSTOP a server that must hang rather than close its sockets).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("nats-server running").id()
+    }
+
+    /// Its client port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Kills the server (SIGKILL); the store dir stays.
     pub fn stop(&mut self) {
         crate::process::kill9(&mut self.child);
@@ -224,17 +236,33 @@ const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// its own store, named `n0`, `n1`, …. Nodes are [`NatsServer`]s: stop and resume them one by one.
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
+    /// Each node's HTTP monitoring port (`/jsz` names the JetStream meta leader).
+    monitor_ports: Vec<u16>,
 }
 
 impl NatsCluster {
     /// Starts `n` nodes (at least 3 for replicated streams) and waits until JetStream places a
     /// stream with `n` replicas on them.
     pub async fn start(n: usize) -> Self {
-        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // Client ports first, then route and monitoring ports distinct from them and from each
+        // other: a port released by `free_port` may be handed out again at once.
+        let mut nodes: Vec<NatsServer> = (0..n).map(|_| NatsServer::unstarted(true)).collect();
+        let mut taken: Vec<u16> = nodes.iter().map(|node| node.port).collect();
+        let mut distinct_port = || {
+            for _ in 0..1000 {
+                let p = free_port();
+                if !taken.contains(&p) {
+                    taken.push(p);
+                    return p;
+                }
+            }
+            panic!("no free loopback port distinct from {taken:?} in 1000 tries");
+        };
+        let route_ports: Vec<u16> = (0..n).map(|_| distinct_port()).collect();
+        let monitor_ports: Vec<u16> = (0..n).map(|_| distinct_port()).collect();
         let route = |p: &u16| format!("nats://127.0.0.1:{p}");
-        let mut nodes = Vec::with_capacity(n);
         for (i, port) in route_ports.iter().enumerate() {
-            let mut node = NatsServer::unstarted(true);
+            let node = &mut nodes[i];
             let routes: Vec<String> = route_ports
                 .iter()
                 .filter(|p| *p != port)
@@ -249,13 +277,17 @@ impl NatsCluster {
                 route(port),
                 "--routes".into(),
                 routes.join(","),
+                "-m".into(),
+                monitor_ports[i].to_string(),
             ];
-            nodes.push(node);
         }
         for node in &mut nodes {
             node.spawn();
         }
-        let cluster = NatsCluster { nodes };
+        let cluster = NatsCluster {
+            nodes,
+            monitor_ports,
+        };
         cluster.wait_for_jetstream(n).await;
         cluster
     }
@@ -303,10 +335,55 @@ impl NatsCluster {
         urls.join(",")
     }
 
+    /// The index of the node that is the JetStream meta leader, as the first node that answers
+    /// `/jsz` sees it (`None` while there is none, or no node answers).
+    pub async fn meta_leader(&self) -> Option<usize> {
+        for port in &self.monitor_ports {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+            let Ok(Ok(resp)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                crate::http::request(addr, "GET", "/jsz", None),
+            )
+            .await
+            else {
+                continue;
+            };
+            let body: serde_json::Value = match serde_json::from_slice(&resp.body) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            return body["meta_cluster"]["leader"].as_str().and_then(node_index);
+        }
+        None
+    }
+
+    /// The index of the node leading `stream`, asked through node `via`.
+    pub async fn stream_leader(&self, via: usize, stream: &str) -> Option<usize> {
+        let js = async_nats::jetstream::new(self.nodes[via].client().await);
+        let mut s = tokio::time::timeout(Duration::from_secs(5), js.get_stream(stream))
+            .await
+            .ok()?
+            .ok()?;
+        let info = tokio::time::timeout(Duration::from_secs(5), s.info())
+            .await
+            .ok()?
+            .ok()?;
+        info.cluster
+            .as_ref()?
+            .leader
+            .as_deref()
+            .and_then(node_index)
+    }
+
     /// Node `i`, to stop (SIGKILL) or resume.
     pub fn node(&mut self, i: usize) -> &mut NatsServer {
         &mut self.nodes[i]
     }
+}
+
+/// `n3` → 3 (the cluster's server names).
+fn node_index(name: &str) -> Option<usize> {
+    name.strip_prefix('n')?.parse().ok()
 }
 
 /// Extra flags for a test relay.

@@ -141,51 +141,165 @@ async fn nats_server_restarted_with_its_store() {
 /// CI: 15 s was not enough once).
 const CLUSTER_CATCH_UP: Duration = Duration::from_secs(45);
 
-/// 4. A 3-node cluster with the journal at 3 replicas. The relay talks to node 0, the gateway is
-/// given every node's URL (comma-separated), the publisher talks to node 1. Node 0, which holds
-/// the relay's connection, is killed; everything fails over and nothing is missed.
-///
-/// No delivery bound is asserted here. How long the clients lag depends on what node 0 led: when
-/// it was the JetStream meta leader, the relay's ordered consumer, recreated after the reconnect,
-/// first deletes the old consumer and that request waits out async-nats' 10 s recovery timeout;
-/// the relay now replaces a consumer that delivers nothing for two stream checks (~4 s) while the
-/// stream moves, so the clients lag ~5–7 s there (they lagged 10 s, once 15+ s, before); when it
-/// was not the leader, they keep up within milliseconds.
+/// The delivery bound after a JetStream leader is lost (issue #16): every change reaches the
+/// clients within 1 s of its acknowledgement (goal), never more than 2 s. Asserted with 1 s of
+/// margin for this shared 2-core machine, where a loaded test runner alone has delayed a
+/// delivery by several hundred milliseconds.
+const LEADER_LOSS_BOUND: Duration = Duration::from_secs(3);
+
+/// What a killed cluster node held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The JetStream meta leader (and the relay's own connection).
+    MetaLeader,
+    /// The journal stream's leader.
+    StreamLeader,
+    /// Neither leader.
+    Neither,
+}
+
+/// Picks the node to kill for `role`: the meta leader, the journal's stream leader (when another
+/// node leads the meta group), or a node that leads neither. `None` when the cluster's current
+/// leaders leave no such node (for example one node leads both).
+async fn node_holding(cluster: &NatsCluster, role: Held) -> Option<usize> {
+    let meta = cluster.meta_leader().await?;
+    let stream = cluster
+        .stream_leader((meta + 1) % 3, herald_proto::fanout::JOURNAL_STREAM)
+        .await?;
+    match role {
+        Held::MetaLeader => Some(meta),
+        Held::StreamLeader => (stream != meta).then_some(stream),
+        Held::Neither => (0..3).find(|&i| i != meta && i != stream),
+    }
+}
+
+/// One leader-loss round on a running cluster: a fleet and a publisher on other nodes, the node
+/// holding `role` killed, publishing on, then checked. Returns the worst delay from a change's
+/// acknowledgement to a client learning it, and restarts the killed node.
+async fn leader_loss_round(
+    name: &str,
+    cluster: &mut NatsCluster,
+    gw: &GatewayProcess,
+    victim: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Duration, String> {
+    let checker = Checker::new();
+    let fleet = Fleet::start(&checker, &[ws_url(gw)], &gw.token_all(), rng).await?;
+    let feed = Feed::start(&cluster.url((victim + 1) % 3), &checker, rng).await?;
+    tokio::time::sleep(STEADY).await;
+    let killed_at = Instant::now();
+    cluster.node(victim).stop();
+    let at_kill = feed.acked();
+    feed.acked_beyond(at_kill, 100, WAIT).await?;
+    let hundred_acks = killed_at.elapsed();
+    fleet.catch_up(&checker, CLUSTER_CATCH_UP).await?;
+    tokio::time::sleep(AFTER).await;
+    let extra =
+        format!("; node n{victim} killed, 100 changes acknowledged {hundred_acks:.1?} after");
+    let report = finish(name, &checker, feed, &fleet, &extra).await?;
+    cluster.node(victim).resume();
+    Ok(report.worst_delay)
+}
+
+/// 4. A 3-node cluster with the journal at 3 replicas. The relay talks to the node that is the
+/// JetStream meta leader, the gateway is given every node's URL, the publisher talks to another
+/// node. The meta leader's node is killed: the relay loses its connection and the JetStream API
+/// its leader at once (the worst case: an ordered consumer cannot be recreated until a new meta
+/// leader is elected, seconds later). The relay's journal tap and its catch-up after the
+/// reconnect (relay `source::journal`) must keep every delivery inside [`LEADER_LOSS_BOUND`]
+/// of its acknowledgement, and nothing may be missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_node_killed() {
     let name = "cluster_node_killed";
     run(name, async {
         let mut rng = seed(name);
         let mut cluster = NatsCluster::start(3).await;
+        let leader = cluster.meta_leader().await.unwrap_or(0);
         let _relay =
-            RelayProcess::start(&cluster.url(0), relay_options().arg("--replicas", 3)).await;
+            RelayProcess::start(&cluster.url(leader), relay_options().arg("--replicas", 3)).await;
         let gw = GatewayProcess::start(gateway_options(&cluster.urls()));
-        let feed_url = cluster.url(1);
         phase(name, async {
-            let checker = Checker::new();
-            let fleet = Fleet::start(&checker, &[ws_url(&gw)], &gw.token_all(), &mut rng).await?;
-            let feed = Feed::start(&feed_url, &checker, &mut rng).await?;
-            tokio::time::sleep(STEADY).await;
-
-            let killed_at = Instant::now();
-            cluster.node(0).stop();
-            let at_kill = feed.acked();
-            feed.acked_beyond(at_kill, 100, WAIT).await?;
-            let hundred_acks = killed_at.elapsed();
-            // How far behind the journal the clients are once it takes publishes again.
-            let lag = fleet.catch_up(&checker, CLUSTER_CATCH_UP).await?;
-            tokio::time::sleep(AFTER).await;
-
-            let extra = format!(
-                "; 100 changes acknowledged {hundred_acks:.1?} after the kill, clients caught \
-                 up with them {lag:.1?} later"
-            );
-            finish(name, &checker, feed, &fleet, &extra).await?;
+            let victim = node_holding(&cluster, Held::MetaLeader)
+                .await
+                .unwrap_or(leader);
+            let worst = leader_loss_round(name, &mut cluster, &gw, victim, &mut rng).await?;
+            if worst > LEADER_LOSS_BOUND {
+                return Err(format!(
+                    "a change reached the clients {worst:?} after its acknowledgement when the \
+                     meta leader's node was killed, over {LEADER_LOSS_BOUND:?}"
+                ));
+            }
             Ok(())
         })
         .await;
     })
     .await;
+}
+
+/// The figures of issue #16: ten or more leader-loss rounds, cycling through killing the meta
+/// leader, the stream leader and a node holding neither, each on a fresh cluster, two relays (on
+/// n0 and n1) and a gateway (the clients' cursors and the journal start empty every round);
+/// prints each round's worst delay from acknowledgement to client. Minutes long: run by hand with
+/// `cargo test -p herald-e2e --test faults leader_loss_rounds -- --ignored --nocapture`
+/// (rounds from `HERALD_LEADER_LOSS_ROUNDS`, default 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes long: the leader-loss figures for RELIABILITY.md"]
+async fn leader_loss_rounds() {
+    let name = "leader_loss_rounds";
+    let rounds: usize = std::env::var("HERALD_LEADER_LOSS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    let _turn = herald_e2e::fleet::SERIAL.lock().await;
+    let mut rng = seed(name);
+    let roles = [Held::MetaLeader, Held::StreamLeader, Held::Neither];
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        let mut cluster = NatsCluster::start(3).await;
+        // Two relays on different nodes, as a fleet runs them (ops/RUNBOOK.md): when a node
+        // dies, the relay on another node still sees every publish.
+        let relays = [
+            RelayProcess::start(&cluster.url(0), relay_options().arg("--replicas", 3)).await,
+            RelayProcess::start(&cluster.url(1), relay_options().arg("--replicas", 3)).await,
+        ];
+        let gw = GatewayProcess::start(gateway_options(&cluster.urls()));
+        let wanted = roles[round % roles.len()];
+        // The stream leader may be the meta leader too; then that node is killed as such.
+        let mut role = wanted;
+        let mut victim = node_holding(&cluster, wanted).await;
+        if victim.is_none() {
+            role = Held::MetaLeader;
+            victim = node_holding(&cluster, role).await;
+        }
+        let Some(victim) = victim else {
+            println!("{name}: round {round}: no JetStream leader found; skipped");
+            continue;
+        };
+        let worst = tokio::time::timeout(
+            PHASE_LIMIT,
+            leader_loss_round(name, &mut cluster, &gw, victim, &mut rng),
+        )
+        .await
+        .unwrap_or_else(|_| Err("round timed out".into()))
+        .unwrap_or_else(|e| panic!("{name}: round {round} ({role:?}): {e}"));
+        let relay_node = if victim < 2 { " (a relay's node)" } else { "" };
+        println!(
+            "{name}: round {round}: killed n{victim}{relay_node} holding {role:?}: worst delay \
+             {worst:?}"
+        );
+        results.push((role, victim < 2, worst));
+        drop(gw);
+        drop(relays);
+    }
+    println!("{name}: role | a relay's node | worst delay from acknowledgement to client");
+    for (role, relays, worst) in &results {
+        println!("{name}: {role:?} | {relays} | {worst:.1?}");
+    }
+    let overall = results.iter().map(|r| r.2).max().unwrap_or_default();
+    assert!(
+        overall <= LEADER_LOSS_BOUND,
+        "worst delay {overall:?} over {LEADER_LOSS_BOUND:?}"
+    );
 }
 
 /// 5. Two gateways on one NATS; clients use gateway A with B as fallback. A is killed with

@@ -7,6 +7,18 @@
 //! logged, counted and skipped; a lost connection or consumer is recreated by the ordered
 //! consumer itself; a deleted or replaced stream is recreated and read again from the start.
 //! A change that comes late (lower than the table's) is written back over (see [`super::repair`]).
+//!
+//! Beside the consumer, a plain NATS subscription on the journal's subjects (the *tap*) sees each
+//! publish as it happens, so a change reaches the table without waiting for JetStream to deliver
+//! it. That matters when a NATS node dies: the ordered consumer then needs the JetStream meta
+//! leader to recreate itself, which can take seconds (an election), while core NATS reroutes in
+//! milliseconds. What the tap misses while the relay's own connection is down is read back after
+//! each reconnect by a *catch-up*: direct gets from the last journal sequence applied, answered
+//! by any replica (the stream allows direct gets), so no leader is needed either. The consumer
+//! stays the reference: it loads the table and delivers everything, the tap and the catch-up only
+//! make it sooner, and merge is max makes the overlap harmless. A publish the stream never
+//! acknowledges (rejected, or retried by the publisher) may be announced by the tap: its
+//! transaction is committed (publishers publish after the commit), so announcing it is right.
 
 use crate::config::StreamSettings;
 use crate::latest::Merged;
@@ -16,10 +28,12 @@ use crate::source::Intake;
 use crate::source::repair::{Repair, Repairer};
 use crate::stream::{self, StreamError};
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
 use herald_proto::fanout::{JOURNAL_STREAM, parse_journal_body, parse_journal_subject, partition};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often the stream is looked at (does it still exist, is it the same one, have we
@@ -31,6 +45,25 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// test `cluster_node_killed`); a fresh consumer is quicker, and re-reading the journal is
 /// harmless (merge is max: only what was missed is fanned out).
 const STALLED_CHECKS: u32 = 2;
+/// How often the relay's NATS connection counter is read, to notice a reconnect (an atomic load).
+const RECONNECT_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// When catch-up passes run after a reconnect. More than one: the replica that answers first may
+/// not hold the newest messages yet, and the reconnect may race a leader election.
+/// The later passes cover a lost stream leader: replicas answer direct gets again once a new
+/// leader is elected, which can be sooner than the consumer recovers.
+const CATCH_UP_PASSES: [Duration; 6] = [
+    Duration::ZERO,
+    Duration::from_millis(250),
+    Duration::from_millis(750),
+    Duration::from_millis(1500),
+    Duration::from_millis(2500),
+    Duration::from_millis(4000),
+];
+/// Longest wait for one direct get.
+const DIRECT_GET_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most messages one catch-up pass reads (the journal keeps one message per namespace, so a
+/// pass starting far behind would otherwise read the whole table; the consumer covers that).
+const CATCH_UP_MAX_MESSAGES: usize = 50_000;
 
 /// Reads `HERALD_JOURNAL`.
 #[derive(Debug)]
@@ -94,12 +127,20 @@ impl JournalSource {
         let mut backoff = Backoff::new();
         let mut limits = Limits::default();
         let started = Instant::now();
+        let mut tap = Tap::new(&self.js).await;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             match self
-                .consume(&mut intake, &mut limits, started, &shutdown, &mut backoff)
+                .consume(
+                    &mut intake,
+                    &mut limits,
+                    &mut tap,
+                    started,
+                    &shutdown,
+                    &mut backoff,
+                )
                 .await
             {
                 Ok(Ended::Shutdown) => return Ok(()),
@@ -120,6 +161,7 @@ impl JournalSource {
         &self,
         intake: &mut Intake,
         limits: &mut Limits,
+        tap: &mut Tap,
         started: Instant,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
@@ -170,10 +212,25 @@ impl JournalSource {
         let mut repairer = Repairer::spawn(self.js.clone());
         let mut watch = tokio::time::interval(WATCH_EVERY);
         watch.tick().await;
+        let mut reconnects = tokio::time::interval(RECONNECT_CHECK_EVERY);
+        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                Some(message) = next_tapped(&mut tap.subscriber) => {
+                    if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
+                        intake.apply_early(ns, sjid).await;
+                    }
+                }
+                Some((ns, sjid)) = tap.caught_up.recv() => {
+                    intake.apply_early(ns, sjid).await;
+                }
+                _ = reconnects.tick() => {
+                    if tap.reconnected() {
+                        tap.catch_up(&stream, reader.last_seq, self.partitions);
+                    }
+                }
                 next = messages.next() => match next {
                     Some(Ok(message)) => {
                         let pending = self.handle(&message, intake, limits, &mut reader, &mut repairer).await;
@@ -270,6 +327,18 @@ impl JournalSource {
         pending
     }
 
+    /// A message seen by the tap or the catch-up: applied only when well formed (the consumer
+    /// delivers the same message and counts what is wrong with it).
+    fn tapped(&self, subject: &str, body: &[u8]) -> Option<(u64, u64)> {
+        match read_journal_message(subject, body, self.partitions) {
+            Ok(JournalEntry::Change { ns, sjid } | JournalEntry::Misrouted { ns, sjid, .. }) => {
+                metrics::counter!("herald_relay_journal_tapped_total").increment(1);
+                Some((ns, sjid))
+            }
+            Err(_) => None,
+        }
+    }
+
     fn loaded(&self, intake: &mut Intake, reader: &Reader, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
         intake.metrics().load_seconds.set(secs);
@@ -331,6 +400,144 @@ impl JournalSource {
             )));
         }
         None
+    }
+}
+
+/// The tap (a core NATS subscription on the journal's subjects) and the reconnect catch-up.
+struct Tap {
+    /// `None` when the subscription could not be made (the consumer alone then delivers).
+    subscriber: Option<async_nats::Subscriber>,
+    /// The client's connection counter, to notice a reconnect.
+    statistics: std::sync::Arc<async_nats::Statistics>,
+    /// Connections seen so far.
+    connects: u64,
+    /// Changes read by catch-up passes.
+    caught_up: mpsc::Receiver<(u64, u64)>,
+    caught_up_tx: mpsc::Sender<(u64, u64)>,
+    /// The running catch-up, replaced by the next reconnect's.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Tap {
+    async fn new(js: &jetstream::Context) -> Self {
+        let client = js.client();
+        let subscriber = match client.subscribe(crate::stream::JOURNAL_SUBJECTS).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal tap not subscribed: changes wait for the consumer");
+                None
+            }
+        };
+        let statistics = client.statistics();
+        let connects = statistics
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (caught_up_tx, caught_up) = mpsc::channel(1024);
+        Tap {
+            subscriber,
+            statistics,
+            connects,
+            caught_up,
+            caught_up_tx,
+            task: None,
+        }
+    }
+
+    /// True once per reconnect of the relay's NATS connection.
+    fn reconnected(&mut self) -> bool {
+        let now = self
+            .statistics
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let changed = now != self.connects;
+        self.connects = now;
+        changed
+    }
+
+    /// Reads the journal forward from `after` (the last sequence the consumer applied) in a few
+    /// passes, sending what it finds to [`Tap::caught_up`]. Replaces a catch-up still running.
+    fn catch_up(&mut self, stream: &jetstream::stream::Stream, after: u64, partitions: u64) {
+        metrics::counter!("herald_relay_catch_ups_total").increment(1);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let stream = stream.clone();
+        let tx = self.caught_up_tx.clone();
+        self.task = Some(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut next = after + 1;
+            let mut read = 0usize;
+            for at in CATCH_UP_PASSES {
+                tokio::time::sleep_until(started + at).await;
+                let (reached, n) = catch_up_pass(&stream, next, partitions, &tx).await;
+                next = next.max(reached);
+                read += n;
+            }
+            tracing::info!(
+                from = after + 1,
+                read,
+                "journal catch-up after a reconnect done"
+            );
+        }));
+    }
+}
+
+/// The next message the tap saw (never ready when there is no subscription).
+async fn next_tapped(
+    subscriber: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match subscriber.as_mut() {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One catch-up pass: direct gets of the next journal message at or after `from`, until none is
+/// left, one fails, or [`CATCH_UP_MAX_MESSAGES`]. Returns the sequence to start the next pass
+/// from and how many messages it read.
+async fn catch_up_pass(
+    stream: &jetstream::stream::Stream,
+    from: u64,
+    partitions: u64,
+    tx: &mpsc::Sender<(u64, u64)>,
+) -> (u64, usize) {
+    let mut next = from;
+    let mut read = 0;
+    while read < CATCH_UP_MAX_MESSAGES {
+        let got = tokio::time::timeout(
+            DIRECT_GET_TIMEOUT,
+            stream.direct_get_next_for_subject(crate::stream::JOURNAL_SUBJECTS, Some(next)),
+        )
+        .await;
+        let message = match got {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "journal catch-up: direct get failed; next pass retries");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("journal catch-up: direct get timed out; next pass retries");
+                break;
+            }
+        };
+        next = message.sequence + 1;
+        read += 1;
+        if let Ok(JournalEntry::Change { ns, sjid } | JournalEntry::Misrouted { ns, sjid, .. }) =
+            read_journal_message(message.subject.as_str(), &message.payload, partitions)
+            && tx.send((ns, sjid)).await.is_err()
+        {
+            break;
+        }
+    }
+    (next, read)
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
