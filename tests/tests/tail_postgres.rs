@@ -794,3 +794,80 @@ async fn bench_commit_to_client_latency() {
         percentile(&direct, 0.99)
     );
 }
+
+/// CPU seconds (user + system) this test process has used: the in-process tailer's cost.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime, fields 14 and 15, counted from after the command name (field 3 = 0).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Catch-up after an outage and the rows a second the tailer sustains: the tailer stops,
+/// `HERALD_TAIL_BENCH_ROWS` rows (default 1,000,000; 10,000-row transactions over 100,000
+/// namespaces) commit, then it starts again from its checkpoint and reads them all into a
+/// counting sink (the decoding and the slot's pace; the journal sink's own pace is measured in
+/// "Herald beside its peers"). Prints the time, rows/s and CPU-seconds per 1M rows. Run with
+/// `cargo test --release -p herald-e2e --test tail_postgres -- --ignored --nocapture bench_catch_up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn bench_catch_up_throughput() {
+    let rows: u64 = std::env::var("HERALD_TAIL_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let db = Postgres::start().await;
+    db.create_journal("server_file_journal", "bigint");
+    let dir = tempdir();
+    let tail = Tail::start_streaming(&db, dir.path()).await;
+    tail.stop().await;
+    let written = std::time::Instant::now();
+    let mut next = 1u64;
+    while next <= rows {
+        let last = (next + 9_999).min(rows);
+        db.sql(&format!(
+            "INSERT INTO server_file_journal (ns_id, sj_id) \
+             SELECT s % 100000, s FROM generate_series({next}, {last}) AS s"
+        ));
+        next = last + 1;
+    }
+    let write_s = written.elapsed().as_secs_f64();
+    #[derive(Clone)]
+    struct Counter(Arc<std::sync::atomic::AtomicU64>);
+    impl JournalSink for Counter {
+        async fn deliver(&self, changes: Vec<Change>) -> anyhow::Result<()> {
+            self.0
+                .fetch_add(changes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cpu0 = process_cpu_seconds();
+    let started = std::time::Instant::now();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(herald_tail::run(
+        config(&db.tail_url(""), dir.path()),
+        Counter(counted.clone()),
+        stop.clone(),
+    ));
+    herald_e2e::eventually(Duration::from_secs(600), "catch-up", || async {
+        (counted.load(std::sync::atomic::Ordering::Relaxed) >= rows).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    stop.cancel();
+    let _ = task.await;
+    eprintln!(
+        "PostgreSQL catch-up over a backlog of {rows} rows (written in {write_s:.1} s): \
+         {elapsed:.2} s, {:.0} rows/s, {:.2} CPU-s per 1M rows (tailer, in-process)",
+        rows as f64 / elapsed,
+        cpu * 1e6 / rows as f64
+    );
+}
