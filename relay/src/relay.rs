@@ -110,6 +110,7 @@ async fn serve(
 
     // The source says when it has loaded; the relay is ready once the responder listens too.
     let (loaded_tx, mut loaded_rx) = watch::channel(false);
+    let freshness = crate::source::Freshness::new(client.statistics());
     let source_stop = CancellationToken::new();
     let (source, answers) = match &args.upstream_nats {
         None => (
@@ -118,7 +119,7 @@ async fn serve(
                 args.partitions,
                 args.stream.settings(),
             ))),
-            Answers::Table(table.clone()),
+            Answers::Table(table.clone(), freshness.clone()),
         ),
         Some(upstream_url) => {
             let timeout = std::time::Duration::from_millis(args.upstream_request_timeout_ms);
@@ -127,7 +128,13 @@ async fn serve(
             (Source::Upstream(up), answers)
         }
     };
-    let intake = Intake::new(table.clone(), tx, loaded_tx, SourceMetrics::new());
+    let intake = Intake::new(
+        table.clone(),
+        tx,
+        loaded_tx,
+        SourceMetrics::new(),
+        freshness,
+    );
     let mut source_task = tokio::spawn(source.run(intake, source_stop.clone()));
 
     let responder_stop = CancellationToken::new();

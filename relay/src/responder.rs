@@ -1,6 +1,8 @@
 //! The latest responder: answers `herald.latest.<p>` from memory, in queue group
 //! `herald-relay` so several relays share the load. It subscribes only once the relay is ready;
-//! a relay that is not ready does not answer, so callers time out and retry another.
+//! a relay that is not ready does not answer, so callers time out and retry another. A ready
+//! relay whose table may be behind the journal (see [`Freshness`]) answers with no entries, so
+//! callers retry at once rather than act on a stale value.
 //!
 //! A request that cannot be decoded, or that asks for more than `MAX_PAIRS_PER_MESSAGE`
 //! namespaces, is logged and answered with a reply holding **no entries** (never a partial or
@@ -8,6 +10,7 @@
 
 use crate::latest::LatestTable;
 use crate::metrics::{LATEST_LOOKUPS, LATEST_REQUESTS, LogLimiter};
+use crate::source::Freshness;
 use async_nats::{Client, Subscriber};
 use futures_util::StreamExt;
 use herald_proto::fanout::{LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
@@ -31,6 +34,10 @@ pub enum BadRequest {
     /// (Tier N) the upstream tier did not answer in time; the caller retries.
     #[error("the upstream tier did not answer: {0}")]
     Upstream(String),
+    /// The relay's table may be behind the journal (its NATS connection came back, or its
+    /// journal consumer started over, and it has not caught up since): the caller asks again.
+    #[error("the relay is catching up with the journal")]
+    Behind,
 }
 
 /// The reply to a request payload: `(ns, latest or 0)` for each namespace asked, in order.
@@ -55,8 +62,9 @@ pub async fn subscribe(client: &Client) -> Result<Subscriber, async_nats::Subscr
 /// Where answers come from.
 #[derive(Clone)]
 pub enum Answers {
-    /// The relay's own table (tier 0: it holds every namespace of the journal).
-    Table(Arc<LatestTable>),
+    /// The relay's own table (tier 0: it holds every namespace of the journal), answered from
+    /// only while it is current.
+    Table(Arc<LatestTable>, Freshness),
     /// The upstream tier (tier N): from what is tracked, else asked upstream and then tracked.
     Upstream(herald_upstream::Upstream),
 }
@@ -64,7 +72,8 @@ pub enum Answers {
 impl Answers {
     async fn answer(&self, epoch: u64, payload: &[u8]) -> Result<LatestReply, BadRequest> {
         match self {
-            Answers::Table(table) => answer(table, epoch, payload),
+            Answers::Table(_, freshness) if !freshness.is_current() => Err(BadRequest::Behind),
+            Answers::Table(table, _) => answer(table, epoch, payload),
             Answers::Upstream(up) => {
                 let request = LatestRequest::decode(payload).map_err(BadRequest::Malformed)?;
                 if request.ns.len() > MAX_PAIRS_PER_MESSAGE {
@@ -91,6 +100,7 @@ pub async fn serve(
 ) {
     let ok = metrics::counter!(LATEST_REQUESTS, "result" => "ok");
     let malformed = metrics::counter!(LATEST_REQUESTS, "result" => "malformed");
+    let behind = metrics::counter!(LATEST_REQUESTS, "result" => "behind");
     let lookups = metrics::counter!(LATEST_LOOKUPS);
     let mut limit = LogLimiter::default();
     loop {
@@ -132,6 +142,13 @@ pub async fn serve(
                 ok.increment(1);
                 lookups.increment(reply.entries.len() as u64);
                 reply
+            }
+            Err(BadRequest::Behind) => {
+                behind.increment(1);
+                LatestReply {
+                    epoch,
+                    entries: Vec::new(),
+                }
             }
             Err(e) => {
                 malformed.increment(1);

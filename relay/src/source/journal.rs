@@ -191,6 +191,7 @@ impl JournalSource {
             })
             .await
             .map_err(|e| api(&e))?;
+        intake.freshness().behind();
         let to_deliver = consumer.cached_info().num_pending;
         let mut messages = consumer.messages().await.map_err(|e| api(&e))?;
         backoff.reset();
@@ -208,6 +209,7 @@ impl JournalSource {
         };
         if to_deliver == 0 {
             self.loaded(intake, &reader, started);
+            intake.freshness().caught_up();
         }
         let mut repairer = Repairer::spawn(self.js.clone());
         let mut watch = tokio::time::interval(WATCH_EVERY);
@@ -234,8 +236,11 @@ impl JournalSource {
                 next = messages.next() => match next {
                     Some(Ok(message)) => {
                         let pending = self.handle(&message, intake, limits, &mut reader, &mut repairer).await;
-                        if pending == Some(0) && !intake.is_loaded() {
-                            self.loaded(intake, &reader, started);
+                        if pending == Some(0) {
+                            if !intake.is_loaded() {
+                                self.loaded(intake, &reader, started);
+                            }
+                            intake.freshness().caught_up();
                         }
                     }
                     Some(Err(e)) => {
@@ -380,10 +385,11 @@ impl JournalSource {
                 "the stream {JOURNAL_STREAM} was replaced by a new one"
             )));
         }
-        if !intake.is_loaded()
-            && (info.state.messages == 0 || info.state.last_sequence <= reader.last_seq)
-        {
-            self.loaded(intake, reader, started);
+        if info.state.messages == 0 || info.state.last_sequence <= reader.last_seq {
+            if !intake.is_loaded() {
+                self.loaded(intake, reader, started);
+            }
+            intake.freshness().caught_up();
         }
         let behind = info.state.last_sequence > reader.last_seq;
         if behind && reader.last_seq == reader.seq_at_check {
