@@ -195,6 +195,26 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// The process id, `None` while stopped.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server gracefully (SIGTERM; SIGKILL if it has not exited within `limit`); the
+    /// store dir stays. True if it exited by itself.
+    pub async fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        crate::process::sigterm(pid);
+        let exited = crate::process::wait_exit(&mut self.child, limit)
+            .await
+            .is_some();
+        self.stop();
+        exited
+    }
+
     /// A connected client.
     pub async fn client(&self) -> Client {
         tokio::time::timeout(Duration::from_secs(5), async_nats::connect(self.url()))
@@ -232,6 +252,12 @@ impl NatsCluster {
     /// Starts `n` nodes (at least 3 for replicated streams) and waits until JetStream places a
     /// stream with `n` replicas on them.
     pub async fn start(n: usize) -> Self {
+        Self::start_with_args(n, &[]).await
+    }
+
+    /// Like [`NatsCluster::start`], with `extra` flags for every node (e.g. `--no_advertise`, so
+    /// that clients reach the nodes only by the URLs they are given, such as a [`crate::proxy`]).
+    pub async fn start_with_args(n: usize, extra: &[&str]) -> Self {
         let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let monitor_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let route = |p: &u16| format!("nats://127.0.0.1:{p}");
@@ -255,6 +281,7 @@ impl NatsCluster {
                 "-m".into(),
                 monitor_ports[i].to_string(),
             ];
+            node.args.extend(extra.iter().map(|a| (*a).to_owned()));
             nodes.push(node);
         }
         for node in &mut nodes {
@@ -351,6 +378,12 @@ impl NatsCluster {
             .and_then(node_index)
     }
 
+    /// Node `i`'s process id, `None` while it is stopped.
+    #[must_use]
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].pid()
+    }
+
     /// Node `i`, to stop (SIGKILL) or resume.
     pub fn node(&mut self, i: usize) -> &mut NatsServer {
         &mut self.nodes[i]
@@ -385,22 +418,10 @@ impl RelayOptions {
     }
 }
 
-/// `target/<profile>/herald-relay`, beside the directory of the running test executable.
+/// `target/<profile>/herald-relay` ([`crate::process::sibling_binary`]).
 #[must_use]
 pub fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is not under target/<profile>/deps");
-    let bin = profile_dir.join("herald-relay");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) \
-         before these tests",
-        bin.display()
-    );
-    bin
+    crate::process::sibling_binary("herald-relay")
 }
 
 /// A running `herald-relay`. Dropping it kills the process (SIGKILL) and waits for it.
@@ -549,6 +570,12 @@ impl RelayProcess {
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         crate::process::kill9(&mut self.child);
+    }
+
+    /// The process id, `None` once killed or exited.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills it and starts it again with the same flags; waits for the new ready line (new
