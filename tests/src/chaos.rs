@@ -62,6 +62,12 @@ pub struct ChaosConfig {
     pub clients: usize,
     /// Journal publishes a second.
     pub rate: u32,
+    /// Fault kinds to inject (empty: every kind), to bisect a failure.
+    pub only: Vec<Fault>,
+    /// Include long-poll clients (a quarter of them); false: ws / wss / QUIC only (see
+    /// RELIABILITY.md, "Found": long-pollers get a RESET when a relay that lags the journal
+    /// answers their look-up).
+    pub long_poll: bool,
 }
 
 /// The kinds of fault, in table order.
@@ -111,6 +117,28 @@ impl Fault {
             Fault::GatewayHang => "gateway SIGSTOP",
             Fault::LinkCut => "gateway-NATS cut",
         }
+    }
+
+    /// The command-line name (`--only`): `nats-kill`, `nats-restart`, `nats-hang`, `relay-kill`,
+    /// `relay-hang`, `gateway-kill`, `gateway-hang`, `link-cut`.
+    #[must_use]
+    pub fn flag(self) -> &'static str {
+        match self {
+            Fault::NatsKill => "nats-kill",
+            Fault::NatsRestart => "nats-restart",
+            Fault::NatsHang => "nats-hang",
+            Fault::RelayKill => "relay-kill",
+            Fault::RelayHang => "relay-hang",
+            Fault::GatewayKill => "gateway-kill",
+            Fault::GatewayHang => "gateway-hang",
+            Fault::LinkCut => "link-cut",
+        }
+    }
+
+    /// The kind named `flag` ([`Fault::flag`]).
+    #[must_use]
+    pub fn from_flag(flag: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.flag() == flag)
     }
 
     /// The delay histogram of changes published in this kind's window (0 is "no fault").
@@ -207,6 +235,8 @@ impl Histogram {
 /// One client's view, as the checker sees it.
 #[derive(Default)]
 struct ClientView {
+    /// Transport and home gateway, for the report.
+    label: &'static str,
     /// ns → highest SJID the client was told.
     holds: HashMap<u64, u64>,
 }
@@ -277,9 +307,10 @@ impl Soak {
     }
 
     /// A client holding `ns` (each with cursor 0); returns its index.
-    pub fn add_client(&self, ns: &[u64]) -> usize {
+    pub fn add_client(&self, label: &'static str, ns: &[u64]) -> usize {
         let mut st = self.state();
         st.clients.push(ClientView {
+            label,
             holds: ns.iter().map(|&n| (n, 0)).collect(),
         });
         st.clients.len() - 1
@@ -358,6 +389,7 @@ impl Soak {
         let mut missed = 0;
         let mut examples = Vec::new();
         let mut impossible = Vec::new();
+        let mut by_label = BTreeMap::new();
         for (c, client) in st.clients.iter().enumerate() {
             for (&ns, &highest) in &client.holds {
                 let latest = st.published[ns as usize].len() as u64;
@@ -365,15 +397,22 @@ impl Soak {
                     missed += latest - highest;
                     if examples.len() < 5 {
                         examples.push(format!(
-                            "client {c} ns {ns}: knows {highest}, latest {latest}"
+                            "client {c} ({}) ns {ns}: knows {highest}, latest {latest}",
+                            client.label
                         ));
                     }
+                    *by_label.entry(client.label).or_insert(0u64) += 1;
                 } else if highest > latest {
                     impossible.push(format!(
                         "client {c}: told ns {ns} at SJID {highest}, never published (latest {latest})"
                     ));
                 }
             }
+        }
+        if !by_label.is_empty() {
+            examples.push(format!(
+                "(client, ns) pairs behind by transport: {by_label:?}"
+            ));
         }
         for p in impossible {
             st.problem_count += 1;
@@ -449,6 +488,8 @@ pub struct Summary {
     pub sessions: usize,
     pub goaways: usize,
     pub elapsed: Duration,
+    /// Where the processes' logs were copied when the run failed.
+    pub logs_kept: Option<std::path::PathBuf>,
 }
 
 impl Summary {
@@ -557,6 +598,13 @@ impl std::fmt::Display for Summary {
         }
         if !self.problems.is_empty() {
             writeln!(f, "\nproblems, e.g.: {:?}", self.problems)?;
+        }
+        if let Some(dir) = &self.logs_kept {
+            writeln!(
+                f,
+                "\nlogs of the gateways and relays kept in {}",
+                dir.display()
+            )?;
         }
         writeln!(
             f,
@@ -793,6 +841,20 @@ impl Fleet {
     }
 }
 
+/// Copies the gateways' and relays' logs (deleted with their temp dirs) to
+/// `$TMPDIR/herald-chaos-<seed>/` for a failed run.
+fn keep_logs(fleet: &Fleet, seed: u64) -> Option<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("herald-chaos-{seed}"));
+    std::fs::create_dir_all(&dir).ok()?;
+    for (i, g) in fleet.gateways.iter().enumerate() {
+        let _ = std::fs::copy(g.process.log_path(), dir.join(format!("gateway{i}.log")));
+    }
+    for (i, r) in fleet.relays.iter().enumerate() {
+        let _ = std::fs::copy(r.log_path(), dir.join(format!("relay{i}.log")));
+    }
+    Some(dir)
+}
+
 /// Starts the fleet, runs the load and the fault schedule for `config.duration`, checks, stops
 /// every process (dropping them kills each by pid) and returns the figures.
 pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
@@ -871,7 +933,9 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
     fleet.ready().await?;
     println!("chaos: 2 gateways ready ({:.1?})", started.elapsed());
 
-    // Clients: transport i % 4, home gateway (i / 4) % 2, the other as fallback.
+    // Clients: transport i % 4 (i % 3 without long-poll), home gateway (i / 4) % 2, the other
+    // as fallback.
+    let kinds = if config.long_poll { 4 } else { 3 };
     let soak = Soak::new();
     let token = key.token();
     let sessions = Arc::new(AtomicUsize::new(0));
@@ -884,7 +948,7 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
             .map(|_| rng.random_range(0..NAMESPACES))
             .collect();
         let ns: Vec<u64> = ns.into_iter().collect();
-        let (handle, mut events) = match i % 4 {
+        let (handle, mut events) = match i % kinds {
             3 => {
                 let g = &fleet.gateways[home];
                 let mut c = LongPollConfig::new(
@@ -920,7 +984,17 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
                 (Handle::Session(client), e)
             }
         };
-        let id = soak.add_client(&ns);
+        let label = match (i % kinds, home) {
+            (0, 0) => "ws, gateway0 first",
+            (0, _) => "ws, gateway1 first",
+            (1, 0) => "wss, gateway0 first",
+            (1, _) => "wss, gateway1 first",
+            (2, 0) => "quic, gateway0 first",
+            (2, _) => "quic, gateway1 first",
+            (_, 0) => "long-poll, gateway0",
+            _ => "long-poll, gateway1",
+        };
+        let id = soak.add_client(label, &ns);
         let (ck, s, g) = (soak.clone(), sessions.clone(), goaways.clone());
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -955,7 +1029,11 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
         }
     }
     // Socket clients announce each session; pollers only their first.
-    let socket_clients = config.clients - config.clients / 4;
+    let socket_clients = if config.long_poll {
+        config.clients - config.clients / 4
+    } else {
+        config.clients
+    };
     let connect_deadline = Instant::now() + Duration::from_secs(60);
     while sessions.load(Ordering::Relaxed) < socket_clients && Instant::now() < connect_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1036,7 +1114,11 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
             break;
         }
         if round.is_empty() {
-            round = Fault::ALL.to_vec();
+            round = if config.only.is_empty() {
+                Fault::ALL.to_vec()
+            } else {
+                config.only.clone()
+            };
             round.shuffle(&mut rng);
         }
         let kind = round.pop().expect("non-empty round");
@@ -1074,14 +1156,12 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
     let _ = monitor.await;
     let (missed, missed_examples) = soak.verify(VERIFY).await;
     let end_sample = fleet.sample();
-    if missed > 0 {
-        for (i, g) in fleet.gateways.iter().enumerate() {
-            println!("--- gateway{i} log tail ---\n{}", g.process.log_tail(20));
-        }
-        for (i, r) in fleet.relays.iter().enumerate() {
-            println!("--- relay{i} log tail ---\n{}", r.log_tail(20));
-        }
-    }
+    let problem_count = soak.state().problem_count;
+    let logs_kept = if missed > 0 || problem_count > 0 {
+        keep_logs(&fleet, config.seed)
+    } else {
+        None
+    };
     for c in &clients {
         let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
     }
@@ -1129,6 +1209,7 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
         sessions: sessions.load(Ordering::Relaxed),
         goaways: goaways.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        logs_kept,
     };
     drop(st);
     // Every process is stopped by pid as `fleet` drops (SIGKILL and reap, each harness type).

@@ -140,7 +140,10 @@ impl GatewayProcess {
                 self.dir.path().join("test.pub.pem").display()
             ))
             .args(&self.options.args)
-            .env("HERALD_LOG", "info,herald_gateway=debug")
+            .env(
+                "HERALD_LOG",
+                "info,herald_gateway=debug,herald_upstream=debug",
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -383,7 +386,9 @@ impl GatewayProcess {
         crate::process::wait_exit(&mut self.child, limit).await
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// Where its stderr log is (deleted with the process's temp dir).
+    #[must_use]
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("gateway.log")
     }
 

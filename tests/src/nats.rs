@@ -596,7 +596,9 @@ impl RelayProcess {
         crate::process::wait_exit(&mut self.child, limit).await
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// Where its stderr log is (deleted with the process's temp dir).
+    #[must_use]
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("relay.log")
     }
 

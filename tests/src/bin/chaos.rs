@@ -8,7 +8,7 @@
 //! stopped by pid at the end, on Ctrl-C / SIGTERM, and when the hard time bound expires.
 
 use clap::Parser;
-use herald_e2e::chaos::{ChaosConfig, run};
+use herald_e2e::chaos::{ChaosConfig, Fault, run};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,17 +29,36 @@ struct Args {
     /// Journal publishes a second.
     #[arg(long, default_value_t = 50)]
     rate: u32,
+    /// Inject only these fault kinds (comma-separated): nats-kill, nats-restart, nats-hang,
+    /// relay-kill, relay-hang, gateway-kill, gateway-hang, link-cut. Default: every kind.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// No long-poll clients (ws / wss / QUIC only).
+    #[arg(long)]
+    no_long_poll: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let mut only = Vec::new();
+    for name in &args.only {
+        match Fault::from_flag(name) {
+            Some(f) => only.push(f),
+            None => {
+                eprintln!("herald-chaos: unknown fault kind {name:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let duration = Duration::from_secs_f64(args.minutes.max(0.1) * 60.0);
     let config = ChaosConfig {
         duration,
         seed: args.seed.unwrap_or_else(rand::random),
         clients: args.clients.max(4),
         rate: args.rate.max(1),
+        only,
+        long_poll: !args.no_long_poll,
     };
     // The hard bound: the load, plus set-up, recovery of the last fault and the end check.
     let bound = duration + Duration::from_secs(240);
