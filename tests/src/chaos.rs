@@ -1085,13 +1085,15 @@ pub async fn run(config: ChaosConfig) -> Result<Summary, String> {
                 let late = soak.late_now();
                 tick += 1;
                 if tick.is_multiple_of(5) || late > 0 {
+                    let rss = crate::process::rss_and_fds(std::process::id()).map_or(0, |s| s.0);
                     println!(
-                        "chaos: t={:>4.0}s acked {} sessions {} late(>{}s) {}",
+                        "chaos: t={:>4.0}s acked {} sessions {} late(>{}s) {} harness RSS {} MiB",
                         load_start.elapsed().as_secs_f64(),
                         acked.load(Ordering::SeqCst),
                         sessions.load(Ordering::Relaxed),
                         LATE.as_secs(),
-                        late
+                        late,
+                        rss / 1024
                     );
                 }
             }
