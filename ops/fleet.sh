@@ -211,7 +211,7 @@ do_stop() {
 # Seconds a component may take to exit after SIGTERM before it gets SIGKILL.
 stop_timeout() {
     case "$1" in
-    gateway*) echo $((DRAIN_S + 15)) ;; # the drain, plus the gateway's close grace
+    gateway*) echo $((DRAIN_S + 20)) ;; # the stop grace (5 s), the drain, the close grace
     *) echo 15 ;;
     esac
 }

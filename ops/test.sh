@@ -198,6 +198,15 @@ section "TypeScript client: build, size budget, unit and end-to-end tests (ops/t
 bash ops/test-ts.sh
 # ---- end of TypeScript client ------------------------------------------------------------------
 
+# --- journal tailer (issue 12): mariadbd for tests/tests/tail_mariadb.rs -----------------------
+section "MariaDB server binaries for the journal tailer's tests"
+bash ops/test-tail.sh
+# --- end journal tailer ------------------------------------------------------------------------
+# --- journal tailer, PostgreSQL (issue 12): initdb/postgres/psql for tests/tests/tail_postgres.rs
+section "PostgreSQL server binaries for the journal tailer's tests"
+bash ops/test-tail-postgres.sh
+# --- end journal tailer, PostgreSQL -------------------------------------------------------------
+
 section "cargo test --workspace"
 cargo test --workspace
 

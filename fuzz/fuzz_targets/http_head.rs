@@ -3,6 +3,7 @@
 //! response whose Content-Length matches its body; an upgrade answers 101.
 #![no_main]
 
+use herald_proto::cors::AllowedOrigins;
 use herald_proto::http::{Admission, Decision, MAX_HEAD, decide};
 use libfuzzer_sys::fuzz_target;
 
@@ -15,7 +16,13 @@ fuzz_target!(|data: &[u8]| {
         draining: flags & 2 != 0,
         rate_limited: flags & 4 != 0,
     };
-    match decide(head, admission) {
+    // Bit 3 picks a policy with CORS on, so its headers are exercised too.
+    let origins = if flags & 8 != 0 {
+        AllowedOrigins::Any
+    } else {
+        AllowedOrigins::None
+    };
+    match decide(head, admission, &origins) {
         None => {}
         Some(Decision::Upgrade { response, head_len }) => {
             assert!(head_len <= head.len() && head_len <= MAX_HEAD);
@@ -26,6 +33,9 @@ fuzz_target!(|data: &[u8]| {
         }) => {
             assert!(head_len <= head.len() && head_len <= MAX_HEAD);
             assert!(body_len <= herald_proto::longpoll::MAX_BODY);
+        }
+        Some(Decision::Preflight { response }) => {
+            assert!(response.starts_with(b"HTTP/1.1 204 "));
         }
         Some(Decision::Refuse { status, response }) => {
             assert!((400..600).contains(&status));

@@ -144,6 +144,18 @@ pub struct ServeArgs {
     /// Skip fdatasync on publish (faster, but a power loss may lose acknowledged changes).
     #[arg(long, env = "HERALD_JOURNAL_NO_SYNC")]
     pub journal_no_sync: bool,
+    /// Size at which the journal rolls to a new segment and compacts the older ones into a
+    /// snapshot of one record per namespace (in the background; at least 4096).
+    #[arg(long, env = "HERALD_JOURNAL_COMPACT_BYTES", default_value_t = DEFAULT_COMPACT_BYTES)]
+    pub journal_compact_bytes: u64,
+    /// Feed the embedded journal from the metaserver's database (committed changes of its
+    /// journal table, read from the binlog or from logical replication):
+    /// `mysql://USER@HOST:PORT/DATABASE?server_id=N` or
+    /// `postgres://USER@HOST:PORT/DATABASE?slot=NAME&publication=NAME`
+    /// (README "Reading the metaserver's database"). The resume point is kept in
+    /// `<data-dir>/tail.checkpoint`. `POST /v1/publish` keeps working beside it.
+    #[arg(long, env = "HERALD_JOURNAL_SOURCE", hide_env_values = true)]
+    pub journal_source: Option<String>,
     /// Token public keys, `kid=path.pem` or `path.pem` (repeat or comma-separate). None: a
     /// throwaway dev key is generated and a dev token printed.
     #[arg(long = "auth-key", env = "HERALD_AUTH_KEYS", value_delimiter = ',')]
@@ -185,9 +197,28 @@ pub struct ServeArgs {
     /// clients can share an address behind NAT.
     #[arg(long, env = "HERALD_HANDSHAKE_RATE_PER_SOURCE", default_value_t = 0)]
     pub handshake_rate_per_source: u64,
+    /// Web origins whose pages may read long-poll answers (CORS), e.g.
+    /// `https://app.example.com` (repeat or comma-separate), or `*` for any. Default: none (only
+    /// same-origin pages; WebSocket needs no CORS). Tokens travel in the body, not in cookies.
+    #[arg(
+        long = "longpoll-allow-origin",
+        env = "HERALD_LONGPOLL_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub longpoll_allow_origins: Vec<String>,
     /// Bytes queued for a socket that does not take writes before it is a slow consumer.
     #[arg(long, env = "HERALD_OUTBOX_LIMIT_BYTES", default_value_t = 64 * 1024)]
     pub outbox_limit_bytes: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 while the listeners still accept, so a load
+    /// balancer's health check takes the gateway out before it refuses anything; then the
+    /// drain begins. A second SIGTERM ends the grace early.
+    #[arg(long, env = "HERALD_STOP_GRACE_MS", default_value_t = 5000)]
+    pub stop_grace_ms: u64,
+    /// Distributed mode: the longest a NATS server may deliver no relay heartbeat (while some
+    /// partition is followed) before the gateway switches to another server of `--nats` and
+    /// resyncs (0: off; relays send heartbeats every 500 ms).
+    #[arg(long, env = "HERALD_RELAY_SILENCE_MS", default_value_t = 2000)]
+    pub relay_silence_ms: u64,
     /// Seconds live clients are given to leave on SIGTERM.
     #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,
@@ -218,15 +249,35 @@ pub struct ConnLimits {
     pub handshake_rate: u64,
     /// Handshakes a second per source address (0: unlimited).
     pub handshake_rate_per_source: u64,
+    /// Web origins that may read long-poll answers (CORS).
+    pub allowed_origins: herald_proto::cors::AllowedOrigins,
 }
 
-/// The embedded journal's settings.
+/// Default `--journal-compact-bytes`: 16 MiB.
+pub const DEFAULT_COMPACT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The embedded journal's settings. Build it with [`JournalConfig::new`] and set the other
+/// fields after, so new fields keep a default.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
-    /// Where the log lives.
+    /// Where the segments and the snapshot live.
     pub dir: PathBuf,
     /// fdatasync before acknowledging.
     pub sync: bool,
+    /// Active segment size that triggers a roll and a background compaction.
+    pub compact_bytes: u64,
+}
+
+impl JournalConfig {
+    /// A journal in `dir`, with fdatasync when `sync`, and the other settings at their defaults.
+    #[must_use]
+    pub fn new(dir: impl Into<PathBuf>, sync: bool) -> Self {
+        Self {
+            dir: dir.into(),
+            sync,
+            compact_bytes: DEFAULT_COMPACT_BYTES,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -249,8 +300,15 @@ impl ServeArgs {
         if !(100..=600_000).contains(&self.handshake_timeout_ms) {
             anyhow::bail!("--handshake-timeout-ms must be within 100..=600000");
         }
+        herald_proto::cors::AllowedOrigins::parse(&self.longpoll_allow_origins)
+            .map_err(|e| anyhow::anyhow!("--longpoll-allow-origin: {e}"))?;
         if self.max_subscriptions == 0 {
             anyhow::bail!("--max-subscriptions must be at least 1");
+        }
+        if self.journal_source.is_some() && self.nats.is_some() {
+            anyhow::bail!(
+                "--journal-source feeds the embedded journal of a standalone gateway; with --nats, run herald-tail to publish into HERALD_JOURNAL instead"
+            );
         }
         if self.partitions == 0 {
             anyhow::bail!("--partitions must be at least 1");
@@ -269,6 +327,9 @@ impl ServeArgs {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             anyhow::bail!("--tls-cert and --tls-key go together");
+        }
+        if self.journal_compact_bytes < 4096 {
+            anyhow::bail!("--journal-compact-bytes must be at least 4096");
         }
         if self.outbox_limit_bytes < 4096 {
             anyhow::bail!("--outbox-limit-bytes must be at least 4096");
@@ -307,6 +368,11 @@ impl ServeArgs {
             outbox_limit_bytes: self.outbox_limit_bytes,
             handshake_rate: self.handshake_rate,
             handshake_rate_per_source: self.handshake_rate_per_source,
+            // Checked in `validate`.
+            allowed_origins: herald_proto::cors::AllowedOrigins::parse(
+                &self.longpoll_allow_origins,
+            )
+            .unwrap_or_default(),
         }
     }
 
@@ -314,8 +380,8 @@ impl ServeArgs {
     #[must_use]
     pub fn journal(&self) -> JournalConfig {
         JournalConfig {
-            dir: self.data_dir.clone(),
-            sync: !self.journal_no_sync,
+            compact_bytes: self.journal_compact_bytes,
+            ..JournalConfig::new(self.data_dir.clone(), !self.journal_no_sync)
         }
     }
 }
@@ -383,5 +449,17 @@ mod tests {
             let cli = Cli::try_parse_from(["g", "--heartbeat-class", bad]).unwrap();
             assert!(cli.serve.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn journal_source_is_for_the_embedded_journal() {
+        let url = "mysql://u@127.0.0.1:3306/meta";
+        let cli = Cli::try_parse_from(["g", "--journal-source", url]).unwrap();
+        cli.serve.validate().unwrap();
+        assert_eq!(cli.serve.journal_source.as_deref(), Some(url));
+        let cli =
+            Cli::try_parse_from(["g", "--journal-source", url, "--nats", "nats://x:4222"]).unwrap();
+        let e = cli.serve.validate().unwrap_err().to_string();
+        assert!(e.contains("herald-tail"), "{e}");
     }
 }

@@ -124,7 +124,7 @@ fn http(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &[u8]) -> Option<
         draining: shared.draining.load(Ordering::Relaxed),
         rate_limited: st.rate_limited,
     };
-    let decision = match upgrade::decide(buf, admission) {
+    let decision = match upgrade::decide(buf, admission, &worker.limits.allowed_origins) {
         Some(d) => d,
         None if buf.len() > upgrade::MAX_HEAD => {
             upgrade::refuse(431, "request head too large", &[])
@@ -146,13 +146,22 @@ fn http(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &[u8]) -> Option<
             head_len,
             body_len,
             keep_alive,
+            cors,
         } => {
             let end = head_len + body_len;
             if buf.len() < end {
                 return None;
             }
-            crate::longpoll::start(worker, conn, st, &buf[head_len..end], keep_alive);
+            crate::longpoll::start(worker, conn, st, &buf[head_len..end], keep_alive, cors);
             Some(end)
+        }
+        Decision::Preflight { response } => {
+            metrics::counter!("herald_longpoll_preflights_total").increment(1);
+            queue_bytes(st, response);
+            st.phase = Phase::Closing;
+            st.exit_when_flushed = true;
+            st.deadline = worker.now().saturating_add(CLOSE_GRACE_TICKS);
+            Some(buf.len())
         }
         Decision::Refuse { status, response } => {
             metrics::counter!("herald_http_refusals_total", "status" => status.to_string())

@@ -1,14 +1,17 @@
-//! The embedded journal of standalone mode: an append-only log of `(ns, sjid)` records, replayed
-//! and compacted at start, appended with group commit.
+//! The embedded journal of standalone mode: `(ns, sjid)` records appended with group commit to
+//! a segmented log, compacted online into a snapshot of one record per namespace.
 //!
 //! Why a hand-made log and not an embedded database: the latest table must live in memory anyway
-//! (every SUBSCRIBE reads it), so the disk only has to survive a restart. An append-only file with
-//! checksummed batches does that with one `write` + one `fdatasync` per group of publishes, and
-//! compaction at start bounds its size to one record per namespace.
+//! (every SUBSCRIBE reads it), so the disk only has to survive a restart. Checksummed batches
+//! appended to a file do that with one `write` + one `fdatasync` per group of publishes.
 //!
-//! Record batch: `count: u32 LE`, `crc32(entries): u32 LE`, then `count` × (`ns: u64 LE`,
-//! `sjid: u64 LE`). A torn batch at the end (crash mid-write) fails its length or checksum and is
-//! cut off at start; everything acknowledged before it was synced and survives.
+//! Disk use stays O(namespaces): when the active segment passes `--journal-compact-bytes`, the
+//! writer opens the next segment (a file create and a directory sync, the only pause a publish
+//! sees) and hands its number to the [`compactor`] thread, which snapshots the table to a temp
+//! file, fsyncs it, renames it into place, syncs the directory and only then deletes the older
+//! segments. Recovery reads the snapshot and replays the segments after it, so a restart costs
+//! O(namespaces + compact bytes), whatever the number of publishes. File layout and the crash
+//! argument: [`store`]; the record format: [`record`].
 //!
 //! Two ways to append. With fdatasync (the default), a writer thread does group commit: the sync
 //! blocks for milliseconds, so it must not run on the admin runtime, and it is shared by every
@@ -22,14 +25,17 @@ use crate::config::JournalConfig;
 use crate::latest::{LatestTable, Merged};
 use crate::worker::Batch;
 use anyhow::Context;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
+use store::{Io, Segment};
 use tokio::sync::{mpsc, oneshot};
 
-const LOG: &str = "journal.log";
-const LOG_TMP: &str = "journal.log.tmp";
+mod compactor;
+mod record;
+mod store;
+
+#[cfg(test)]
+pub(crate) use store::CrashPoint;
 /// Publish requests waiting for the writer thread; past this, publishers wait.
 const QUEUE: usize = 1024;
 
@@ -54,44 +60,78 @@ struct Append {
 
 /// The open log and what an append updates after writing.
 struct Log {
-    file: File,
+    dir: PathBuf,
+    io: Io,
+    /// The active segment. Its `len` is the length up to the last good write, so a failed write
+    /// (disk full) can be cut back instead of leaving a torn batch in front of later ones.
+    segment: Segment,
     sync: bool,
-    /// Length of the log up to the last good write, so a failed write (disk full) can be cut
-    /// back instead of leaving a torn batch in front of later ones.
-    good_len: u64,
+    /// Segment size that triggers a roll.
+    compact_bytes: u64,
+    /// Wakes the compactor with the number of a new active segment.
+    compactor: std::sync::mpsc::Sender<u64>,
     buf: Vec<u8>,
     latest: Arc<LatestTable>,
     fanout: Vec<mpsc::Sender<Batch>>,
 }
 
 impl Journal {
-    /// Replays and compacts the log in `cfg.dir` into `latest`, then, after each durable group,
-    /// raises `latest` and hands the raised entries to `fanout` (in log order).
+    /// Recovers the snapshot and segments in `cfg.dir` into `latest` and compacts them, then,
+    /// after each durable group, raises `latest` and hands the raised entries to `fanout` (in
+    /// log order).
     pub fn open(
         cfg: &JournalConfig,
         latest: Arc<LatestTable>,
         fanout: Vec<mpsc::Sender<Batch>>,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&cfg.dir)
-            .with_context(|| format!("creating data dir {}", cfg.dir.display()))?;
-        let path = cfg.dir.join(LOG);
-        let (entries, torn) = replay(&path)?;
-        for &(ns, sjid) in &entries {
-            latest.merge(ns, sjid);
+        Self::open_with_io(cfg, latest, fanout, Io::default())
+    }
+
+    /// [`Journal::open`] with the file-system steps going through `io` (tests inject crashes).
+    fn open_with_io(
+        cfg: &JournalConfig,
+        latest: Arc<LatestTable>,
+        fanout: Vec<mpsc::Sender<Batch>>,
+        io: Io,
+    ) -> anyhow::Result<Self> {
+        let dir = &cfg.dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        let started = std::time::Instant::now();
+        let recovered = store::recover(dir, &latest)?;
+        let replayed = started.elapsed();
+        for path in &recovered.torn {
+            tracing::warn!(path = %path.display(), "journal segment had a torn tail (crash mid-write); it was cut off");
         }
-        if torn {
-            tracing::warn!(path = %path.display(), "journal had a torn tail (crash mid-write); it was cut off");
-        }
-        compact(&cfg.dir, &latest.snapshot())?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        tracing::info!(namespaces = latest.len(), path = %path.display(), sync = cfg.sync, "journal loaded");
+        // Start on a fresh segment and compact everything before it, so a restart leaves one
+        // snapshot and an empty segment.
+        let seq = recovered
+            .last_segment
+            .map_or(recovered.covers, |last| last + 1)
+            .max(recovered.covers);
+        let segment = store::create_segment(dir, &io, seq)
+            .with_context(|| format!("creating a journal segment in {}", dir.display()))?;
+        store::compact(dir, &io, &latest, seq)
+            .with_context(|| format!("compacting the journal in {}", dir.display()))?;
+        tracing::info!(
+            namespaces = latest.len(),
+            snapshot_records = recovered.snapshot_entries,
+            replayed_bytes = recovered.replayed_bytes,
+            replay_ms = replayed.as_millis() as u64,
+            open_ms = started.elapsed().as_millis() as u64,
+            dir = %dir.display(),
+            sync = cfg.sync,
+            compact_bytes = cfg.compact_bytes,
+            "journal loaded"
+        );
+        let compactor = compactor::spawn(dir.clone(), io.clone(), latest.clone())?;
         let log = Log {
-            good_len: file.metadata().map_or(0, |m| m.len()),
-            file,
+            dir: dir.clone(),
+            io,
+            segment,
             sync: cfg.sync,
+            compact_bytes: cfg.compact_bytes,
+            compactor,
             buf: Vec::new(),
             latest,
             fanout,
@@ -153,12 +193,13 @@ impl Log {
     ) -> Result<Option<Batch>, String> {
         self.buf.clear();
         for changes in groups.clone() {
-            encode_batch(changes, &mut self.buf);
+            record::encode_batch(changes, &mut self.buf);
         }
         let started = std::time::Instant::now();
-        let written = self.file.write_all(&self.buf).and_then(|()| {
+        let file = &self.segment.file;
+        let written = self.io.write_all(file, &self.buf).and_then(|()| {
             if self.sync {
-                self.file.sync_data()
+                self.io.sync_data(file)
             } else {
                 Ok(())
             }
@@ -166,11 +207,11 @@ impl Log {
         metrics::histogram!("herald_journal_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = written {
-            let _ = self.file.set_len(self.good_len);
+            let _ = self.io.set_len(file, self.segment.len);
             tracing::error!(error = %e, "journal write failed; publishes are refused until it succeeds");
             return Err(format!("journal write failed: {e}"));
         }
-        self.good_len += self.buf.len() as u64;
+        self.segment.len += self.buf.len() as u64;
         let latest = &self.latest;
         let mut count = 0;
         let raised: Vec<(u64, u64)> = groups
@@ -179,73 +220,29 @@ impl Log {
             .filter(|&(ns, sjid)| latest.merge(ns, sjid) == Merged::Raised)
             .collect();
         metrics::counter!("herald_journal_changes_total").increment(count);
+        // Everything in this segment is in the table now, so a snapshot taken from here on
+        // covers it.
+        if self.segment.len >= self.compact_bytes {
+            self.roll();
+        }
         Ok((!raised.is_empty()).then(|| raised.into()))
     }
-}
 
-fn encode_batch(changes: &[(u64, u64)], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&(changes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    for &(ns, sjid) in changes {
-        out.extend_from_slice(&ns.to_le_bytes());
-        out.extend_from_slice(&sjid.to_le_bytes());
-    }
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Reads every whole batch; returns the entries and whether a torn tail was found.
-fn replay(path: &Path) -> anyhow::Result<(Vec<(u64, u64)>, bool)> {
-    let mut bytes = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut bytes)
-                .with_context(|| format!("reading {}", path.display()))?;
+    /// Moves on to the next segment and has the compactor fold the older ones into a snapshot.
+    /// A failure (disk full) keeps the current segment; the next commit tries again.
+    fn roll(&mut self) {
+        let next = self.segment.seq + 1;
+        match store::create_segment(&self.dir, &self.io, next) {
+            Ok(segment) => {
+                self.segment = segment;
+                // A compactor that has stopped only leaves the segments for the next start.
+                let _ = self.compactor.send(next);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, next, "could not start a new journal segment; compaction waits");
+            }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     }
-    Ok(decode_batches(&bytes))
-}
-
-fn decode_batches(mut bytes: &[u8]) -> (Vec<(u64, u64)>, bool) {
-    let mut entries = Vec::new();
-    while !bytes.is_empty() {
-        let Some((head, rest)) = bytes.split_first_chunk::<8>() else {
-            return (entries, true);
-        };
-        let count = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        let Some(body) = rest.get(..count * 16) else {
-            return (entries, true);
-        };
-        if crc32fast::hash(body) != crc {
-            return (entries, true);
-        }
-        for rec in body.chunks_exact(16) {
-            let ns = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
-            let sjid = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
-            entries.push((ns, sjid));
-        }
-        bytes = &rest[count * 16..];
-    }
-    (entries, false)
-}
-
-/// Rewrites the log as one record per namespace (temp file, fsync, rename, fsync dir).
-fn compact(dir: &Path, snapshot: &[(u64, u64)]) -> anyhow::Result<()> {
-    let tmp = dir.join(LOG_TMP);
-    let mut out = Vec::with_capacity(snapshot.len() * 16 + 64);
-    for chunk in snapshot.chunks(65_536) {
-        encode_batch(chunk, &mut out);
-    }
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&out)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(LOG))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// The writer thread: group commit. Takes every request waiting, writes them as one batch,

@@ -21,7 +21,8 @@
 //! - [`config`]: command line, environment and validated settings; [`config_file`]: TOML.
 //! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting.
 //! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table;
-//!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface.
+//!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface;
+//!   [`journal_sink`]: `--journal-source`, the journal fed from the metaserver's database.
 //! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
 //! - [`conn`]: one client connection's state, byte stream and writes, whatever the transport;
 //!   [`dispatch`]: what a client frame does to it, whatever the transport;
@@ -45,6 +46,7 @@ pub mod dispatch;
 pub mod handler;
 pub mod interest;
 pub mod journal;
+pub mod journal_sink;
 pub mod keys;
 pub mod latest;
 pub mod longpoll;

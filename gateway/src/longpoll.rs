@@ -14,6 +14,7 @@ use crate::auth::AuthError;
 use crate::conn::{Conn, ConnState, Phase, Transport, queue_bytes};
 use crate::session::{self, Registered, SubscribeOutcome};
 use crate::worker::{CLOSE_GRACE_TICKS, Worker, duration_ticks};
+use herald_proto::cors::Grant;
 use herald_proto::http::{RETRY_AFTER_FULL, error_response, ok_response};
 use herald_proto::longpoll::{ErrorName, Reply, Request};
 use herald_upstream::LookupError;
@@ -28,6 +29,8 @@ pub struct Poll {
     changes: Vec<(u64, u64)>,
     /// Keep the connection for another poll after the reply.
     keep_alive: bool,
+    /// The CORS headers the answer carries (what the request's `Origin` was granted).
+    cors: Grant,
 }
 
 impl Poll {
@@ -45,8 +48,21 @@ impl Poll {
 
 /// Handles a complete request (`body` after the head): refuses it, answers it, or leaves it
 /// waiting in `Phase::Open`.
-pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep_alive: bool) {
+pub fn start(
+    worker: &Worker,
+    conn: &Conn,
+    st: &mut ConnState,
+    body: &[u8],
+    keep_alive: bool,
+    cors: Grant,
+) {
     metrics::counter!("herald_longpoll_requests_total").increment(1);
+    // Created first: a refusal below reads its CORS grant from it (and clears it).
+    st.poll = Some(Box::new(Poll {
+        changes: Vec::new(),
+        keep_alive,
+        cors,
+    }));
     let req = match Request::parse(body) {
         Ok(r) => r,
         Err(msg) => return fail(worker, st, 400, ErrorName::BadRequest, &msg, &[], &[]),
@@ -102,10 +118,6 @@ pub fn start(worker: &Worker, conn: &Conn, st: &mut ConnState, body: &[u8], keep
     st.phase = Phase::Open;
     st.deadline = now.saturating_add(wait + jitter + 1);
     st.token_expires = u32::MAX;
-    st.poll = Some(Box::new(Poll {
-        changes: Vec::new(),
-        keep_alive,
-    }));
     let mut interest = worker.interest.borrow_mut();
     let reg = session::register(
         &mut st.subs,
@@ -235,7 +247,8 @@ fn answer(
     }
     .encode();
     metrics::counter!("herald_longpoll_replies_total", "reason" => why).increment(1);
-    let response = ok_response(&body, keep_alive);
+    let cors = worker.limits.allowed_origins.headers(poll.cors);
+    let response = ok_response(&body, keep_alive, &cors);
     queue_bytes(st, response);
     let now = worker.now();
     if keep_alive {
@@ -249,7 +262,8 @@ fn answer(
     }
 }
 
-/// Answers an error and closes (`st` is in `Phase::Http` with nothing registered).
+/// Answers an error (with the poll's CORS headers) and closes (`st` is in `Phase::Http` with
+/// nothing registered).
 fn fail(
     worker: &Worker,
     st: &mut ConnState,
@@ -260,10 +274,12 @@ fn fail(
     namespaces: &[u64],
 ) {
     metrics::counter!("herald_http_refusals_total", "status" => status.to_string()).increment(1);
-    st.poll = None;
+    let grant = st.poll.take().map_or(Grant::NONE, |p| p.cors);
+    let mut headers = extra.to_vec();
+    headers.extend(worker.limits.allowed_origins.headers(grant));
     queue_bytes(
         st,
-        error_response(status, error, message, extra, namespaces),
+        error_response(status, error, message, &headers, namespaces),
     );
     st.phase = Phase::Closing;
     st.exit_when_flushed = true;

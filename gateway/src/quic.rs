@@ -12,7 +12,7 @@
 //! Known limit: connection migration. The kernel spreads datagrams over the workers' sockets by
 //! their 4-tuple, so a client whose address changes (NAT rebinding, Wi-Fi to cellular) lands on
 //! a worker whose endpoint does not know its connection. Migration is off, the workers share one
-//! stateless-reset key ([`reset_key`]) so that worker answers with a valid stateless reset, and
+//! stateless-reset key and connection-ID key ([`endpoint_config`]) so that worker answers with a valid stateless reset, and
 //! the client reconnects (and resubscribes with its cursors) at once instead of waiting for an
 //! idle timeout.
 
@@ -111,22 +111,41 @@ impl QuicSetup {
     }
 }
 
-/// The stateless-reset key, derived from the TLS private key: the same for every worker (a
-/// client that migrated to another worker's socket gets a reset it accepts, see the module doc)
-/// and across restarts with the same key, so the clients of a gateway that crashed or restarted
-/// learn it from their next packet and reconnect at once, instead of after their idle timeout.
-pub fn reset_key(tls_key: &std::path::Path) -> anyhow::Result<Arc<dyn quinn::crypto::HmacKey>> {
+/// The endpoint settings every worker shares, derived from the TLS private key so that they are
+/// also the same across restarts with the same key:
+///
+/// - the stateless-reset key, so the token a restarted (or another worker's) endpoint sends for
+///   a connection ID is the one the client was given;
+/// - the key of quinn's [`quinn::ConnectionIdGenerator`] (`HashedConnectionIdGenerator`), which
+///   signs the connection IDs it issues. quinn answers a short-header packet for an unknown
+///   connection with a stateless reset only if its generator *validates* the packet's connection
+///   ID; with the default generator's random key per endpoint a restarted gateway dropped the
+///   client's keep-alives as "invalid CID" instead, and the client noticed only at its idle
+///   timeout (issue 16). With a derived key it recognizes its predecessor's IDs and resets them.
+pub fn endpoint_config(tls_key: &std::path::Path) -> anyhow::Result<quinn::EndpointConfig> {
     use anyhow::Context as _;
     let secret = std::fs::read(tls_key)
         .with_context(|| format!("--tls-key {}: cannot read", tls_key.display()))?;
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(b"herald quic stateless reset v1\0");
-    ctx.update(&secret);
-    let derived = ctx.finish();
-    Ok(Arc::new(aws_lc_rs::hmac::Key::new(
+    let derive = |label: &[u8]| {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(label);
+        ctx.update(&secret);
+        ctx.finish()
+    };
+    let reset = derive(b"herald quic stateless reset v1\0");
+    let reset_key: Arc<dyn quinn::crypto::HmacKey> = Arc::new(aws_lc_rs::hmac::Key::new(
         aws_lc_rs::hmac::HMAC_SHA256,
-        derived.as_ref(),
-    )))
+        reset.as_ref(),
+    ));
+    let cid = derive(b"herald quic connection id v1\0");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(reset_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
 }
 
 /// The server's QUIC settings, tuned for many idle connections that exchange tiny frames.

@@ -47,6 +47,9 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         None => {
             let latest = Arc::new(LatestTable::new());
             let journal = Journal::open(&args.journal(), latest.clone(), senders)?;
+            if let Some(url) = &args.journal_source {
+                crate::journal_sink::start(url, &args.data_dir, journal.clone()).await?;
+            }
             (Source::Embedded(latest), Some(journal))
         }
     };
@@ -124,6 +127,19 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     println!("herald-gateway ready ws={ws_addr} admin={admin_addr}{wss_part}{quic_ready}");
 
     wait_for_signal().await?;
+    // Grace: readiness fails at once so load balancers stop sending new clients, while the
+    // listeners still accept the ones already on their way.
+    shared.ready.store(false, Ordering::Relaxed);
+    if args.stop_grace_ms > 0 {
+        tracing::info!(
+            stop_grace_ms = args.stop_grace_ms,
+            "stopping: /readyz 503, still accepting during the grace"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(args.stop_grace_ms)) => {}
+            r = wait_for_signal() => r?,
+        }
+    }
     tracing::info!(drain_s = args.drain_s, "draining");
     shared.draining.store(true, Ordering::Relaxed);
     shutdown.cancel();
@@ -156,7 +172,7 @@ fn quic_setups(
         .unwrap_or(limits.heartbeat);
     let idle = longest.mul_f64(2.5) + std::time::Duration::from_secs(30);
     let server = crate::quic::server_config(tls, idle)?;
-    let endpoint = quinn::EndpointConfig::new(crate::quic::reset_key(key)?);
+    let endpoint = crate::quic::endpoint_config(key)?;
     let sockets = crate::quic::bind_reuseport_udp(addr, workers)
         .with_context(|| format!("binding the QUIC listener {addr}"))?;
     let bound = sockets[0].local_addr()?;
@@ -182,6 +198,8 @@ async fn upstream_source(
     config.request_timeout = std::time::Duration::from_millis(args.upstream_request_timeout_ms);
     config.lookup_deadline = std::time::Duration::from_millis(args.lookup_deadline_ms);
     config.name = format!("herald-gateway {}", std::process::id());
+    config.relay_silence = (args.relay_silence_ms > 0)
+        .then(|| std::time::Duration::from_millis(args.relay_silence_ms));
     let (upstream, mut changes) = Upstream::connect(config)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;

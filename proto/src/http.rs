@@ -6,6 +6,7 @@
 //! Parsed with `httparse` from the caller's read buffer; nothing is kept once the head is
 //! decided, so an upgraded connection carries no HTTP state.
 
+use crate::cors::{AllowedOrigins, Grant};
 use crate::longpoll::{self, ErrorBody, ErrorName};
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -36,6 +37,14 @@ pub enum Decision {
         body_len: usize,
         /// HTTP/1.1 without `Connection: close`: keep the connection after the reply.
         keep_alive: bool,
+        /// What the request's `Origin` was granted: the answer's CORS headers come from
+        /// [`AllowedOrigins::headers`].
+        cors: Grant,
+    },
+    /// A CORS preflight (`OPTIONS /v1/longpoll`): answer `response` (204) and close.
+    Preflight {
+        /// The whole HTTP response.
+        response: Vec<u8>,
     },
     /// Answer with `response` and close.
     Refuse {
@@ -57,8 +66,9 @@ pub struct Admission {
     pub rate_limited: bool,
 }
 
-/// Decides on a request head. `Ok(None)`: incomplete, read more (the caller enforces [`MAX_HEAD`]).
-pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
+/// Decides on a request head. `None`: incomplete, read more (the caller enforces [`MAX_HEAD`]).
+/// `origins` says which web pages may read long-poll answers.
+pub fn decide(buf: &[u8], admission: Admission, origins: &AllowedOrigins) -> Option<Decision> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -84,7 +94,18 @@ pub fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
             ));
         }
         ("POST", longpoll::PATH) => {
-            return Some(decide_longpoll(&req, head_len, admission));
+            return Some(decide_longpoll(&req, head_len, admission, origins));
+        }
+        ("OPTIONS", longpoll::PATH) => {
+            let grant = origins.grant(header_value(&req, "origin"));
+            let mut response = String::from("HTTP/1.1 204 No Content\r\n");
+            for (name, value) in origins.preflight_headers(grant) {
+                let _ = write!(response, "{name}: {value}\r\n");
+            }
+            response.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+            return Some(Decision::Preflight {
+                response: response.into_bytes(),
+            });
         }
         (_, longpoll::PATH) => {
             return Some(refuse(405, "use POST", &[("Allow", "POST")]));
@@ -207,16 +228,35 @@ pub const RETRY_AFTER_FULL: &str = "5";
 /// Retry-After (seconds) of a long-poll 429 for the handshake rate.
 pub const RETRY_AFTER_RATE: &str = "1";
 
+/// The value of header `name` if the request has it once or more (the first).
+fn header_value<'b>(req: &httparse::Request<'_, 'b>, name: &str) -> Option<&'b [u8]> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 /// Decides on a complete `POST /v1/longpoll` head: read its body, or refuse with a JSON error.
 fn decide_longpoll(
     req: &httparse::Request<'_, '_>,
     head_len: usize,
     admission: Admission,
+    origins: &AllowedOrigins,
 ) -> Decision {
     let header = |name: &'static str| {
         req.headers
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    let cors = origins.grant(header_value(req, "origin"));
+    let cors_headers = origins.headers(cors);
+    let refuse_json = |status: u16, name: ErrorName, message: &str, extra: &[(&str, &str)]| {
+        let mut headers = extra.to_vec();
+        headers.extend_from_slice(&cors_headers);
+        Decision::Refuse {
+            status,
+            response: error_response(status, name, message, &headers, &[]),
+        }
     };
     let bad = |message: &str| refuse_json(400, ErrorName::BadRequest, message, &[]);
     if header("transfer-encoding").next().is_some() {
@@ -260,13 +300,7 @@ fn decide_longpoll(
         head_len,
         body_len,
         keep_alive: req.version == Some(1) && !connection_close,
-    }
-}
-
-fn refuse_json(status: u16, name: ErrorName, message: &str, extra: &[(&str, &str)]) -> Decision {
-    Decision::Refuse {
-        status,
-        response: error_response(status, name, message, extra, &[]),
+        cors,
     }
 }
 
@@ -301,14 +335,20 @@ pub fn error_response(
     head.into_bytes()
 }
 
-/// A long-poll 200 answer carrying `body` (a [`longpoll::Reply`]); `keep_alive` chooses the
-/// `Connection` header. Never cached by a proxy.
+/// A long-poll 200 answer carrying `body` (a [`longpoll::Reply`]), with `extra` headers (CORS);
+/// `keep_alive` chooses the `Connection` header. Never cached by a proxy.
 #[must_use]
-pub fn ok_response(body: &str, keep_alive: bool) -> Vec<u8> {
+pub fn ok_response(body: &str, keep_alive: bool, extra: &[(&str, &str)]) -> Vec<u8> {
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\
-         Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
+    let mut out = String::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n",
+    );
+    for (name, value) in extra {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        out,
+        "Content-Length: {}\r\nConnection: {connection}\r\n\r\n",
         body.len()
     );
     out.push_str(body);

@@ -22,11 +22,13 @@
 //! - [`json`]: the big-number rule of every JSON body (numbers above 2^53 as decimal strings).
 //! - [`longpoll`]: the long-poll request, reply and error bodies, limits and error names.
 //! - [`http`]: the client listener's HTTP/1.1 heads: WebSocket upgrade, long-poll, refusals.
+//! - [`cors`]: which web origins may read long-poll answers.
 //! - [`publish`]: the body of a standalone gateway's `POST /v1/publish`.
 #![warn(missing_docs)]
 
 pub mod claims;
 pub mod code;
+pub mod cors;
 pub mod fanout;
 pub mod frame;
 pub mod http;

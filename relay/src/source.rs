@@ -82,6 +82,13 @@ impl Intake {
     /// full, which slows the source down rather than dropping a change).
     pub async fn apply(&mut self, ns: u64, sjid: u64) -> Merged {
         self.metrics.applied.increment(1);
+        self.apply_early(ns, sjid).await
+    }
+
+    /// As [`Intake::apply`], for a change seen before the source delivers it (the journal
+    /// source's tap and reconnect catch-up): not counted as an applied message, since the
+    /// source delivers and counts it later (merge is max makes the second one a no-op).
+    pub async fn apply_early(&mut self, ns: u64, sjid: u64) -> Merged {
         let merged = self.table.merge(ns, sjid);
         if merged == Merged::Raised && self.loaded {
             // The fan-out only stops after the source, at shutdown.

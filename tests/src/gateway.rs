@@ -139,6 +139,10 @@ impl GatewayProcess {
                 "{KID}={}",
                 self.dir.path().join("test.pub.pem").display()
             ))
+            // SIGTERM starts the drain at once in tests; the grace's own test sets it (a flag
+            // given twice takes its last value).
+            .arg("--stop-grace-ms")
+            .arg("0")
             .args(&self.options.args)
             .env(
                 "HERALD_LOG",
@@ -361,6 +365,12 @@ impl GatewayProcess {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// The gateway's `--data-dir` (journal, and the tailer's checkpoint with `--journal-source`).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Kills the process with SIGKILL and reaps it.

@@ -31,6 +31,8 @@
 //!   seeded schedule, every client checked continuously.
 //! - [`fleet`]: scaffolding of the fault and herd tests (client fleet, journal feed, turns).
 //! - [`nats`]: [`nats::NatsServer`] (our own nats-server per test) and [`nats::RelayProcess`].
+//! - [`mariadb`]: [`mariadb::MariaDb`], a private mariadbd per test (tailer tests).
+//! - [`postgres`]: [`postgres::Postgres`], a private postgres per test (tailer tests).
 //! - [`process`]: stopping, waiting for and reading the logs of harness processes.
 //! - [`proxy`]: [`proxy::Proxy`], a TCP proxy a test can cut to partition a process from NATS.
 
@@ -39,7 +41,9 @@ pub mod checker;
 pub mod fleet;
 pub mod gateway;
 pub mod http;
+pub mod mariadb;
 pub mod nats;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod ws;

@@ -185,6 +185,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The process id (to SIGSTOP a server that must hang rather than close its sockets).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("nats-server running").id()
+    }
+
+    /// Its client port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Kills the server (SIGKILL); the store dir stays.
     pub fn stop(&mut self) {
         crate::process::kill9(&mut self.child);
@@ -197,14 +209,14 @@ impl NatsServer {
 
     /// The process id, `None` while stopped.
     #[must_use]
-    pub fn pid(&self) -> Option<u32> {
+    pub fn running_pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// Stops the server gracefully (SIGTERM; SIGKILL if it has not exited within `limit`); the
     /// store dir stays. True if it exited by itself.
     pub async fn terminate(&mut self, limit: Duration) -> bool {
-        let Some(pid) = self.pid() else {
+        let Some(pid) = self.running_pid() else {
             return false;
         };
         crate::process::sigterm(pid);
@@ -258,12 +270,25 @@ impl NatsCluster {
     /// Like [`NatsCluster::start`], with `extra` flags for every node (e.g. `--no_advertise`, so
     /// that clients reach the nodes only by the URLs they are given, such as a [`crate::proxy`]).
     pub async fn start_with_args(n: usize, extra: &[&str]) -> Self {
-        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let monitor_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // Client ports first, then route and monitoring ports distinct from them and from each
+        // other: a port released by `free_port` may be handed out again at once.
+        let mut nodes: Vec<NatsServer> = (0..n).map(|_| NatsServer::unstarted(true)).collect();
+        let mut taken: Vec<u16> = nodes.iter().map(|node| node.port).collect();
+        let mut distinct_port = || {
+            for _ in 0..1000 {
+                let p = free_port();
+                if !taken.contains(&p) {
+                    taken.push(p);
+                    return p;
+                }
+            }
+            panic!("no free loopback port distinct from {taken:?} in 1000 tries");
+        };
+        let route_ports: Vec<u16> = (0..n).map(|_| distinct_port()).collect();
+        let monitor_ports: Vec<u16> = (0..n).map(|_| distinct_port()).collect();
         let route = |p: &u16| format!("nats://127.0.0.1:{p}");
-        let mut nodes = Vec::with_capacity(n);
         for (i, port) in route_ports.iter().enumerate() {
-            let mut node = NatsServer::unstarted(true);
+            let node = &mut nodes[i];
             let routes: Vec<String> = route_ports
                 .iter()
                 .filter(|p| *p != port)
@@ -282,7 +307,6 @@ impl NatsCluster {
                 monitor_ports[i].to_string(),
             ];
             node.args.extend(extra.iter().map(|a| (*a).to_owned()));
-            nodes.push(node);
         }
         for node in &mut nodes {
             node.spawn();
@@ -381,7 +405,7 @@ impl NatsCluster {
     /// Node `i`'s process id, `None` while it is stopped.
     #[must_use]
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.nodes[i].pid()
+        self.nodes[i].running_pid()
     }
 
     /// Node `i`, to stop (SIGKILL) or resume.

@@ -25,6 +25,36 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(Pid::from_raw(pid), sig).expect("kill");
 }
 
+/// Remote ports of the established loopback TCP connections of process `pid` (from
+/// `/proc/<pid>/fd` and `/proc/net/tcp`): which server a process is connected to.
+#[must_use]
+pub fn tcp_peer_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter_map(|link| {
+                    let l = link.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st … inode (column 9); state 01 = ESTABLISHED.
+            let (rem, st, inode) = (cols.get(2)?, cols.get(3)?, cols.get(9)?);
+            if *st != "01" || !inodes.contains(*inode) {
+                return None;
+            }
+            u16::from_str_radix(rem.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
 /// Waits up to `limit` for the child to exit: its status (and the child is forgotten), or `None`
 /// if it is still running (or was not).
 pub async fn wait_exit(child: &mut Option<Child>, limit: Duration) -> Option<ExitStatus> {

@@ -128,3 +128,77 @@ async fn journal_survives_kill_9() {
         vec![ServerFrame::Changed(vec![(50, 8), (51, 3)])]
     );
 }
+
+/// On SIGTERM with `--stop-grace-ms`, `/readyz` fails at once while the listener keeps taking
+/// new clients (a load balancer between two health checks still sends some), and nobody is
+/// sent away before the grace ends; then the drain begins as usual.
+#[tokio::test]
+async fn sigterm_grace_keeps_accepting_while_readyz_fails() {
+    const GRACE: Duration = Duration::from_millis(2500);
+    let mut gw = GatewayProcess::start(
+        GatewayOptions::new()
+            .arg("--stop-grace-ms", GRACE.as_millis())
+            .arg("--drain-s", 1),
+    );
+    let mut old = gw.client().await;
+    assert!(old.subscribe(&[(1, 0)]).await.is_empty());
+    assert_eq!(gw.get("/readyz").await.status, 200);
+
+    let started = Instant::now();
+    gw.sigterm();
+    // 503 "at once": within 500 ms (the signal, one admin request, a loaded machine).
+    loop {
+        if gw.get("/readyz").await.status == 503 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "/readyz still 200 {:?} after SIGTERM",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready_failed_after = started.elapsed();
+    // During the grace: new clients are accepted and served, and the old one is not moved.
+    let mut accepted = 0;
+    while started.elapsed() + Duration::from_millis(700) < GRACE {
+        let mut c = gw.client().await;
+        assert!(c.subscribe(&[(2, 0)]).await.is_empty());
+        accepted += 1;
+        assert_eq!(gw.get("/readyz").await.status, 503, "readiness came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() < GRACE,
+        "the loop overran the grace ({:?}); the machine is too slow for this test",
+        started.elapsed()
+    );
+    gw.publish_ok(&[(1, 2)]).await;
+    assert_eq!(
+        old.recv_frame(WAIT).await,
+        ServerFrame::Changed(vec![(1, 2)])
+    );
+    // Then the drain: GOAWAY(draining) to the old client, not before the grace ended.
+    match old.next_incoming(GRACE + WAIT).await {
+        Incoming::Frame(ServerFrame::Goaway { code, .. }) => assert_eq!(code, Code::DRAINING),
+        other => panic!("expected GOAWAY(draining), got {other:?}"),
+    }
+    let goaway_after = started.elapsed();
+    assert!(
+        goaway_after >= GRACE,
+        "GOAWAY came {goaway_after:?} after SIGTERM, inside the {GRACE:?} grace"
+    );
+    println!(
+        "/readyz 503 after {ready_failed_after:?}; {accepted} clients accepted during the grace; \
+         GOAWAY after {goaway_after:?}"
+    );
+    assert!(
+        accepted >= 3,
+        "only {accepted} clients tried during the grace"
+    );
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway did not exit after the grace and the drain");
+    assert!(status.success(), "exit status {status:?}");
+}

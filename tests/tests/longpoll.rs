@@ -438,3 +438,85 @@ async fn distributed_mode_looks_up_then_holds() {
         .expect("reply");
     assert_eq!(reply.changes, vec![(21, 5)]);
 }
+
+/// CORS (`--longpoll-allow-origin`): a page on a listed origin can read answers and refusals
+/// (and `Retry-After`), its preflight is answered; any other origin gets no CORS header, so the
+/// browser keeps the answer from that page.
+#[tokio::test]
+async fn cors_lets_listed_origins_read_answers() {
+    let gw = GatewayProcess::start(
+        GatewayOptions::new().arg("--longpoll-allow-origin", "https://app.example"),
+    );
+    gw.publish_ok(&[(7, 5)]).await;
+    let body = json!({"token": gw.token_all(), "cursors": {"7": 1}}).to_string();
+    let poll = |origin: &str| {
+        format!(
+            "POST /v1/longpoll HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let listed = http::raw(gw.ws_addr(), poll("https://app.example").as_bytes())
+        .await
+        .expect("answer");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(
+        listed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(listed.header("vary"), Some("Origin"));
+    assert_eq!(listed.json()["changes"][0]["sjid"], 5);
+    let other = http::raw(gw.ws_addr(), poll("https://evil.example").as_bytes())
+        .await
+        .expect("answer");
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+
+    // A refusal after the body is read (a bad token) carries the headers too.
+    let bad = "{\"token\":\"x\",\"cursors\":{\"7\":1}}";
+    let refused = http::raw(
+        gw.ws_addr(),
+        format!(
+            "POST /v1/longpoll HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\
+             Content-Length: {}\r\n\r\n{bad}",
+            bad.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("answer");
+    assert_error(&refused, 401, "unauthorized");
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        refused.header("access-control-expose-headers"),
+        Some("Retry-After")
+    );
+
+    let preflight = http::raw(
+        gw.ws_addr(),
+        b"OPTIONS /v1/longpoll HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\
+          Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(preflight.status, 204, "{}", preflight.text());
+    assert_eq!(
+        preflight.header("access-control-allow-methods"),
+        Some("POST")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+
+    // Without the flag, nothing.
+    let plain = GatewayProcess::start_default();
+    let resp = http::raw(plain.ws_addr(), poll("https://app.example").as_bytes())
+        .await
+        .expect("answer");
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+}

@@ -367,3 +367,62 @@ async fn heartbeat_timeout_closes_silent_sessions_with_104() {
         "closed after {elapsed:?}: before 2.5 x heartbeat"
     );
 }
+
+/// Issue 16: with the Rust client's default settings (QUIC keep-alive every 15 s, no heartbeat
+/// override: WELCOME's 60 s), a client notices a restarted gateway from the stateless reset its
+/// next keep-alive draws, within one keep-alive interval, far inside one heartbeat interval and
+/// the 60 s idle timeout it waited for before (the restarted gateway dropped the keep-alives as
+/// carrying an unknown connection ID). Bound: 15 s + 5 s of margin for this machine.
+#[tokio::test]
+async fn a_restarted_gateway_is_noticed_within_one_keep_alive() {
+    const BOUND: Duration = Duration::from_secs(15 + 5);
+    let cert = cert();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut gw = start(&cert, &format!("127.0.0.1:{port}"), GatewayOptions::new());
+    let mut config = ClientConfig::new(
+        format!("quic://localhost:{port}"),
+        gw.token(NsGrant::All, 3600),
+    );
+    config.tls = Some(TlsRoots::from_pem(cert.pem.as_bytes()).expect("test CA"));
+    let (client, mut events) = Client::spawn(config);
+    client.subscribe(&[(42, 0)]);
+    wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
+    client.barrier().await.unwrap();
+    // Quiet first (every ACK sent), so that only a keep-alive can reach the new process.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = tokio::time::Instant::now();
+    gw.restart();
+    let deadline = killed + Duration::from_secs(75);
+    let reason = loop {
+        let e = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the client never noticed the restart")
+            .expect("client alive");
+        if let Event::Disconnected { reason, .. } = e {
+            break reason;
+        }
+    };
+    let noticed = killed.elapsed();
+    println!("restarted gateway noticed after {noticed:?} (bound {BOUND:?}): {reason}");
+    assert!(
+        reason.contains("reset"),
+        "the client did not learn it from a stateless reset: {reason}"
+    );
+    assert!(
+        noticed <= BOUND,
+        "the client noticed the restart after {noticed:?} (bound {BOUND:?})"
+    );
+    // And it is back, served by the new process.
+    wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
+    client.barrier().await.unwrap();
+    gw.publish_ok(&[(42, 2)]).await;
+    wait_for(&mut events, |e| {
+        matches!(e, Event::Changed { ns: 42, sjid: 2 })
+    })
+    .await;
+    client.close().await;
+}

@@ -26,6 +26,10 @@ pub struct UpstreamConfig {
     pub lookup_deadline: Duration,
     /// Connection name shown by the NATS server.
     pub name: String,
+    /// Longest silence (no fan-out batch or relay heartbeat on any followed partition) before
+    /// the connected NATS server is taken for hung: switch to another server and resync
+    /// ([`crate::watchdog`]). `None`: off.
+    pub relay_silence: Option<Duration>,
 }
 
 /// The servers of a comma-separated NATS URL list (blanks trimmed, empty items dropped).
@@ -45,7 +49,8 @@ impl UpstreamConfig {
         servers(&self.nats_url)
     }
 
-    /// Defaults for `nats_url`: 64 partitions, interest scope, 1 s requests, 10 s look-ups.
+    /// Defaults for `nats_url`: 64 partitions, interest scope, 1 s requests, 10 s look-ups,
+    /// 2 s relay silence.
     #[must_use]
     pub fn new(nats_url: impl Into<String>) -> Self {
         UpstreamConfig {
@@ -55,6 +60,7 @@ impl UpstreamConfig {
             request_timeout: Duration::from_secs(1),
             lookup_deadline: Duration::from_secs(10),
             name: "herald".into(),
+            relay_silence: Some(Duration::from_secs(2)),
         }
     }
 }

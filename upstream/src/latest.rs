@@ -16,11 +16,24 @@ pub enum Merged {
     Behind(u64),
 }
 
+/// Shards of the table. Many, so that a [`LatestTable::snapshot`] of a million namespaces
+/// (the gateway's journal compaction) read-locks ~1/64 of them at a time and a merge waits at
+/// most for that copy (well under a millisecond), not for the whole table.
+pub const SHARDS: usize = 64;
+
 /// Written by one source, read concurrently by many (look-ups, SUBSCRIBEs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LatestTable {
     /// Sharded, so a look-up never waits for the whole table.
     map: DashMap<u64, u64>,
+}
+
+impl Default for LatestTable {
+    fn default() -> Self {
+        Self {
+            map: DashMap::with_shard_amount(SHARDS),
+        }
+    }
 }
 
 impl LatestTable {
@@ -61,7 +74,8 @@ impl LatestTable {
         self.map.is_empty()
     }
 
-    /// Every `(ns, sjid)`, for compaction.
+    /// Every `(ns, sjid)`, for compaction: one shard locked at a time, so concurrent merges
+    /// may or may not be in it (each entry is whole, and merge is max).
     #[must_use]
     pub fn snapshot(&self) -> Vec<(u64, u64)> {
         self.map.iter().map(|e| (*e.key(), *e.value())).collect()

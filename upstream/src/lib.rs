@@ -20,17 +20,24 @@
 //!   unknown epoch, our own NATS reconnect or a slow-consumer drop makes the partition resync: ask
 //!   `herald.latest.<p>` for every namespace it tracks and merge the answer.
 //!
+//! - **Relay-silence watchdog**: relays send a heartbeat on every partition twice a second, so a
+//!   followed partition that hears nothing for `relay_silence` (2 s) means the NATS server we
+//!   are connected to is hung (it accepts TCP but delivers nothing, which pings notice only
+//!   after two intervals): reconnect to another server of the list, then resync.
+//!
 //! # Layout
 //! - [`config`]: [`UpstreamConfig`], [`Scope`].
 //! - [`latest`]: [`latest::LatestTable`], the merge-is-max table every stage keeps.
 //! - [`partition`]: what is known of one partition (stream positions, latest values, interest).
 //! - [`upstream`]: [`Upstream`], the handle; connection, partition tasks, look-ups, resync.
+//! - [`watchdog`]: the relay-silence watchdog and the server choice after it.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod latest;
 pub mod partition;
 pub mod upstream;
+pub mod watchdog;
 
 pub use config::{Scope, UpstreamConfig};
 pub use upstream::{LookupError, Upstream};

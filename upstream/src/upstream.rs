@@ -1,6 +1,7 @@
 //! [`Upstream`]: one NATS connection, a task per subscribed partition, look-ups and resyncs.
 
 use crate::partition::{Partition, Position};
+use crate::watchdog::{self, Silence};
 use crate::{Changes, Scope, UpstreamConfig};
 use async_nats::{Client, Event};
 use futures_util::StreamExt;
@@ -67,6 +68,8 @@ struct Inner {
     parts: Mutex<HashMap<u64, Slot>>,
     out: mpsc::Sender<Changes>,
     connected: AtomicBool,
+    /// When a relay was last heard, and the server the watchdog gave up on.
+    silence: Arc<Silence>,
     /// The runtime `connect` ran on. Partition readers and resyncs run there, whichever thread
     /// (a gateway worker's own runtime, say) asked for them.
     runtime: tokio::runtime::Handle,
@@ -96,11 +99,17 @@ impl Upstream {
         config: UpstreamConfig,
     ) -> Result<(Upstream, mpsc::Receiver<Changes>), async_nats::ConnectError> {
         let (event_tx, mut events) = mpsc::unbounded_channel();
+        let silence = Arc::new(Silence::default());
+        let picker = silence.clone();
         let client = async_nats::ConnectOptions::new()
             .name(&config.name)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
+            .reconnect_to_server_callback(move |pool, _info| {
+                let choice = picker.pick_server(&pool);
+                async move { choice }
+            })
             .ping_interval(PING_INTERVAL)
             .request_timeout(Some(config.request_timeout))
             .event_callback(move |e| {
@@ -119,6 +128,7 @@ impl Upstream {
                 parts: Mutex::new(HashMap::new()),
                 out,
                 connected: AtomicBool::new(false),
+                silence,
                 runtime: tokio::runtime::Handle::current(),
             }),
         };
@@ -131,6 +141,7 @@ impl Upstream {
                 match event {
                     Event::Connected => {
                         up.inner.connected.store(true, Ordering::Relaxed);
+                        up.inner.silence.connected();
                         tracing::info!(url = %up.inner.config.nats_url, "upstream NATS connected");
                         if ever_connected {
                             // Whatever was published while we were away is lost to us.
@@ -149,6 +160,9 @@ impl Upstream {
                 }
             }
         });
+        if let Some(limit) = up.inner.config.relay_silence {
+            tokio::spawn(watch_relay_silence(Arc::downgrade(&up.inner), limit));
+        }
         if up.inner.config.scope == Scope::All {
             for p in 0..up.inner.config.partitions {
                 up.ensure_partition(p);
@@ -492,8 +506,11 @@ async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch
         backoff = (backoff * 2).min(Duration::from_secs(1));
     };
     let _ = subscribed.send(true);
+    // A partition just followed has not had time to hear its relays yet.
+    up.inner.silence.heard();
     let all = up.inner.config.scope == Scope::All;
     while let Some(msg) = sub.next().await {
+        up.inner.silence.heard_from_relay();
         let batch = match FanoutBatch::decode(&msg.payload) {
             Ok(b) => b,
             Err(e) => {
@@ -528,6 +545,37 @@ async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch
         }
         if !raised.is_empty() && up.inner.out.send(raised).await.is_err() {
             return;
+        }
+    }
+}
+
+/// The relay-silence watchdog ([`crate::watchdog`]): while connected and following some
+/// partition, a silence longer than `limit` moves the connection to another server.
+async fn watch_relay_silence(inner: std::sync::Weak<Inner>, limit: Duration) {
+    loop {
+        tokio::time::sleep(watchdog::check_interval(limit)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let up = Upstream { inner };
+        let following = up.parts().values().any(|s| *s.subscribed.borrow());
+        if !up.is_connected() || !following {
+            up.inner.silence.heard();
+            continue;
+        }
+        let quiet = up.inner.silence.silent_for();
+        if quiet <= up.inner.silence.allowance(limit) {
+            continue;
+        }
+        let info = up.inner.client.server_info();
+        up.inner.silence.give_up_on(&info);
+        up.inner.silence.heard();
+        metrics::counter!("herald_upstream_silence_reconnects_total").increment(1);
+        tracing::warn!(
+            server = %format!("{}:{}", info.host, info.port),
+            silent_ms = quiet.as_millis() as u64,
+            "no relay heartbeat from this NATS server; switching to another and resyncing"
+        );
+        if let Err(e) = up.inner.client.force_reconnect().await {
+            tracing::warn!(error = %e, "forced reconnect failed");
         }
     }
 }

@@ -1,4 +1,8 @@
 use super::*;
+use std::io::Write;
+use std::path::Path;
+
+mod compaction;
 
 fn open(dir: &Path) -> (Journal, Arc<LatestTable>, mpsc::Receiver<Batch>) {
     open_with(dir, true)
@@ -7,15 +11,23 @@ fn open(dir: &Path) -> (Journal, Arc<LatestTable>, mpsc::Receiver<Batch>) {
 fn open_with(dir: &Path, sync: bool) -> (Journal, Arc<LatestTable>, mpsc::Receiver<Batch>) {
     let latest = Arc::new(LatestTable::new());
     let (tx, rx) = mpsc::channel(16);
-    let cfg = JournalConfig {
-        dir: dir.to_owned(),
-        sync,
-    };
+    let cfg = JournalConfig::new(dir, sync);
     (
         Journal::open(&cfg, latest.clone(), vec![tx]).unwrap(),
         latest,
         rx,
     )
+}
+
+/// The active segment: the highest-numbered one.
+fn active_segment(dir: &Path) -> std::path::PathBuf {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("segment-"))
+        .collect();
+    names.sort();
+    dir.join(names.last().expect("a segment"))
 }
 
 #[tokio::test]
@@ -85,11 +97,11 @@ async fn torn_tail_is_cut_and_the_rest_kept() {
         j.append(vec![(9, 1)]).await.unwrap();
     }
     let mut torn = Vec::new();
-    encode_batch(&[(9, 2), (10, 1)], &mut torn);
+    record::encode_batch(&[(9, 2), (10, 1)], &mut torn);
     torn.truncate(torn.len() - 3);
-    let mut f = OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .append(true)
-        .open(dir.path().join(LOG))
+        .open(active_segment(dir.path()))
         .unwrap();
     f.write_all(&torn).unwrap();
     drop(f);
@@ -102,12 +114,19 @@ async fn torn_tail_is_cut_and_the_rest_kept() {
     assert_eq!((latest.get(9), latest.get(10)), (1, 4));
 }
 
-#[test]
-fn corrupt_checksum_stops_replay() {
+/// A data directory of the single-log version (`journal.log`) is read, then replaced by a
+/// snapshot and a segment.
+#[tokio::test]
+async fn the_legacy_log_is_replayed_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
     let mut bytes = Vec::new();
-    encode_batch(&[(1, 1)], &mut bytes);
-    encode_batch(&[(2, 2)], &mut bytes);
-    let n = bytes.len();
-    bytes[n - 1] ^= 0xff;
-    assert_eq!(decode_batches(&bytes), (vec![(1, 1)], true));
+    record::encode_batch(&[(1, 4), (2, 9)], &mut bytes);
+    std::fs::write(dir.path().join("journal.log"), &bytes).unwrap();
+    let (j, latest, _rx) = open(dir.path());
+    assert_eq!((latest.get(1), latest.get(2)), (4, 9));
+    assert!(!dir.path().join("journal.log").exists());
+    j.append(vec![(1, 5)]).await.unwrap();
+    drop(j);
+    let (_j, latest, _rx) = open(dir.path());
+    assert_eq!((latest.get(1), latest.get(2)), (5, 9));
 }

@@ -1,5 +1,10 @@
 use super::*;
 
+/// `decide` with no CORS origins allowed (the CORS cases call `super::decide`).
+fn decide(buf: &[u8], admission: Admission) -> Option<Decision> {
+    super::decide(buf, admission, &AllowedOrigins::None)
+}
+
 const OPEN: Admission = Admission {
     full: false,
     draining: false,
@@ -33,6 +38,7 @@ fn status(d: Option<Decision>) -> u16 {
         Decision::Upgrade { .. } => 101,
         Decision::LongPoll { .. } => 200,
         Decision::Refuse { status, .. } => status,
+        Decision::Preflight { .. } => 204,
     }
 }
 
@@ -192,14 +198,14 @@ fn longpoll_refusals_carry_a_json_error_body() {
 
 #[test]
 fn ok_responses_are_never_cached() {
-    let text = String::from_utf8(ok_response("{}", false)).unwrap();
+    let text = String::from_utf8(ok_response("{}", false, &[])).unwrap();
     assert_eq!(
         text,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\
          Content-Length: 2\r\nConnection: close\r\n\r\n{}"
     );
     assert!(
-        String::from_utf8(ok_response("{}", true))
+        String::from_utf8(ok_response("{}", true, &[]))
             .unwrap()
             .contains("Connection: keep-alive\r\n")
     );
@@ -215,4 +221,68 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn cors_reaches_listed_origins_only() {
+    let origins = AllowedOrigins::parse(&["https://app.example".to_owned()]).unwrap();
+    let poll = |origin: &str| {
+        format!("POST /v1/longpoll HTTP/1.1\r\nHost: x\r\n{origin}Content-Length: 5\r\n\r\n")
+    };
+    let Some(Decision::LongPoll { cors, .. }) = super::decide(
+        poll("Origin: https://app.example\r\n").as_bytes(),
+        OPEN,
+        &origins,
+    ) else {
+        panic!()
+    };
+    assert_eq!(origins.headers(cors)[0].1, "https://app.example");
+    let Some(Decision::LongPoll { cors, .. }) = super::decide(
+        poll("Origin: https://other.example\r\n").as_bytes(),
+        OPEN,
+        &origins,
+    ) else {
+        panic!()
+    };
+    assert_eq!(cors, crate::cors::Grant::NONE);
+    // A refusal decided from the head carries the headers too, so the page can read why.
+    let draining = Admission {
+        full: false,
+        draining: true,
+        rate_limited: false,
+    };
+    let Some(Decision::Refuse { response, .. }) = super::decide(
+        poll("Origin: https://app.example\r\n").as_bytes(),
+        draining,
+        &origins,
+    ) else {
+        panic!()
+    };
+    let text = String::from_utf8(response).unwrap();
+    assert!(
+        text.contains("Access-Control-Allow-Origin: https://app.example\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Access-Control-Expose-Headers: Retry-After\r\n"),
+        "{text}"
+    );
+    // The preflight of a listed origin, and of another one.
+    let preflight = |origin: &str| {
+        let head = format!(
+            "OPTIONS /v1/longpoll HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\n\r\n"
+        );
+        match super::decide(head.as_bytes(), OPEN, &origins) {
+            Some(Decision::Preflight { response }) => String::from_utf8(response).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let ok = preflight("https://app.example");
+    assert!(ok.starts_with("HTTP/1.1 204 "), "{ok}");
+    assert!(
+        ok.contains("Access-Control-Allow-Methods: POST\r\n"),
+        "{ok}"
+    );
+    assert!(!preflight("https://other.example").contains("Access-Control"));
 }

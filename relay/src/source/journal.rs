@@ -49,11 +49,15 @@ const STALLED_CHECKS: u32 = 2;
 const RECONNECT_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// When catch-up passes run after a reconnect. More than one: the replica that answers first may
 /// not hold the newest messages yet, and the reconnect may race a leader election.
-const CATCH_UP_PASSES: [Duration; 4] = [
+/// The later passes cover a lost stream leader: replicas answer direct gets again once a new
+/// leader is elected, which can be sooner than the consumer recovers.
+const CATCH_UP_PASSES: [Duration; 6] = [
     Duration::ZERO,
     Duration::from_millis(250),
     Duration::from_millis(750),
-    Duration::from_millis(2000),
+    Duration::from_millis(1500),
+    Duration::from_millis(2500),
+    Duration::from_millis(4000),
 ];
 /// Longest wait for one direct get.
 const DIRECT_GET_TIMEOUT: Duration = Duration::from_millis(500);
@@ -216,11 +220,11 @@ impl JournalSource {
                 () = shutdown.cancelled() => return Ok(Ended::Shutdown),
                 Some(message) = next_tapped(&mut tap.subscriber) => {
                     if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
-                        intake.apply(ns, sjid).await;
+                        intake.apply_early(ns, sjid).await;
                     }
                 }
                 Some((ns, sjid)) = tap.caught_up.recv() => {
-                    intake.apply(ns, sjid).await;
+                    intake.apply_early(ns, sjid).await;
                 }
                 _ = reconnects.tick() => {
                     if tap.reconnected() {
