@@ -8,7 +8,7 @@ use herald_gateway::keys::{SigningKey, claims_for, unix_now};
 use herald_proto::{Claims, NsGrant};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -71,22 +71,9 @@ pub struct GatewayProcess {
     quic: Option<SocketAddr>,
 }
 
-/// `target/<profile>/herald-gateway`, beside the directory of the running test executable.
+/// `target/<profile>/herald-gateway` ([`crate::process::sibling_binary`]).
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-exe> → target/<profile>/herald-gateway
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is not under target/<profile>/deps");
-    let bin = profile_dir.join("herald-gateway");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) \
-         before these tests",
-        bin.display()
-    );
-    bin
+    crate::process::sibling_binary("herald-gateway")
 }
 
 impl GatewayProcess {
@@ -157,7 +144,10 @@ impl GatewayProcess {
             .arg("--stop-grace-ms")
             .arg("0")
             .args(&self.options.args)
-            .env("HERALD_LOG", "info,herald_gateway=debug")
+            .env(
+                "HERALD_LOG",
+                "info,herald_gateway=debug,herald_upstream=debug",
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -263,6 +253,12 @@ impl GatewayProcess {
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("gateway not running").id()
+    }
+
+    /// The process id, `None` while it is not running (killed and not restarted yet).
+    #[must_use]
+    pub fn running_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// The key the gateway trusts, for minting unusual tokens.
@@ -400,7 +396,9 @@ impl GatewayProcess {
         crate::process::wait_exit(&mut self.child, limit).await
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// Where its stderr log is (deleted with the process's temp dir).
+    #[must_use]
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("gateway.log")
     }
 

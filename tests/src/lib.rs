@@ -27,6 +27,8 @@
 //!   for tests that need the bare TCP socket.
 //! - [`http`]: a tiny HTTP/1.1 client (one request per connection) for the admin listener and for
 //!   the plain HTTP answers of the client listener.
+//! - [`chaos`]: the chaos soak (`herald-chaos`, `ops/chaos.sh`): the whole fleet, faults from a
+//!   seeded schedule, every client checked continuously.
 //! - [`fleet`]: scaffolding of the fault and herd tests (client fleet, journal feed, turns).
 //! - [`nats`]: [`nats::NatsServer`] (our own nats-server per test) and [`nats::RelayProcess`].
 //! - [`mariadb`]: [`mariadb::MariaDb`], a private mariadbd per test (tailer tests).
@@ -34,6 +36,7 @@
 //! - [`process`]: stopping, waiting for and reading the logs of harness processes.
 //! - [`proxy`]: [`proxy::Proxy`], a TCP proxy a test can cut to partition a process from NATS.
 
+pub mod chaos;
 pub mod checker;
 pub mod fleet;
 pub mod gateway;

@@ -207,6 +207,26 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// The process id, `None` while stopped.
+    #[must_use]
+    pub fn running_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server gracefully (SIGTERM; SIGKILL if it has not exited within `limit`); the
+    /// store dir stays. True if it exited by itself.
+    pub async fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(pid) = self.running_pid() else {
+            return false;
+        };
+        crate::process::sigterm(pid);
+        let exited = crate::process::wait_exit(&mut self.child, limit)
+            .await
+            .is_some();
+        self.stop();
+        exited
+    }
+
     /// A connected client.
     pub async fn client(&self) -> Client {
         tokio::time::timeout(Duration::from_secs(5), async_nats::connect(self.url()))
@@ -244,6 +264,12 @@ impl NatsCluster {
     /// Starts `n` nodes (at least 3 for replicated streams) and waits until JetStream places a
     /// stream with `n` replicas on them.
     pub async fn start(n: usize) -> Self {
+        Self::start_with_args(n, &[]).await
+    }
+
+    /// Like [`NatsCluster::start`], with `extra` flags for every node (e.g. `--no_advertise`, so
+    /// that clients reach the nodes only by the URLs they are given, such as a [`crate::proxy`]).
+    pub async fn start_with_args(n: usize, extra: &[&str]) -> Self {
         // Client ports first, then route and monitoring ports distinct from them and from each
         // other: a port released by `free_port` may be handed out again at once.
         let mut nodes: Vec<NatsServer> = (0..n).map(|_| NatsServer::unstarted(true)).collect();
@@ -280,6 +306,7 @@ impl NatsCluster {
                 "-m".into(),
                 monitor_ports[i].to_string(),
             ];
+            node.args.extend(extra.iter().map(|a| (*a).to_owned()));
         }
         for node in &mut nodes {
             node.spawn();
@@ -375,6 +402,12 @@ impl NatsCluster {
             .and_then(node_index)
     }
 
+    /// Node `i`'s process id, `None` while it is stopped.
+    #[must_use]
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].running_pid()
+    }
+
     /// Node `i`, to stop (SIGKILL) or resume.
     pub fn node(&mut self, i: usize) -> &mut NatsServer {
         &mut self.nodes[i]
@@ -409,22 +442,10 @@ impl RelayOptions {
     }
 }
 
-/// `target/<profile>/herald-relay`, beside the directory of the running test executable.
+/// `target/<profile>/herald-relay` ([`crate::process::sibling_binary`]).
 #[must_use]
 pub fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable is not under target/<profile>/deps");
-    let bin = profile_dir.join("herald-relay");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run `cargo build --workspace --bins` (ops/test.sh does) \
-         before these tests",
-        bin.display()
-    );
-    bin
+    crate::process::sibling_binary("herald-relay")
 }
 
 /// A running `herald-relay`. Dropping it kills the process (SIGKILL) and waits for it.
@@ -575,6 +596,12 @@ impl RelayProcess {
         crate::process::kill9(&mut self.child);
     }
 
+    /// The process id, `None` once killed or exited.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it and starts it again with the same flags; waits for the new ready line (new
     /// epoch, new admin port).
     pub async fn restart(&mut self) {
@@ -593,7 +620,9 @@ impl RelayProcess {
         crate::process::wait_exit(&mut self.child, limit).await
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// Where its stderr log is (deleted with the process's temp dir).
+    #[must_use]
+    pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("relay.log")
     }
 

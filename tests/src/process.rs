@@ -1,7 +1,7 @@
 //! What every harness process (gateway, relay, nats-server) does the same way: stop by pid, wait
 //! for an exit with a bound, and show the end of its log when a test fails.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
@@ -89,4 +89,38 @@ pub fn show_log_if_panicking(name: &str, path: &Path) {
             log_tail(path, 30)
         );
     }
+}
+
+/// `target/<profile>/<name>`: beside the running executable when that is a binary of this crate
+/// (`target/<profile>/herald-chaos`), else one directory up (a test executable in
+/// `target/<profile>/deps/`). Panics with what to build when it is missing.
+#[must_use]
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("executable has a directory");
+    let candidates = [Some(dir), dir.parent()];
+    for d in candidates.into_iter().flatten() {
+        let bin = d.join(name);
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    panic!(
+        "no {name} beside {}: run `cargo build --workspace --bins` (ops/test.sh does) first",
+        exe.display()
+    );
+}
+
+/// Resident set size (KiB, `VmRSS` of `/proc/<pid>/status`) and open file descriptors (entries
+/// of `/proc/<pid>/fd`) of a process; `None` if it is gone.
+#[must_use]
+pub fn rss_and_fds(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss, fds))
 }
