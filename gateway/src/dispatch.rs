@@ -11,8 +11,10 @@ use herald_proto::{ClientFrame, Code, PROTOCOL_VERSION, ServerFrame};
 /// Completes a SUBSCRIBE whose look-up had to wait (distributed mode), then goes on with the
 /// frames that arrived behind it.
 pub async fn finish_subscribe(worker: &Worker, conn: &Conn, reg: session::Registered) {
-    let ns: Vec<u64> = reg.namespaces().collect();
-    let looked_up = worker.source.resolve(&reg.added, &ns).await;
+    let looked_up = worker
+        .source
+        .resolve_confirmed(&reg.added, &reg.accepted)
+        .await;
     let mut st = conn.state.borrow_mut();
     if st.transport == Transport::LongPoll {
         crate::longpoll::looked_up(worker, conn, &mut st, reg, looked_up);

@@ -43,6 +43,51 @@ impl Source {
         }
     }
 
+    /// As [`Source::resolve`] for `(ns, cursor)` pairs, with a cursor above its looked-up value
+    /// confirmed before the caller acts on it (RESET). In distributed mode the answer comes
+    /// from one relay (or this gateway's table), which may not hold yet a change the client was
+    /// already told of through another path (another relay's journal tap sees a publish before
+    /// the journal stores it; a relay may lag). So the namespaces whose cursor is above the
+    /// answer are asked again, with backoff, until their value reaches the cursor or the
+    /// look-up deadline passes; values only ever rise (merge is max). A RESET that is real (the
+    /// journal lost what the client saw) is then up to the deadline late, which is harmless; a
+    /// false one would end a subscription that was fine.
+    pub async fn resolve_confirmed(
+        &self,
+        added: &[u64],
+        pairs: &[(u64, u64)],
+    ) -> Result<HashMap<u64, u64>, LookupError> {
+        let ns: Vec<u64> = pairs.iter().map(|&(n, _)| n).collect();
+        let mut latest = self.resolve(added, &ns).await?;
+        let Source::Upstream(up) = self else {
+            return Ok(latest);
+        };
+        let deadline = tokio::time::Instant::now() + up.lookup_deadline();
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let mut ahead: Vec<u64> = pairs
+                .iter()
+                .filter(|&&(n, cursor)| cursor > latest.get(&n).copied().unwrap_or(0))
+                .map(|&(n, _)| n)
+                .collect();
+            if ahead.is_empty() || tokio::time::Instant::now() + backoff >= deadline {
+                return Ok(latest);
+            }
+            ahead.sort_unstable();
+            ahead.dedup();
+            metrics::counter!("herald_upstream_reset_confirmations_total").increment(1);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
+            // A failed re-ask keeps what is known: the first answer stands.
+            if let Ok(again) = up.lookup(&ahead).await {
+                for (n, sjid) in again {
+                    let v = latest.entry(n).or_insert(0);
+                    *v = (*v).max(sjid);
+                }
+            }
+        }
+    }
+
     /// Drops interest in `ns` (subscriptions that ended).
     pub fn drop_interest(&self, ns: &[u64]) {
         if let Source::Upstream(up) = self

@@ -1,6 +1,6 @@
 //! The short chaos soak of CI (issue #16 item 5): the whole loopback fleet (3-node NATS cluster
 //! with the journal at R3, 2 relays, 2 gateways with ws + wss + QUIC) under a steady publish
-//! load and 400 managed clients over ws / wss / QUIC (long-poll: ignored, a known bug), with every kind of fault
+//! load and 400 managed clients over ws / wss / QUIC / long-poll, with every kind of fault
 //! injected at least once from a seeded schedule ([`herald_e2e::chaos`]). Nothing acknowledged
 //! may be missed, no client may see an unexpected RESET or DENIED, and no process may drift far
 //! in memory or descriptors. About 2.5 minutes; the long run is `ops/chaos.sh --minutes 30`
@@ -24,19 +24,10 @@ const RSS_DRIFT_KIB: i64 = 64 * 1024;
 /// sockets, so it is per client, plus a margin.
 const FD_DRIFT_MARGIN: i64 = 64;
 
-/// ws, wss and QUIC clients. Long-poll is left out until the bug in RELIABILITY.md ("Found" 1)
-/// is fixed for good: a long-poller gets a RESET when its look-up is answered with a value below
-/// a change it was already told of.
+/// A quarter of the clients on each of ws, wss, QUIC and long-poll. The long-poll quarter found
+/// the false RESETs of RELIABILITY.md ("Found" 1), fixed in the relay and the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak_misses_nothing() {
-    soak(false).await;
-}
-
-/// The same with a quarter of the clients on long-poll: still fails with some seeds
-/// (RELIABILITY.md, "Found" 1).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: long-poll RESET when a look-up answers below what the client was told (RELIABILITY.md)"]
-async fn chaos_soak_with_long_poll_misses_nothing() {
     soak(true).await;
 }
 

@@ -403,15 +403,17 @@ async fn a_forbidden_namespace_is_denied_and_the_rest_keeps_polling() {
     poller.close().await;
 }
 
-/// Distributed mode: the cursor check waits for the relays' look-up (the task finishes it), and
-/// a held poll is answered by a change fanned out from NATS.
+/// Distributed mode: the cursor check waits for the relays' look-up (the task finishes it), a
+/// cursor above the answer is RESET only once the look-up deadline confirms it, and a held
+/// poll is answered by a change fanned out from NATS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_mode_looks_up_then_holds() {
     use herald_e2e::fleet::{PARTITIONS, gateway_options, relay_options};
     use herald_e2e::nats::{NatsServer, RelayProcess};
     let nats = NatsServer::start();
     let _relay = RelayProcess::start(&nats.url(), relay_options()).await;
-    let gw = GatewayProcess::start(gateway_options(&nats.url()));
+    // A short look-up deadline: the RESET of ns 22 below waits for it.
+    let gw = GatewayProcess::start(gateway_options(&nats.url()).arg("--lookup-deadline-ms", 2000));
     let publisher =
         herald_relay::Publisher::new(async_nats::jetstream::new(nats.client().await), PARTITIONS);
     publisher.publish(&[(21, 4)]).await.expect("publish");
@@ -426,6 +428,17 @@ async fn distributed_mode_looks_up_then_holds() {
     .await;
     assert_eq!(reply.changes, vec![(21, 4)]);
     assert_eq!(reply.reset, vec![22]);
+    // The RESET is confirmed for the look-up deadline before it is sent.
+    let started = std::time::Instant::now();
+    let reply = poll_once(&url(&gw), &token, &[(22, 3)], 30)
+        .await
+        .expect("reply");
+    assert_eq!(reply.reset, vec![22]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "RESET after {:?}, not confirmed first",
+        started.elapsed()
+    );
     let (u, t) = (url(&gw), token.clone());
     let held = tokio::spawn(async move { poll_once(&u, &t, &[(21, 4)], 30).await });
     tokio::time::sleep(Duration::from_millis(500)).await;

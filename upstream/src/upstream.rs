@@ -285,6 +285,12 @@ impl Upstream {
         })
     }
 
+    /// The look-up deadline (`--lookup-deadline-ms`): how long a look-up may take in all.
+    #[must_use]
+    pub fn lookup_deadline(&self) -> Duration {
+        self.inner.config.lookup_deadline
+    }
+
     /// Latest SJIDs of `ns`, in order: from what this upstream tracks when it can vouch for it,
     /// else from the relays (one request per partition, retried until the look-up deadline).
     pub async fn lookup(&self, ns: &[u64]) -> Result<Vec<(u64, u64)>, LookupError> {
