@@ -28,7 +28,7 @@
 //!   [`source::repair`]: writes the latest back over a late lower SJID in the journal.
 //! - [`latest`]: the in-memory latest table.
 //! - [`coalesce`]: the sans-IO coalescer and batch numbering; [`fanout`]: the publisher task.
-//! - [`responder`]: answers `herald.latest.<p>`.
+//! - [`responder`]: answers `herald.latest.<p>`; [`freshness`]: whether the table may answer.
 //! - [`admin`]: health, readiness and metrics over HTTP; [`metrics`]: metric names and handles.
 //! - [`nats`]: connecting with backoff; [`relay`]: wires it all together (`run`).
 #![warn(missing_docs)]
@@ -37,6 +37,7 @@ pub mod admin;
 pub mod coalesce;
 pub mod config;
 pub mod fanout;
+pub mod freshness;
 pub mod latest;
 pub mod metrics;
 pub mod nats;

@@ -110,7 +110,7 @@ async fn serve(
 
     // The source says when it has loaded; the relay is ready once the responder listens too.
     let (loaded_tx, mut loaded_rx) = watch::channel(false);
-    let freshness = crate::source::Freshness::new(client.statistics());
+    let freshness = crate::freshness::Freshness::new(client.statistics());
     let source_stop = CancellationToken::new();
     let (source, answers) = match &args.upstream_nats {
         None => (

@@ -8,9 +8,9 @@
 //! namespaces, is logged and answered with a reply holding **no entries** (never a partial or
 //! made-up one), so the caller learns at once that it was not understood.
 
+use crate::freshness::Freshness;
 use crate::latest::LatestTable;
 use crate::metrics::{LATEST_LOOKUPS, LATEST_REQUESTS, LogLimiter};
-use crate::source::Freshness;
 use async_nats::{Client, Subscriber};
 use futures_util::StreamExt;
 use herald_proto::fanout::{LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
