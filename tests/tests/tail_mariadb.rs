@@ -6,6 +6,7 @@
 
 use herald_e2e::mariadb::{DATABASE, MariaDb};
 use herald_e2e::nats::{NatsServer, RelayOptions, RelayProcess};
+use herald_e2e::tail::{Recorder, percentile, process_cpu_seconds};
 use herald_e2e::ws::Incoming;
 use herald_e2e::{ClientFrame, GatewayOptions, GatewayProcess, ServerFrame, WsClient};
 use herald_tail::{Change, JournalSink, TailConfig};
@@ -21,40 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Bound on one expected change: binlog → tailer is milliseconds; generous for a loaded CI box.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The changes the tailer delivered, in order: the test's window onto its output.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Change>>>);
-
-impl JournalSink for Recorder {
-    async fn deliver(&self, changes: Vec<Change>) -> anyhow::Result<()> {
-        self.0.lock().unwrap().extend(changes);
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn take(&self) -> Vec<Change> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-
-    /// Waits until a delivered change has `ns` at `sjid` or above.
-    async fn until(&self, ns: u64, sjid: u64) {
-        herald_e2e::eventually(
-            WAIT,
-            &format!("the tailer delivers ({ns}, {sjid})"),
-            || async {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|&(n, s)| n == ns && s >= sjid)
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-}
 
 /// An in-process tailer with its checkpoint in `dir`.
 struct Tail {
@@ -314,7 +281,7 @@ async fn a_transaction_of_100k_rows_is_announced_whole_after_its_commit() {
     }
     // Nothing of it before the commit, though its rows are written.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tail.out.0.lock().unwrap().is_empty());
+    assert!(tail.out.is_empty());
     exec(&mut c, "COMMIT").await;
     tail.out.until(0, 100_000).await;
     let got = tail.stop().await;
@@ -885,25 +852,6 @@ async fn model_random_transactions_and_crashes() {
         !rolled_back.is_empty() && committed.len() > 50,
         "seed {seed}: too little traffic"
     );
-}
-
-/// CPU seconds (user + system) of this process so far, from /proc/self/stat.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat format")
-        .1
-        .split_whitespace()
-        .collect();
-    // Fields 14 and 15 (utime, stime), counted from after the command name (field 3 = index 0).
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 /// Benchmark (BENCHMARKS.md "Journal tailer"): commit → client latency through the binlog

@@ -6,6 +6,7 @@
 
 use herald_e2e::nats::{NatsServer, RelayOptions, RelayProcess};
 use herald_e2e::postgres::{DATABASE, Postgres, TAIL_USER};
+use herald_e2e::tail::{Recorder, percentile, process_cpu_seconds};
 use herald_e2e::{GatewayOptions, GatewayProcess, ServerFrame};
 use herald_tail::{Change, JournalSink, TailConfig};
 use rand::rngs::StdRng;
@@ -13,46 +14,12 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Bound on one expected change: WAL → tailer is milliseconds; generous for a loaded CI box.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The changes the tailer delivered, in order: the test's window onto its output.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Change>>>);
-
-impl JournalSink for Recorder {
-    async fn deliver(&self, changes: Vec<Change>) -> anyhow::Result<()> {
-        self.0.lock().unwrap().extend(changes);
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn take(&self) -> Vec<Change> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-
-    /// Waits until a delivered change has `ns` at `sjid` or above.
-    async fn until(&self, ns: u64, sjid: u64) {
-        herald_e2e::eventually(
-            WAIT,
-            &format!("the tailer delivers ({ns}, {sjid})"),
-            || async {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|&(n, s)| n == ns && s >= sjid)
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-}
 
 /// An in-process tailer with its checkpoint in `dir`.
 struct Tail {
@@ -740,11 +707,6 @@ async fn model_random_transactions_and_restarts() {
     assert_eq!(journal, committed, "seed={seed}");
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Commit → client latency through PostgreSQL and `--journal-source`, beside the direct publish
 /// path (`POST /v1/publish`) of the same gateway, one change at a time. Prints the figures;
 /// asserts only that every change arrived. Run with
@@ -793,20 +755,6 @@ async fn bench_commit_to_client_latency() {
         percentile(&direct, 0.5),
         percentile(&direct, 0.99)
     );
-}
-
-/// CPU seconds (user + system) this test process has used: the in-process tailer's cost.
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat format")
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime, fields 14 and 15, counted from after the command name (field 3 = 0).
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 /// Catch-up after an outage and the rows a second the tailer sustains: the tailer stops,
