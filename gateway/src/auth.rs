@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Seconds of clock skew allowed on `exp` and `nbf`.
-pub const LEEWAY_S: u64 = 30;
+pub const LEEWAY_S: u64 = herald_core::token::TOKEN_LEEWAY_S;
 
 /// Why a token was refused. Each maps to ERROR(`unauthorized`) on the wire; the variant is for
 /// logs and the `herald_auth_failures_total{reason}` metric.
@@ -130,6 +130,15 @@ impl Verifier {
                 K::InvalidAlgorithm => AuthError::Algorithm(header.alg),
                 _ => AuthError::Malformed(e.to_string()),
             })
+    }
+}
+
+impl herald_core::token::TokenCheck for Verifier {
+    fn check(&self, token: &str) -> Result<Claims, herald_core::token::Refused> {
+        self.verify(token).map_err(|e| herald_core::token::Refused {
+            label: e.label(),
+            message: e.to_string(),
+        })
     }
 }
 

@@ -233,14 +233,9 @@ pub struct ServeArgs {
 /// Per-connection limits and timings, the slice a worker and its connections need.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
-    /// Announced in WELCOME; silence for 2.5× this closes the connection.
-    pub heartbeat: Duration,
-    /// Heartbeats by client class (the token's `cls` claim); class id = index + 1, 0 = default.
-    pub heartbeat_classes: Vec<(String, Duration)>,
-    /// From accept to HELLO.
-    pub handshake_timeout: Duration,
-    /// Live subscriptions per connection.
-    pub max_subscriptions: u64,
+    /// The session rules' settings: heartbeat (and by client class), handshake timeout,
+    /// subscriptions per connection.
+    pub session: herald_core::session::Limits,
     /// Process-wide connection cap.
     pub max_connections: usize,
     /// Queued bytes before `slow_consumer`.
@@ -352,15 +347,17 @@ impl ServeArgs {
         // Keep a reserve of descriptors for the journal, admin connections and logs.
         let by_files = open_files_limit.saturating_sub(64).max(1) as usize;
         ConnLimits {
-            heartbeat: Duration::from_millis(self.heartbeat_ms),
-            heartbeat_classes: self
-                .heartbeat_classes
-                .iter()
-                .filter_map(|spec| parse_class(spec).ok())
-                .map(|(name, ms)| (name, Duration::from_millis(ms)))
-                .collect(),
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            max_subscriptions: self.max_subscriptions,
+            session: herald_core::session::Limits {
+                heartbeat: Duration::from_millis(self.heartbeat_ms),
+                heartbeat_classes: self
+                    .heartbeat_classes
+                    .iter()
+                    .filter_map(|spec| parse_class(spec).ok())
+                    .map(|(name, ms)| (name, Duration::from_millis(ms)))
+                    .collect(),
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                max_subscriptions: self.max_subscriptions,
+            },
             max_connections: match self.max_connections {
                 0 => by_files,
                 n => n.min(by_files),
@@ -405,31 +402,6 @@ fn parse_class(spec: &str) -> anyhow::Result<(String, u64)> {
     Ok((name.trim().to_owned(), ms))
 }
 
-impl ConnLimits {
-    /// The class id of a token's `cls` (0: none, or not configured).
-    #[must_use]
-    pub fn class_of(&self, cls: Option<&str>) -> u8 {
-        cls.and_then(|c| {
-            self.heartbeat_classes
-                .iter()
-                .position(|(name, _)| name == c)
-        })
-        .map_or(0, |i| (i + 1) as u8)
-    }
-
-    /// The heartbeat of class `id`.
-    #[must_use]
-    pub fn heartbeat_of(&self, id: u8) -> Duration {
-        match id {
-            0 => self.heartbeat,
-            i => self
-                .heartbeat_classes
-                .get(usize::from(i) - 1)
-                .map_or(self.heartbeat, |c| c.1),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,10 +413,10 @@ mod tests {
             Cli::try_parse_from(["g", "--heartbeat-class", "mobile=300000,tv=20000"]).unwrap();
         cli.serve.validate().unwrap();
         let limits = cli.serve.conn_limits(1024);
-        assert_eq!(limits.class_of(Some("tv")), 2);
-        assert_eq!(limits.class_of(Some("car")), 0);
-        assert_eq!(limits.heartbeat_of(1), Duration::from_secs(300));
-        assert_eq!(limits.heartbeat_of(0), Duration::from_secs(60));
+        assert_eq!(limits.session.class_of(Some("tv")), 2);
+        assert_eq!(limits.session.class_of(Some("car")), 0);
+        assert_eq!(limits.session.heartbeat_of(1), Duration::from_secs(300));
+        assert_eq!(limits.session.heartbeat_of(0), Duration::from_secs(60));
         for bad in ["mobile", "mobile=1000", "=20000", "x=abc"] {
             let cli = Cli::try_parse_from(["g", "--heartbeat-class", bad]).unwrap();
             assert!(cli.serve.validate().is_err(), "{bad}");

@@ -1,19 +1,23 @@
-//! One client connection: its socket, its protocol phase, and the few bytes it keeps between
-//! events. No read buffer while idle (reads go to the worker's scratch buffer; only a partial
+//! One client connection: its socket, its protocol session (`herald_core::session`), and the
+//! few bytes it keeps between events. No read buffer while idle (reads go to the worker's scratch buffer; only a partial
 //! frame is carried), no writer task or channel (the fan-out writes straight to the socket and
 //! queues only what the socket refuses), no timer (the worker's sweep checks deadlines).
 //!
-//! The session core (phase, subscriptions, outbox, deadlines) is the same for every transport;
-//! [`Io`] is the byte stream under it and [`Transport`] says how frames are put on it.
+//! The session is the same for every transport; [`Wire`] is the transport's part (framing,
+//! outbox, exit flags), [`Io`] the byte stream under it, [`Transport`] how frames are put on it,
+//! and [`Out`] how the session's decisions become bytes.
 
+use crate::source::Source;
 use bytes::Bytes;
-use herald_proto::{Code, NsGrant, ServerFrame, ws};
+use herald_core::session::{Output, Session};
+use herald_proto::{Code, ServerFrame, ws};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 use tokio::net::TcpStream;
 
+use crate::quic_stream::QuicIo;
 use crate::tls_stream::{Flush, TlsStream};
 
 /// How a connection's frames are put on the wire (PROTOCOL.md "Transports").
@@ -93,7 +97,7 @@ pub enum Io {
     /// A QUIC session stream (boxed: QUIC connections are rare next to WebSocket ones, and the
     /// plain path stays lean). Its task polls the streams itself (`quic::run`), so readiness
     /// below is only for TCP.
-    Quic(Box<crate::quic::QuicIo>),
+    Quic(Box<QuicIo>),
 }
 
 impl Io {
@@ -151,22 +155,6 @@ impl Io {
     }
 }
 
-use crate::session::{Registered, Subscriptions};
-
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Reading the HTTP upgrade request.
-    Http,
-    /// Upgraded; waiting for HELLO.
-    AwaitHello,
-    /// WELCOME sent; subscriptions allowed.
-    Open,
-    /// A close is under way: nothing more is processed; the socket is dropped once the client
-    /// answers the close, or the outbox is flushed (`exit_when_flushed`), or the deadline passes.
-    Closing,
-}
-
 /// What woke the connection task.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ready {
@@ -190,12 +178,28 @@ pub struct Conn {
     waker: RefCell<Option<Waker>>,
 }
 
-/// The mutable part of a connection.
+/// The mutable part of a connection: the protocol session and the wire under it.
 pub struct ConnState {
-    /// Protocol phase.
-    pub phase: Phase,
+    /// The protocol state machine.
+    pub session: Session,
+    /// Bytes in and out, in the transport's framing.
+    pub wire: Wire,
+}
+
+/// The transport's part of a connection: framing, carried input, queued output, exit flags.
+pub struct Wire {
     /// How frames are written (a TCP connection is WebSocket until its request says long-poll).
     pub transport: Transport,
+    /// Leave as soon as the outbox is empty.
+    pub exit_when_flushed: bool,
+    /// Leave now.
+    pub exit: bool,
+    /// Counted in the process's connection total (set at the upgrade).
+    pub counted: bool,
+    /// Over the handshake rate at accept: its upgrade is answered with 503.
+    pub rate_limited: bool,
+    /// The front of `outbox` is partly written, so it must be finished before anything else.
+    pub front_started: bool,
     /// Bytes of an incomplete frame (or HTTP head) carried to the next read. Empty (no
     /// allocation) whenever the client is between frames.
     pub partial: Vec<u8>,
@@ -206,76 +210,126 @@ pub struct ConnState {
     pub outbox: VecDeque<Bytes>,
     /// Bytes in `outbox`.
     pub outbox_bytes: usize,
-    /// The front of `outbox` is partly written, so it must be finished before anything else.
-    pub front_started: bool,
-    /// Tick of the last bytes received (heartbeat).
-    pub last_rx: u32,
-    /// Tick by which the handshake must finish, or (Closing) by which the socket is dropped.
-    pub deadline: u32,
-    /// Tick at which the token's `exp` plus leeway passes (Open only; `u32::MAX`: never).
-    pub token_expires: u32,
-    /// Leave as soon as the outbox is empty.
-    pub exit_when_flushed: bool,
-    /// Leave now.
-    pub exit: bool,
-    /// Counted in the process's connection total (set at the upgrade).
-    pub counted: bool,
-    /// Over the handshake rate at accept: its upgrade is answered with 503.
-    pub rate_limited: bool,
-    /// Client class (from the token), which sets its heartbeat; 0 = default.
-    pub class: u8,
-    /// The code a close started by the server carries (0: none yet): QUIC puts it in the
-    /// connection's application close (PROTOCOL.md "Transports").
-    pub close_code: u16,
-    /// Random id, sent in WELCOME and written in logs.
-    pub session_id: u64,
-    /// What the token grants (Open only).
-    pub grant: Option<Box<NsGrant>>,
-    /// Live subscriptions.
-    pub subs: Subscriptions,
-    /// A SUBSCRIBE waiting for its look-up (distributed mode). While set, no further frame is
-    /// processed, which keeps the per-connection ordering rule.
-    pub pending: Option<Box<Registered>>,
     /// A waiting long-poll (its collected changes); `None` on every other connection.
-    pub poll: Option<Box<crate::longpoll::Poll>>,
+    pub poll: Option<Box<PollState>>,
+}
+
+/// The state of a waiting poll, boxed in [`Wire::poll`] (absent on every other connection).
+#[derive(Debug, Default)]
+pub struct PollState {
+    /// Changes the fan-out delivered while the poll waited: `(ns, sjid)`.
+    pub changes: Vec<(u64, u64)>,
+    /// Keep the connection for another poll after the reply.
+    pub keep_alive: bool,
+    /// The CORS headers the answer carries (what the request's `Origin` was granted).
+    pub cors: herald_proto::cors::Grant,
+    /// Set by the sweep: answer now, for this reason, even with no changes.
+    pub due: Option<PollDue>,
+}
+
+/// Why the sweep wants a waiting poll answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollDue {
+    /// Its deadline passed.
+    Timeout,
+    /// The gateway is draining.
+    Draining,
+}
+
+impl PollState {
+    /// True once the fan-out delivered something or the sweep asked: the task must answer.
+    #[must_use]
+    pub fn due(&self) -> bool {
+        !self.changes.is_empty() || self.due.is_some()
+    }
+}
+
+/// The session's [`Output`] on a connection: frames go to the outbox in the transport's
+/// framing, closes become the transport's close, released interest goes to the source.
+pub struct Out<'a> {
+    /// The connection's wire.
+    pub wire: &'a mut Wire,
+    /// Where upstream interest is dropped.
+    pub source: &'a Source,
+}
+
+impl Output for Out<'_> {
+    fn send(&mut self, frame: &ServerFrame) {
+        queue_frame(self.wire, frame);
+    }
+
+    /// WebSocket: a close with 4000 + `code`; with `linger` the socket is dropped when the
+    /// client answers it (or at the grace deadline), else once flushed. Other transports: the
+    /// connection ends once the outbox is flushed.
+    fn close(&mut self, code: Code, linger: bool) {
+        let wire = &mut *self.wire;
+        wire.partial = Vec::new();
+        match wire.transport {
+            Transport::WebSocket => {
+                let mut close = Vec::with_capacity(16);
+                ws::encode_close(
+                    code.ws_close_code().unwrap_or(ws::CLOSE_NORMAL),
+                    code.name(),
+                    &mut close,
+                );
+                queue_bytes(wire, close);
+                wire.exit_when_flushed = !linger;
+            }
+            Transport::Quic | Transport::LongPoll => {
+                wire.exit_when_flushed = true;
+                if wire.outbox.is_empty() {
+                    wire.exit = true;
+                }
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        self.wire.exit = true;
+    }
+
+    fn released(&mut self, ns: &[u64]) {
+        self.source.drop_interest(ns);
+    }
+}
+
+impl Wire {
+    /// The wire of a new connection.
+    #[must_use]
+    pub fn new(transport: Transport) -> Self {
+        Wire {
+            transport,
+            exit_when_flushed: false,
+            exit: false,
+            counted: false,
+            rate_limited: false,
+            front_started: false,
+            partial: Vec::new(),
+            assembler: ws::Assembler::default(),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            poll: None,
+        }
+    }
+
+    /// The transport ends the connection itself once flushed (an HTTP refusal, the answer to a
+    /// client's close): the session stops processing input and the grace deadline runs.
+    pub fn end_when_flushed(&mut self, session: &mut Session, now: u32) {
+        self.exit_when_flushed = true;
+        session.closing(now);
+    }
 }
 
 impl Conn {
-    /// A new connection in the HTTP phase, with its handshake deadline.
+    /// A new connection with its session.
     #[must_use]
-    pub fn new(
-        io: Io,
-        transport: Transport,
-        key: u32,
-        now: u32,
-        handshake_deadline: u32,
-        session_id: u64,
-    ) -> Self {
+    pub fn new(io: Io, transport: Transport, key: u32, session: Session) -> Self {
         Conn {
             io,
             key,
             state: RefCell::new(ConnState {
-                phase: Phase::Http,
-                transport,
-                partial: Vec::new(),
-                assembler: ws::Assembler::default(),
-                outbox: VecDeque::new(),
-                outbox_bytes: 0,
-                front_started: false,
-                last_rx: now,
-                deadline: handshake_deadline,
-                token_expires: u32::MAX,
-                exit_when_flushed: false,
-                exit: false,
-                counted: false,
-                rate_limited: false,
-                class: 0,
-                close_code: 0,
-                session_id,
-                grant: None,
-                subs: Subscriptions::default(),
-                pending: None,
-                poll: None,
+                session,
+                wire: Wire::new(transport),
             }),
             waker: RefCell::new(None),
         }
@@ -284,18 +338,19 @@ impl Conn {
     /// Polls for anything the task must act on, remembering the waker for [`Conn::wake`].
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Ready> {
         let st = self.state.borrow();
-        if st.exit {
+        if st.wire.exit {
             return Poll::Ready(Ready {
                 exit: true,
                 ..Ready::default()
             });
         }
         self.register_waker(cx);
-        if st.phase == Phase::Open && st.poll.as_ref().is_some_and(|p| p.due()) {
-            // A waiting long-poll got changes from the fan-out: the task answers it.
+        if st.session.is_open() && st.wire.poll.as_ref().is_some_and(|p| p.due()) {
+            // A waiting long-poll got changes from the fan-out (or the sweep's deadline): the
+            // task answers it.
             return Poll::Ready(Ready::default());
         }
-        let writable = self.has_output(&st) && self.io.poll_write_ready(cx).is_ready();
+        let writable = self.has_output(&st.wire) && self.io.poll_write_ready(cx).is_ready();
         let readable = self.io.poll_read_ready(cx).is_ready();
         if writable || readable {
             Poll::Ready(Ready {
@@ -310,8 +365,8 @@ impl Conn {
 
     /// Something waits to be written: frames in the outbox, or (TLS) records below it.
     #[must_use]
-    pub fn has_output(&self, st: &ConnState) -> bool {
-        !st.outbox.is_empty() || self.io.has_pending_out()
+    pub fn has_output(&self, wire: &Wire) -> bool {
+        !wire.outbox.is_empty() || self.io.has_pending_out()
     }
 
     /// Remembers the task's waker for [`Conn::wake`] and for QUIC writes from the fan-out.
@@ -339,38 +394,34 @@ impl Conn {
         &self,
         change: &mut SharedChange,
         limit: usize,
-        goaway_ms: impl FnOnce() -> u64,
+        source: &Source,
         now: u32,
     ) -> Queued {
         let mut st = self.state.borrow_mut();
-        if st.phase != Phase::Open {
+        let ConnState { session, wire } = &mut *st;
+        if !session.is_open() {
             return Queued::No;
         }
-        if let Some(poll) = st.poll.as_deref_mut() {
+        if let Some(poll) = wire.poll.as_deref_mut() {
             // Long-poll: collect; the task answers once the whole batch is in (one reply).
             let first = !poll.due();
-            poll.collect(change.ns, change.sjid);
+            poll.changes.push((change.ns, change.sjid));
             drop(st);
             if first {
                 self.wake();
             }
             return Queued::Collected;
         }
-        let frame = change.wire(st.transport);
-        let first = st.outbox.is_empty();
-        st.outbox_bytes += frame.len();
-        st.outbox.push_back(frame.clone());
-        if st.outbox_bytes > limit / 2 {
-            self.flush_state(&mut st);
+        let frame = change.wire(wire.transport);
+        let first = wire.outbox.is_empty();
+        wire.outbox_bytes += frame.len();
+        wire.outbox.push_back(frame.clone());
+        if wire.outbox_bytes > limit / 2 {
+            self.flush_wire(wire);
         }
-        if st.outbox_bytes > limit {
-            drop_queued(&mut st);
-            close_with(
-                &mut st,
-                Some(goaway(Code::SLOW_CONSUMER, goaway_ms())),
-                Code::SLOW_CONSUMER,
-                now,
-            );
+        if wire.outbox_bytes > limit {
+            drop_queued(wire);
+            session.slow_consumer(now, &mut Out { wire, source });
             drop(st);
             self.wake();
             return Queued::SlowConsumer;
@@ -382,8 +433,8 @@ impl Conn {
     /// the socket left some of it, so that the task waits for write readiness (or exits).
     pub fn flush_queued(&self) {
         let mut st = self.state.borrow_mut();
-        self.flush_state(&mut st);
-        let wake = self.has_output(&st) || st.exit;
+        self.flush_wire(&mut st.wire);
+        let wake = self.has_output(&st.wire) || st.wire.exit;
         drop(st);
         if wake {
             self.wake();
@@ -392,42 +443,42 @@ impl Conn {
 
     /// Writes as much of the outbox as the socket takes (one vectored write per call). Over
     /// TLS the outbox holds plaintext, encrypted here, frame by frame, as the socket takes it.
-    pub fn flush_state(&self, st: &mut ConnState) {
+    pub fn flush_wire(&self, wire: &mut Wire) {
         if let Io::Tls(tls) = &self.io {
-            match tls.flush(&mut st.outbox, &mut st.outbox_bytes) {
+            match tls.flush(&mut wire.outbox, &mut wire.outbox_bytes) {
                 Flush::Done => {}
                 Flush::Blocked => return,
                 Flush::Failed => {
-                    st.exit = true;
+                    wire.exit = true;
                     return;
                 }
             }
         }
         let waker = self.waker.borrow();
         let waker = waker.as_ref().unwrap_or(Waker::noop());
-        while !st.outbox.is_empty() {
+        while !wire.outbox.is_empty() {
             let mut slices = [IoSlice::new(&[]); 64];
-            let n = st.outbox.len().min(slices.len());
-            for (slot, buf) in slices.iter_mut().zip(st.outbox.iter()) {
+            let n = wire.outbox.len().min(slices.len());
+            for (slot, buf) in slices.iter_mut().zip(wire.outbox.iter()) {
                 *slot = IoSlice::new(buf);
             }
             match self.io.try_write_vectored(&slices[..n], waker) {
                 Ok(0) => {
-                    st.exit = true;
+                    wire.exit = true;
                     return;
                 }
                 Ok(mut written) => {
-                    st.outbox_bytes -= written;
-                    while let Some(front) = st.outbox.front_mut() {
+                    wire.outbox_bytes -= written;
+                    while let Some(front) = wire.outbox.front_mut() {
                         if written >= front.len() {
                             written -= front.len();
-                            st.outbox.pop_front();
-                            st.front_started = false;
+                            wire.outbox.pop_front();
+                            wire.front_started = false;
                         } else {
                             if written > 0 {
                                 let rest = front.slice(written..);
                                 *front = rest;
-                                st.front_started = true;
+                                wire.front_started = true;
                             }
                             break;
                         }
@@ -435,15 +486,25 @@ impl Conn {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(_) => {
-                    st.exit = true;
+                    wire.exit = true;
                     return;
                 }
             }
         }
         // Give back the queue's memory once the socket has caught up.
-        st.outbox = VecDeque::new();
-        if st.exit_when_flushed {
-            st.exit = true;
+        wire.outbox = VecDeque::new();
+        if wire.exit_when_flushed {
+            wire.exit = true;
+        }
+    }
+
+    /// Flushes if anything waits, else leaves if the transport asked to once flushed: the end
+    /// of every step of a connection task.
+    pub fn flush_or_finish(&self, wire: &mut Wire) {
+        if self.has_output(wire) {
+            self.flush_wire(wire);
+        } else if wire.exit_when_flushed {
+            wire.exit = true;
         }
     }
 }
@@ -463,80 +524,37 @@ pub enum Queued {
     SlowConsumer,
 }
 
-/// Appends a Herald frame, as the connection's transport carries it, to the outbox.
-pub fn queue_frame(st: &mut ConnState, frame: &ServerFrame) {
+/// Appends a Herald frame, as the connection's transport carries it, to the outbox. Long-poll
+/// carries no frames: nothing is queued.
+pub fn queue_frame(wire: &mut Wire, frame: &ServerFrame) {
+    if wire.transport == Transport::LongPoll {
+        return;
+    }
     let mut payload = Vec::with_capacity(32);
     frame.encode(&mut payload);
-    let mut wire = Vec::with_capacity(payload.len() + ws::MAX_SERVER_HEADER);
-    st.transport.wrap(&payload, &mut wire);
-    queue_bytes(st, wire);
+    let mut bytes = Vec::with_capacity(payload.len() + ws::MAX_SERVER_HEADER);
+    wire.transport.wrap(&payload, &mut bytes);
+    queue_bytes(wire, bytes);
 }
 
 /// Appends raw bytes (an HTTP response, a control frame) to the outbox.
-pub fn queue_bytes(st: &mut ConnState, bytes: Vec<u8>) {
-    st.outbox_bytes += bytes.len();
-    st.outbox.push_back(Bytes::from(bytes));
-}
-
-/// A GOAWAY frame.
-#[must_use]
-pub fn goaway(code: Code, reconnect_after_ms: u64) -> ServerFrame {
-    ServerFrame::Goaway {
-        code,
-        reconnect_after_ms,
-    }
-}
-
-/// Starts closing: sends `frame` (ERROR or GOAWAY, or nothing for a timeout), then ends the
-/// session the transport's way. WebSocket: a close with 4000 + `code`, and the socket is dropped
-/// when the client answers it or within five seconds. Other transports: the connection ends once
-/// the frame is flushed (or at the same deadline).
-pub fn close_with(st: &mut ConnState, frame: Option<ServerFrame>, code: Code, now: u32) {
-    if st.phase == Phase::Closing {
-        return;
-    }
-    st.close_code = u16::try_from(code.0).unwrap_or(u16::MAX);
-    if st.phase == Phase::Http {
-        st.exit = true;
-        return;
-    }
-    if let Some(f) = frame {
-        queue_frame(st, &f);
-    }
-    match st.transport {
-        Transport::WebSocket => {
-            let mut close = Vec::with_capacity(16);
-            ws::encode_close(
-                code.ws_close_code().unwrap_or(ws::CLOSE_NORMAL),
-                code.name(),
-                &mut close,
-            );
-            queue_bytes(st, close);
-        }
-        Transport::Quic | Transport::LongPoll => {
-            st.exit_when_flushed = true;
-            if st.outbox.is_empty() {
-                st.exit = true;
-            }
-        }
-    }
-    st.phase = Phase::Closing;
-    st.deadline = now.saturating_add(crate::worker::CLOSE_GRACE_TICKS);
-    st.partial = Vec::new();
+pub fn queue_bytes(wire: &mut Wire, bytes: Vec<u8>) {
+    wire.outbox_bytes += bytes.len();
+    wire.outbox.push_back(Bytes::from(bytes));
 }
 
 /// Drops queued frames, except the rest of one partly written (the stream must stay well-framed).
-fn drop_queued(st: &mut ConnState) {
-    let keep = if st.front_started {
-        st.outbox.pop_front()
+fn drop_queued(wire: &mut Wire) {
+    let keep = if wire.front_started {
+        wire.outbox.pop_front()
     } else {
         None
     };
-    st.outbox = VecDeque::new();
-    st.outbox_bytes = 0;
+    wire.outbox = VecDeque::new();
+    wire.outbox_bytes = 0;
     if let Some(front) = keep {
-        st.outbox_bytes = front.len();
-        st.outbox.push_back(front);
+        wire.outbox_bytes = front.len();
+        wire.outbox.push_back(front);
     }
 }
 
@@ -550,10 +568,10 @@ mod tests {
     fn idle_footprint_stays_small() {
         let conn = std::mem::size_of::<Conn>();
         let state = std::mem::size_of::<ConnState>();
-        println!("Conn {conn} B, ConnState {state} B");
+        let session = std::mem::size_of::<Session>();
+        println!("Conn {conn} B, ConnState {state} B (Session {session} B)");
         assert!(state <= 168, "ConnState grew to {state} B");
-        // 240 B before `ConnState::poll` (the long-poll box pointer, +8 B); `Io::Tls` (a Box)
-        // fits in the socket's niche.
+        // `Io::Tls` (a Box) fits in the socket's niche.
         assert!(conn <= 248, "Conn grew to {conn} B");
     }
 }

@@ -22,9 +22,9 @@
 //! log and the fan-out in the same order.
 
 use crate::config::JournalConfig;
-use crate::latest::{LatestTable, Merged};
-use crate::worker::Batch;
 use anyhow::Context;
+use herald_core::batch::Batch;
+use herald_core::latest::{LatestTable, Merged};
 use std::path::PathBuf;
 use std::sync::Arc;
 use store::{Io, Segment};
@@ -225,7 +225,7 @@ impl Log {
         if self.segment.len >= self.compact_bytes {
             self.roll();
         }
-        Ok((!raised.is_empty()).then(|| raised.into()))
+        Ok((!raised.is_empty()).then(|| Batch::new(raised, std::time::Instant::now())))
     }
 
     /// Moves on to the next segment and has the compactor fold the older ones into a snapshot.

@@ -20,7 +20,8 @@
 //! # Layout
 //! - [`config`]: command line, environment and validated settings; [`config_file`]: TOML.
 //! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting.
-//! - [`journal`]: the embedded durable journal; [`latest`]: the in-memory latest table;
+//! - [`journal`]: the embedded durable journal (the in-memory latest table is
+//!   `herald_core::latest`);
 //!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface;
 //!   [`journal_sink`]: `--journal-source`, the journal fed from the metaserver's database.
 //! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
@@ -36,25 +37,24 @@
 //!   [`tls_stream`]: TLS under a connection, rustls' unbuffered API with per-worker buffers.
 //! - [`server`]: wires it all together (`run`).
 
+pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod config_file;
 pub mod conn;
-pub mod dispatch;
-pub mod handler;
-pub mod interest;
+pub mod drive;
 pub mod journal;
 pub mod journal_sink;
 pub mod keys;
-pub mod latest;
 pub mod longpoll;
 pub mod quic;
+pub mod quic_stream;
 pub mod server;
-pub mod session;
 pub mod source;
 pub mod stats;
 pub mod tls;
 pub mod tls_stream;
 pub mod worker;
+pub mod ws;

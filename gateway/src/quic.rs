@@ -16,21 +16,21 @@
 //! the client reconnects (and resubscribes with its cursors) at once instead of waiting for an
 //! idle timeout.
 
-use crate::conn::{Conn, ConnState, Io, Phase, Transport};
-use crate::dispatch::{bad_frame, finish_subscribe, on_frame};
+use crate::conn::{Conn, ConnState, Io, Transport};
+use crate::drive;
+use crate::quic_stream::QuicIo;
 use crate::worker::Worker;
+use herald_core::session::Phase;
 use herald_proto::frame::decode_client;
 use herald_proto::quic::{Deframed, next_frame};
 use herald_proto::{Code, MAX_CLIENT_FRAME};
 use quinn::VarInt;
-use std::cell::RefCell;
-use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::pin::Pin;
+
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -49,45 +49,6 @@ const UDP_BUFFER: usize = 4 << 20;
 /// How long a closing connection waits for the client to acknowledge its last frame before the
 /// application close (which discards unsent stream data).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// The session stream of a QUIC connection, filled in once the client opens it.
-#[derive(Default)]
-pub struct QuicIo {
-    send: RefCell<Option<quinn::SendStream>>,
-    recv: RefCell<Option<quinn::RecvStream>>,
-}
-
-impl QuicIo {
-    /// Writes what the send stream takes now; `WouldBlock` when it takes nothing (the stream
-    /// then wakes `waker` when it has room).
-    pub fn try_write(&self, bufs: &[IoSlice<'_>], waker: &Waker) -> std::io::Result<usize> {
-        let mut send = self.send.borrow_mut();
-        let Some(send) = send.as_mut() else {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        };
-        let mut cx = Context::from_waker(waker);
-        let mut written = 0;
-        for buf in bufs.iter().filter(|b| !b.is_empty()) {
-            match Pin::new(&mut *send).poll_write(&mut cx, buf) {
-                Poll::Ready(Ok(n)) => {
-                    written += n;
-                    if n < buf.len() {
-                        break;
-                    }
-                }
-                Poll::Ready(Err(e)) if written == 0 => {
-                    return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, e));
-                }
-                Poll::Ready(Err(_)) | Poll::Pending => break,
-            }
-        }
-        if written == 0 {
-            Err(std::io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(written)
-        }
-    }
-}
 
 /// What a worker needs to start its QUIC endpoint.
 pub struct QuicSetup {
@@ -250,8 +211,8 @@ pub async fn accept_loop(
         {
             let mut st = conn.state.borrow_mut();
             // No HTTP phase: the handshake deadline runs from here to HELLO.
-            st.phase = Phase::AwaitHello;
-            st.counted = true;
+            st.session.upgraded();
+            st.wire.counted = true;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_local(run(worker.clone(), conn, connecting));
@@ -283,7 +244,7 @@ fn closing(conn: &Conn) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| {
         conn.register_waker(cx);
         let st = conn.state.borrow();
-        if st.exit || st.phase == Phase::Closing {
+        if st.wire.exit || st.session.phase() == Phase::Closing {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -310,7 +271,7 @@ async fn open(conn: &Conn, connecting: quinn::Connecting) -> Option<quinn::Conne
         () = closing(conn) => None,
     };
     let Some((send, recv)) = accepted else {
-        app_close(&connection, conn.state.borrow().close_code);
+        app_close(&connection, conn.state.borrow().session.close_code());
         return None;
     };
     let q = quic_io(conn);
@@ -331,10 +292,9 @@ fn alpn_is_herald(connection: &quinn::Connection) -> bool {
 async fn session(worker: &Worker, conn: &Conn, connection: &quinn::Connection) {
     let mut other = std::pin::pin!(connection.accept_bi());
     loop {
-        let pending = conn.state.borrow_mut().pending.take();
-        if let Some(reg) = pending {
-            // Boxed for the same reason as in `handler::run`.
-            Box::pin(finish_subscribe(worker, conn, *reg)).await;
+        if conn.state.borrow().session.awaiting_lookup() {
+            // Boxed for the same reason as in `ws::run`.
+            Box::pin(finish_lookup(worker, conn)).await;
             continue;
         }
         tokio::select! {
@@ -347,10 +307,10 @@ async fn session(worker: &Worker, conn: &Conn, connection: &quinn::Connection) {
                     other.set(connection.accept_bi());
                 }
                 // The connection is gone.
-                Err(_) => conn.state.borrow_mut().exit = true,
+                Err(_) => conn.state.borrow_mut().wire.exit = true,
             },
         }
-        if conn.state.borrow().exit {
+        if conn.state.borrow().wire.exit {
             return;
         }
     }
@@ -362,49 +322,61 @@ fn step(worker: &Worker, conn: &Conn, cx: &mut Context<'_>) -> Poll<()> {
     conn.register_waker(cx);
     let q = quic_io(conn);
     let mut st = conn.state.borrow_mut();
-    while !st.exit && st.pending.is_none() {
+    while !st.wire.exit && !st.session.awaiting_lookup() {
         let mut recv = q.recv.borrow_mut();
         let Some(stream) = recv.as_mut() else { break };
         let mut scratch = worker.scratch.borrow_mut();
-        let carry = st.partial.len();
-        scratch[..carry].copy_from_slice(&st.partial);
+        let carry = st.wire.partial.len();
+        scratch[..carry].copy_from_slice(&st.wire.partial);
         match stream.poll_read(cx, &mut scratch[carry..]) {
             Poll::Pending => break,
             Poll::Ready(Ok(n)) if n > 0 => {
-                st.partial = Vec::new();
-                st.last_rx = worker.now();
+                st.wire.partial = Vec::new();
+                st.session.received(worker.now());
                 drop(recv);
-                consume(worker, conn, &mut st, &mut scratch[..carry + n]);
+                consume(worker, conn.key, &mut st, &mut scratch[..carry + n]);
             }
             // The client finished or reset the stream: the session ends (PROTOCOL), unless a
             // close of ours is under way, which still goes out.
             Poll::Ready(_) => {
                 *recv = None;
-                if st.phase != Phase::Closing {
-                    st.exit = true;
+                if st.session.phase() != Phase::Closing {
+                    st.wire.exit = true;
                 }
             }
         }
     }
-    if !st.outbox.is_empty() {
-        conn.flush_state(&mut st);
-    } else if st.exit_when_flushed {
-        st.exit = true;
-    }
-    if st.exit || st.pending.is_some() {
+    conn.flush_or_finish(&mut st.wire);
+    if st.wire.exit || st.session.awaiting_lookup() {
         Poll::Ready(())
     } else {
         Poll::Pending
     }
 }
 
+/// Completes a SUBSCRIBE whose look-up had to wait, then goes on with the frames behind it.
+async fn finish_lookup(worker: &Worker, conn: &Conn) {
+    let Some((reg, latest)) = drive::look_up(worker, conn).await else {
+        return;
+    };
+    let mut st = conn.state.borrow_mut();
+    drive::finish_lookup(worker, conn.key, &mut st, *reg, latest.as_ref());
+    let carried = std::mem::take(&mut st.wire.partial);
+    if !carried.is_empty() && st.session.is_open() {
+        let mut scratch = worker.scratch.borrow_mut();
+        scratch[..carried.len()].copy_from_slice(&carried);
+        consume(worker, conn.key, &mut st, &mut scratch[..carried.len()]);
+    }
+    conn.flush_or_finish(&mut st.wire);
+}
+
 /// Handles the frames in `buf` (session stream bytes, carried partial frame first) and keeps
 /// what was not consumed: an incomplete frame, or frames behind a SUBSCRIBE waiting for its
 /// look-up.
-pub fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) {
+fn consume(worker: &Worker, key: u32, st: &mut ConnState, buf: &mut [u8]) {
     let mut at = 0;
-    while at < buf.len() && !st.exit && st.pending.is_none() {
-        if st.phase == Phase::Closing {
+    while at < buf.len() && !st.wire.exit && !st.session.awaiting_lookup() {
+        if st.session.phase() == Phase::Closing {
             // Input after our close is ignored.
             return;
         }
@@ -414,22 +386,22 @@ pub fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8])
                 at += end;
                 worker.stats.frames_in.add(1);
                 match decode_client(frame) {
-                    Ok(frame) => on_frame(worker, conn, st, frame),
+                    Ok(frame) => drive::on_frame(worker, key, st, frame),
                     Err(e) => {
-                        bad_frame(worker, st, &e.to_string());
+                        drive::protocol_error(worker, key, st, &e.to_string());
                         return;
                     }
                 }
             }
             Ok(Deframed::NeedMore) => break,
             Err(e) => {
-                bad_frame(worker, st, &e.to_string());
+                drive::protocol_error(worker, key, st, &e.to_string());
                 return;
             }
         }
     }
-    if at < buf.len() && !st.exit && st.phase != Phase::Closing {
-        st.partial = buf[at..].to_vec();
+    if at < buf.len() && !st.wire.exit && st.session.phase() != Phase::Closing {
+        st.wire.partial = buf[at..].to_vec();
     }
 }
 
@@ -441,7 +413,7 @@ pub fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8])
 async fn close(conn: &Conn, connection: quinn::Connection) {
     let (code, flushed) = {
         let st = conn.state.borrow();
-        (st.close_code, st.outbox.is_empty())
+        (st.session.close_code(), st.wire.outbox.is_empty())
     };
     let q = quic_io(conn);
     let send = q.send.borrow_mut().take();

@@ -1,15 +1,17 @@
 //! Wires a standalone gateway together: keys, journal, workers, admin listener, signals.
 
+use crate::accept::{self, WorkerSetup};
 use crate::admin::{self, AdminState};
 use crate::auth::Verifier;
 use crate::config::ServeArgs;
 use crate::journal::Journal;
 use crate::keys::{SigningKey, claims_for};
-use crate::latest::LatestTable;
 use crate::source::Source;
 use crate::tls::{self, ReloadableConfig};
-use crate::worker::{self, Batch, Shared, WorkerSetup};
+use crate::worker::Shared;
 use anyhow::Context;
+use herald_core::batch::Batch;
+use herald_core::latest::LatestTable;
 use herald_proto::NsGrant;
 use herald_upstream::{Upstream, UpstreamConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -78,7 +80,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         .zip(tls_listeners)
         .enumerate()
     {
-        threads.push(worker::spawn(WorkerSetup {
+        threads.push(accept::spawn(WorkerSetup {
             id,
             listener,
             fanout,
@@ -166,10 +168,10 @@ fn quic_setups(
     let tls = crate::tls::server_config(cert, key, &[herald_proto::QUIC_ALPN])?;
     // Longer than the longest heartbeat timeout (2.5 x heartbeat), so the sweep closes a silent
     // client with code 104 before QUIC's idle timeout would.
-    let longest = (0..=limits.heartbeat_classes.len())
-        .map(|c| limits.heartbeat_of(c as u8))
+    let longest = (0..=limits.session.heartbeat_classes.len())
+        .map(|c| limits.session.heartbeat_of(c as u8))
         .max()
-        .unwrap_or(limits.heartbeat);
+        .unwrap_or(limits.session.heartbeat);
     let idle = longest.mul_f64(2.5) + std::time::Duration::from_secs(30);
     let server = crate::quic::server_config(tls, idle)?;
     let endpoint = crate::quic::endpoint_config(key)?;
@@ -205,7 +207,7 @@ async fn upstream_source(
         .with_context(|| format!("connecting to NATS at {url}"))?;
     tokio::spawn(async move {
         while let Some(raised) = changes.recv().await {
-            let batch: Batch = raised.into();
+            let batch = Batch::new(raised, std::time::Instant::now());
             for worker in &workers {
                 // A stopped worker (shutdown) is skipped.
                 let _ = worker.send(batch.clone()).await;

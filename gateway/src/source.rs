@@ -1,7 +1,7 @@
 //! Where a worker gets latest SJIDs: the embedded table (standalone mode) or the upstream relays
 //! over NATS (distributed mode). Past this point both modes run the same code.
 
-use crate::latest::LatestTable;
+use herald_core::latest::LatestTable;
 use herald_upstream::{LookupError, Upstream};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,12 +1,12 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`.
 
-use crate::latest::LatestTable;
 use crate::metrics::{NAMESPACES, READY};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use herald_core::latest::LatestTable;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use tokio::sync::watch;

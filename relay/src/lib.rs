@@ -26,7 +26,7 @@
 //! - [`publisher`]: [`Publisher`], the metaserver's way into the journal.
 //! - [`source`]: [`Source`] and its [`Intake`]; [`source::journal`]: the tier-0 journal reader;
 //!   [`source::repair`]: writes the latest back over a late lower SJID in the journal.
-//! - [`latest`]: the in-memory latest table.
+//! - The in-memory latest table is `herald_core::latest::LatestTable`.
 //! - [`coalesce`]: the sans-IO coalescer and batch numbering; [`fanout`]: the publisher task.
 //! - [`responder`]: answers `herald.latest.<p>`; [`freshness`]: whether the table may answer.
 //! - [`admin`]: health, readiness and metrics over HTTP; [`metrics`]: metric names and handles.
@@ -38,7 +38,6 @@ pub mod coalesce;
 pub mod config;
 pub mod fanout;
 pub mod freshness;
-pub mod latest;
 pub mod metrics;
 pub mod nats;
 pub mod publisher;
@@ -48,7 +47,7 @@ pub mod source;
 pub mod stream;
 
 pub use coalesce::Coalescer;
-pub use latest::LatestTable;
+pub use herald_core::latest::LatestTable;
 pub use publisher::{PublishError, Published, Publisher};
 pub use relay::run;
 pub use source::{Intake, Source};

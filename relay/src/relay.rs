@@ -3,7 +3,6 @@
 use crate::admin::{self, AdminState};
 use crate::coalesce::Coalescer;
 use crate::config::ServeArgs;
-use crate::latest::LatestTable;
 use crate::metrics::SourceMetrics;
 use crate::responder::Answers;
 use crate::source::journal::JournalSource;
@@ -11,6 +10,7 @@ use crate::source::upstream::UpstreamSource;
 use crate::source::{Intake, Source};
 use crate::{fanout, nats, responder, stream};
 use anyhow::Context;
+use herald_core::latest::LatestTable;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;

@@ -9,10 +9,10 @@
 //! made-up one), so the caller learns at once that it was not understood.
 
 use crate::freshness::Freshness;
-use crate::latest::LatestTable;
 use crate::metrics::{LATEST_LOOKUPS, LATEST_REQUESTS, LogLimiter};
 use async_nats::{Client, Subscriber};
 use futures_util::StreamExt;
+use herald_core::latest::LatestTable;
 use herald_proto::fanout::{LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

@@ -11,8 +11,8 @@ pub mod repair;
 pub mod upstream;
 
 use crate::freshness::Freshness;
-use crate::latest::{LatestTable, Merged};
 use crate::metrics::SourceMetrics;
+use herald_core::latest::{LatestTable, Merged};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;

@@ -27,14 +27,13 @@
 //!
 //! # Layout
 //! - [`config`]: [`UpstreamConfig`], [`Scope`].
-//! - [`latest`]: [`latest::LatestTable`], the merge-is-max table every stage keeps.
+//! - The merge-is-max table every stage keeps is `herald_core::latest::LatestTable`.
 //! - [`partition`]: what is known of one partition (stream positions, latest values, interest).
 //! - [`upstream`]: [`Upstream`], the handle; connection, partition tasks, look-ups, resync.
 //! - [`watchdog`]: the relay-silence watchdog and the server choice after it.
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod latest;
 pub mod partition;
 pub mod upstream;
 pub mod watchdog;

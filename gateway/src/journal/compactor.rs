@@ -6,7 +6,7 @@
 //! time, so a publish waits at most for one shard's copy, not for the whole table or the disk.
 
 use super::store::{self, Io};
-use crate::latest::LatestTable;
+use herald_core::latest::LatestTable;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};

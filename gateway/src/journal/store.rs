@@ -17,8 +17,8 @@
 //! there is no snapshot yet, and deleted by the first compaction.
 
 use super::record::{self, ENTRY, HEADER};
-use crate::latest::LatestTable;
 use anyhow::Context;
+use herald_core::latest::LatestTable;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

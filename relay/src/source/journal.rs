@@ -21,7 +21,6 @@
 //! transaction is committed (publishers publish after the commit), so announcing it is right.
 
 use crate::config::StreamSettings;
-use crate::latest::Merged;
 use crate::metrics::LogLimiter;
 use crate::nats::Backoff;
 use crate::source::Intake;
@@ -31,6 +30,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
+use herald_core::latest::Merged;
 use herald_proto::fanout::{JOURNAL_STREAM, parse_journal_body, parse_journal_subject, partition};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;

@@ -1,9 +1,11 @@
-//! The task of one connection: wait for readiness, read into the worker's scratch buffer, run
-//! the bytes through the HTTP upgrade, the WebSocket framing and the session rules, and flush.
+//! The task of a TCP connection (plain or TLS): wait for readiness, read into the worker's
+//! scratch buffer, decide the HTTP request (`herald_proto::http`: upgrade, long-poll, preflight
+//! or refusal), then deframe WebSocket messages into the session, and flush.
 
-use crate::conn::{Conn, ConnState, Phase, Transport, queue_bytes};
-use crate::dispatch::{bad_frame, finish_subscribe, on_frame};
-use crate::worker::{CLOSE_GRACE_TICKS, Worker};
+use crate::conn::{Conn, ConnState, Transport, queue_bytes};
+use crate::drive;
+use crate::worker::Worker;
+use herald_core::session::Phase;
 use herald_proto::MAX_CLIENT_FRAME;
 use herald_proto::frame::decode_client;
 use herald_proto::http::{self as upgrade, Admission, Decision};
@@ -14,98 +16,115 @@ use std::sync::atomic::Ordering;
 /// Runs a connection until it closes, then releases everything it held.
 pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>) {
     loop {
-        let pending = conn.state.borrow_mut().pending.take();
-        if let Some(reg) = pending {
+        if conn.state.borrow().session.awaiting_lookup() {
             // Boxed: the look-up future is large and rare, and an unboxed await would make every
             // connection's task that much bigger for its whole life (+~650 B measured).
-            Box::pin(finish_subscribe(&worker, &conn, *reg)).await;
+            Box::pin(finish_lookup(&worker, &conn)).await;
             continue;
         }
         let ready = std::future::poll_fn(|cx| conn.poll_ready(cx)).await;
         if ready.exit {
             break;
         }
-        if conn.state.borrow().transport == Transport::LongPoll {
+        if conn.state.borrow().wire.transport == Transport::LongPoll {
             crate::longpoll::on_wake(&worker, &conn);
         }
         if ready.readable {
             on_readable(&worker, &conn);
         }
         let mut st = conn.state.borrow_mut();
-        if conn.has_output(&st) {
-            conn.flush_state(&mut st);
-        } else if st.exit_when_flushed {
-            st.exit = true;
-        }
+        conn.flush_or_finish(&mut st.wire);
     }
     conn.io.shutdown();
     worker.release(&conn);
 }
 
+/// Completes a SUBSCRIBE (or poll) whose look-up had to wait, then goes on with the bytes that
+/// arrived behind it.
+async fn finish_lookup(worker: &Worker, conn: &Conn) {
+    let Some((reg, latest)) = drive::look_up(worker, conn).await else {
+        return;
+    };
+    let mut st = conn.state.borrow_mut();
+    let outcome = drive::finish_lookup(worker, conn.key, &mut st, *reg, latest.as_ref());
+    if st.wire.transport == Transport::LongPoll {
+        crate::longpoll::looked_up(worker, conn.key, &mut st, latest.is_some(), outcome);
+    } else {
+        let carried = std::mem::take(&mut st.wire.partial);
+        if !carried.is_empty() && st.session.is_open() {
+            let mut scratch = worker.scratch.borrow_mut();
+            scratch[..carried.len()].copy_from_slice(&carried);
+            consume(worker, conn.key, &mut st, &mut scratch[..carried.len()]);
+        }
+    }
+    conn.flush_or_finish(&mut st.wire);
+}
+
 fn on_readable(worker: &Worker, conn: &Conn) {
     let mut scratch = worker.scratch.borrow_mut();
     let mut st = conn.state.borrow_mut();
-    let carry = st.partial.len();
-    scratch[..carry].copy_from_slice(&st.partial);
+    let carry = st.wire.partial.len();
+    scratch[..carry].copy_from_slice(&st.wire.partial);
     let n = match conn.io.try_read(&mut scratch[carry..]) {
         Ok(0) => {
-            st.exit = true;
+            st.wire.exit = true;
             return;
         }
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
         Err(_) => {
-            st.exit = true;
+            st.wire.exit = true;
             return;
         }
     };
-    st.partial = Vec::new();
-    st.last_rx = worker.now();
-    consume(worker, conn, &mut st, &mut scratch[..carry + n]);
+    st.wire.partial = Vec::new();
+    st.session.received(worker.now());
+    consume(worker, conn.key, &mut st, &mut scratch[..carry + n]);
 }
 
 /// Processes `buf` and keeps what was not consumed (an incomplete frame, or frames after a
 /// SUBSCRIBE that is waiting for its look-up) for later.
-pub fn consume(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) {
-    let used = process(worker, conn, st, buf);
-    if used < buf.len() && !st.exit {
-        st.partial = buf[used..].to_vec();
+fn consume(worker: &Worker, key: u32, st: &mut ConnState, buf: &mut [u8]) {
+    let used = process(worker, key, st, buf);
+    if used < buf.len() && !st.wire.exit {
+        st.wire.partial = buf[used..].to_vec();
     }
 }
 
 /// Handles the bytes in `buf`; returns how many were consumed (the rest is an incomplete frame).
-fn process(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) -> usize {
+fn process(worker: &Worker, key: u32, st: &mut ConnState, buf: &mut [u8]) -> usize {
     let mut at = 0;
-    if st.phase == Phase::Http {
-        match http(worker, conn, st, buf) {
+    if st.session.phase() == Phase::Connecting {
+        match http(worker, key, st, buf) {
             Some(used) => at = used,
             None => return 0,
         }
     }
-    if st.transport == Transport::LongPoll {
+    if st.wire.transport == Transport::LongPoll {
         // No pipelining: bytes sent before the reply to a poll end the connection (C16).
-        if at < buf.len() && st.phase != Phase::Closing {
-            st.exit = true;
+        if at < buf.len() && st.session.phase() != Phase::Closing {
+            st.wire.exit = true;
         }
         return buf.len();
     }
-    while at < buf.len() && !st.exit && st.pending.is_none() {
-        if matches!(st.phase, Phase::Http) || (st.phase == Phase::Closing && st.exit_when_flushed) {
+    while at < buf.len() && !st.wire.exit && !st.session.awaiting_lookup() {
+        let phase = st.session.phase();
+        if phase == Phase::Connecting || (phase == Phase::Closing && st.wire.exit_when_flushed) {
             // Refused upgrade, or a close we are only flushing: ignore further input.
             return buf.len();
         }
-        match st.assembler.next(&mut buf[at..], MAX_CLIENT_FRAME) {
+        match st.wire.assembler.next(&mut buf[at..], MAX_CLIENT_FRAME) {
             Ok(Step::NeedMore) => break,
             Ok(Step::Consumed(n)) => at += n,
             Ok(Step::Event(event, n)) => {
                 at += n;
-                on_event(worker, conn, st, event);
+                on_event(worker, key, st, event);
             }
             Err(e) => {
-                if st.phase == Phase::Closing {
-                    st.exit = true;
+                if phase == Phase::Closing {
+                    st.wire.exit = true;
                 } else {
-                    bad_frame(worker, st, &e.to_string());
+                    drive::protocol_error(worker, key, st, &e.to_string());
                 }
                 return buf.len();
             }
@@ -115,14 +134,14 @@ fn process(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &mut [u8]) -> 
 }
 
 /// The HTTP phase. `None`: the head is incomplete; `Some(n)`: `n` bytes were the request.
-fn http(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &[u8]) -> Option<usize> {
+fn http(worker: &Worker, key: u32, st: &mut ConnState, buf: &[u8]) -> Option<usize> {
     let shared = &worker.shared;
     let admission = Admission {
         // A long-poll connection kept alive is already counted.
-        full: !st.counted
+        full: !st.wire.counted
             && shared.connections.load(Ordering::Relaxed) >= worker.limits.max_connections,
         draining: shared.draining.load(Ordering::Relaxed),
-        rate_limited: st.rate_limited,
+        rate_limited: st.wire.rate_limited,
     };
     let decision = match upgrade::decide(buf, admission, &worker.limits.allowed_origins) {
         Some(d) => d,
@@ -133,11 +152,11 @@ fn http(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &[u8]) -> Option<
     };
     match decision {
         Decision::Upgrade { response, head_len } => {
-            queue_bytes(st, response);
-            st.phase = Phase::AwaitHello;
-            st.transport = Transport::WebSocket;
-            if !st.counted {
-                st.counted = true;
+            queue_bytes(&mut st.wire, response);
+            st.session.upgraded();
+            st.wire.transport = Transport::WebSocket;
+            if !st.wire.counted {
+                st.wire.counted = true;
                 shared.connections.fetch_add(1, Ordering::Relaxed);
             }
             Some(head_len)
@@ -152,56 +171,50 @@ fn http(worker: &Worker, conn: &Conn, st: &mut ConnState, buf: &[u8]) -> Option<
             if buf.len() < end {
                 return None;
             }
-            crate::longpoll::start(worker, conn, st, &buf[head_len..end], keep_alive, cors);
+            crate::longpoll::start(worker, key, st, &buf[head_len..end], keep_alive, cors);
             Some(end)
         }
         Decision::Preflight { response } => {
             metrics::counter!("herald_longpoll_preflights_total").increment(1);
-            queue_bytes(st, response);
-            st.phase = Phase::Closing;
-            st.exit_when_flushed = true;
-            st.deadline = worker.now().saturating_add(CLOSE_GRACE_TICKS);
+            queue_bytes(&mut st.wire, response);
+            st.wire.end_when_flushed(&mut st.session, worker.now());
             Some(buf.len())
         }
         Decision::Refuse { status, response } => {
             metrics::counter!("herald_http_refusals_total", "status" => status.to_string())
                 .increment(1);
-            queue_bytes(st, response);
-            st.phase = Phase::Closing;
-            st.exit_when_flushed = true;
-            st.deadline = worker.now().saturating_add(CLOSE_GRACE_TICKS);
+            queue_bytes(&mut st.wire, response);
+            st.wire.end_when_flushed(&mut st.session, worker.now());
             Some(buf.len())
         }
     }
 }
 
-fn on_event(worker: &Worker, conn: &Conn, st: &mut ConnState, event: Event<'_>) {
+fn on_event(worker: &Worker, key: u32, st: &mut ConnState, event: Event<'_>) {
     match event {
         Event::Close(code) => {
-            if st.phase == Phase::Closing {
+            if st.session.phase() == Phase::Closing {
                 // The client answered our close.
-                st.exit = true;
+                st.wire.exit = true;
             } else {
                 let mut close = Vec::with_capacity(8);
                 ws::encode_close(code.unwrap_or(ws::CLOSE_NORMAL), "", &mut close);
-                queue_bytes(st, close);
-                st.phase = Phase::Closing;
-                st.exit_when_flushed = true;
-                st.deadline = worker.now().saturating_add(CLOSE_GRACE_TICKS);
+                queue_bytes(&mut st.wire, close);
+                st.wire.end_when_flushed(&mut st.session, worker.now());
             }
         }
-        _ if st.phase == Phase::Closing => {}
+        _ if st.session.phase() == Phase::Closing => {}
         Event::Ping(payload) => {
             let mut pong = Vec::with_capacity(payload.len() + 2);
             ws::encode_frame(ws::opcode::PONG, payload, &mut pong);
-            queue_bytes(st, pong);
+            queue_bytes(&mut st.wire, pong);
         }
         Event::Pong => {}
         Event::Message(bytes) => {
             worker.stats.frames_in.add(1);
             match decode_client(&bytes) {
-                Ok(frame) => on_frame(worker, conn, st, frame),
-                Err(e) => bad_frame(worker, st, &e.to_string()),
+                Ok(frame) => drive::on_frame(worker, key, st, frame),
+                Err(e) => drive::protocol_error(worker, key, st, &e.to_string()),
             }
         }
     }

@@ -1,8 +1,10 @@
-//! The protocol rules of a session (PROTOCOL.md "Rules"), free of I/O: given a frame and the
-//! tables it touches, decide what to answer. The connection module does the reading and writing.
+//! The SUBSCRIBE and HELLO rules of a session (PROTOCOL.md "Rules"), free of I/O: given a frame
+//! and the tables it touches, decide what to answer. SUBSCRIBE is two halves ("subscribe, then
+//! look up"): [`register`] puts the interest in place, [`complete`] compares each cursor with the
+//! latest SJID once it is known, so a change racing the look-up is seen by one of the two.
 
-use crate::auth::{AuthError, Verifier};
 use crate::interest::Interest;
+use crate::token::{Refused, TokenCheck};
 use herald_proto::{Claims, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
 
 /// What a SUBSCRIBE produced, in the order it is sent.
@@ -83,11 +85,14 @@ impl Subscriptions {
 }
 
 /// Checks a HELLO: the version, then the token. On refusal, the ERROR to send (then close).
+///
+/// # Errors
+/// The ERROR frame, and the token refusal when it was the token (not the version).
 pub fn hello(
     version: u64,
     token: &str,
-    verifier: &Verifier,
-) -> Result<Claims, (ServerFrame, Option<AuthError>)> {
+    tokens: &dyn TokenCheck,
+) -> Result<Claims, (ServerFrame, Option<Refused>)> {
     if version != PROTOCOL_VERSION {
         return Err((
             ServerFrame::Error {
@@ -97,10 +102,10 @@ pub fn hello(
             None,
         ));
     }
-    verifier.verify(token).map_err(|e| {
+    tokens.check(token).map_err(|e| {
         let frame = ServerFrame::Error {
             code: Code::UNAUTHORIZED,
-            message: e.to_string(),
+            message: e.message.clone(),
         };
         (frame, Some(e))
     })
