@@ -14,7 +14,7 @@
 //!     interest: ns → [(conn id, highest SJID known to that conn)]
 //!     fan-out: encode CHANGED once, write the shared bytes to every subscriber's socket
 //!     sweep: one coarse timer per worker for handshake, heartbeat, token and close deadlines
-//!     conn tasks: HTTP upgrade, RFC 6455 frames, session rules (no buffers while idle)
+//!     conn tasks: HTTP upgrade, RFC 6455 frames, herald_core sessions (no buffers while idle)
 //! ```
 //!
 //! # Layout
@@ -24,13 +24,14 @@
 //!   `herald_core::latest`);
 //!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface;
 //!   [`journal_sink`]: `--journal-source`, the journal fed from the metaserver's database.
-//! - [`worker`]: a worker thread, its accept loop, fan-out and sweep.
-//! - [`conn`]: one client connection's state, byte stream and writes, whatever the transport;
-//!   [`dispatch`]: what a client frame does to it, whatever the transport;
-//!   [`handler`]: the task of a TCP connection (HTTP heads decided by `herald_proto::http`,
-//!   then WebSocket or long-poll);
-//!   [`quic`]: the QUIC listener and the task of a QUIC connection;
-//!   [`session`]: the protocol rules, free of I/O; [`interest`]: who listens to what.
+//! - [`conn`]: one connection: its `herald_core` session, its [`conn::Wire`] (framing, outbox,
+//!   exit flags) and byte stream; [`conn::Out`] is the session's output on it.
+//! - [`worker`]: a worker's state, [`worker::fanout`] and [`worker::sweep`]; `Worker::drive` is
+//!   the one way a session is driven. [`accept`]: the worker thread and its accept loops.
+//! - [`drive`]: frames, protocol errors and look-ups into the session, whatever the transport;
+//!   [`ws`]: the task of a TCP connection (HTTP heads decided by `herald_proto::http`, then
+//!   WebSocket or long-poll); [`longpoll`]: a poll's request and reply;
+//!   [`quic`]: the QUIC listener and the task of a QUIC connection; [`quic_stream`]: its stream.
 //! - [`admin`]: publish, health, readiness and metrics over HTTP; [`stats`]: counters;
 //!   [`admission`]: handshake rate limits.
 //! - [`tls`]: the certificate for `wss` and QUIC (reloaded on SIGHUP, self-signed for `gen-cert`);

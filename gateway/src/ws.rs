@@ -219,3 +219,46 @@ fn on_event(worker: &Worker, key: u32, st: &mut ConnState, event: Event<'_>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Verifier;
+    use crate::conn::Io;
+    use crate::source::Source;
+    use crate::worker::Shared;
+    use clap::Parser;
+    use herald_core::latest::LatestTable;
+    use std::sync::Arc;
+
+    /// Every idle connection is one task whose future lives as long as the connection: its size
+    /// is per-connection memory. A large await point added to `ws::run` (the distributed
+    /// look-up once added ~650 B to every connection) fails this.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let verifier = Arc::new(Verifier::new(std::collections::HashMap::new(), None, None));
+        let source = Source::Embedded(Arc::new(LatestTable::new()));
+        let worker = Rc::new(Worker::new(
+            0,
+            source,
+            verifier,
+            crate::config::Cli::try_parse_from(["herald-gateway"])
+                .expect("defaults")
+                .serve
+                .conn_limits(1024),
+            Arc::new(Shared::default()),
+            1,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"));
+        let (accepted, _client) = tokio::join!(listener.accept(), client);
+        let stream = accepted.expect("accept").0;
+        let conn = worker.insert(Io::Tcp(stream), Transport::WebSocket);
+        let task = run(worker, conn);
+        let size = std::mem::size_of_val(&task);
+        println!("connection task future: {size} B");
+        assert!(size <= 256, "the connection task's future grew to {size} B");
+    }
+}

@@ -1,7 +1,7 @@
 //! A worker: one thread, one current-thread runtime, its own `SO_REUSEPORT` listener, its own
 //! connections and interest table. Nothing per connection is shared across threads, so the hot
-//! paths take no locks. Each worker has three long-lived tasks: accept ([`crate::accept`]),
-//! fan-out ([`fanout`]) and sweep ([`sweep`]). This module is the state they share and the one
+//! paths take no locks. Each worker has three long-lived tasks: accept (started by the
+//! `accept` module, which sits above this one), fan-out ([`fanout`]) and sweep ([`sweep`]). This module is the state they share and the one
 //! way a connection's session is driven ([`Worker::drive`]).
 
 pub mod fanout;
