@@ -23,9 +23,9 @@ use crate::interest::Interest;
 use crate::latest::LatestTable;
 use crate::subscribe::{self, Registered, SubscribeOutcome, Subscriptions};
 use crate::time::{CLOSE_GRACE_TICKS, duration_ticks};
-use crate::token::{Refused, TOKEN_LEEWAY_S, TokenCheck};
+use crate::token::{Refused, TOKEN_LEEWAY_S, TokenCheck, sub_hash};
 use herald_proto::longpoll::ErrorName;
-use herald_proto::{ClientFrame, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
+use herald_proto::{Claims, ClientFrame, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
 use rand::Rng;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -194,12 +194,34 @@ pub struct Session {
     deadline: u32,
     /// Random id, sent in WELCOME and written in logs.
     id: u64,
-    /// What the token grants (Open only).
-    grant: Option<Box<NsGrant>>,
+    /// What the token grants and whose it is (Open only).
+    grant: Option<Box<Authorized>>,
     subs: Subscriptions,
     /// A SUBSCRIBE (or poll) waiting for its look-up: while set, no further frame is processed,
     /// which keeps the per-connection ordering rule.
     pending: Option<Box<Registered>>,
+}
+
+/// What the token of an open session grants, and whose it is. Boxed in the session: only open
+/// sessions carry it.
+#[derive(Debug)]
+struct Authorized {
+    /// The namespaces it grants.
+    grant: NsGrant,
+    /// [`sub_hash`] of its `sub`: a refresh must keep it; a revocation names it.
+    sub: u64,
+    /// Its `iat`, if it had one.
+    iat: Option<u64>,
+}
+
+impl Authorized {
+    fn of(claims: &Claims) -> Box<Self> {
+        Box::new(Authorized {
+            grant: claims.ns.clone(),
+            sub: sub_hash(&claims.sub),
+            iat: claims.iat,
+        })
+    }
 }
 
 /// A uniformly random delay in `[lo, hi]` milliseconds, for `reconnect_after_ms`.
@@ -323,7 +345,7 @@ impl Session {
                 self.protocol_error(env.now, out, "HELLO was already received");
             }
             (Phase::Open, ClientFrame::Subscribe(pairs)) => {
-                let Some(grant) = self.grant.as_deref() else {
+                let Some(grant) = self.grant.as_deref().map(|a| &a.grant) else {
                     return;
                 };
                 let max = env.limits.max_subscriptions;
@@ -350,6 +372,7 @@ impl Session {
                 }
             }
             (Phase::Open, ClientFrame::Ping(nonce)) => out.send(&ServerFrame::Pong(nonce)),
+            (Phase::Open, ClientFrame::Refresh { token }) => self.refresh(env, out, &token),
             (Phase::Open, ClientFrame::Pong(_)) | (Phase::Connecting | Phase::Closing, _) => {}
         }
     }
@@ -360,7 +383,7 @@ impl Session {
                 self.phase = Phase::Open;
                 self.deadline = token_deadline(claims.exp, env.now, env.unix_now);
                 self.class = env.limits.class_of(claims.cls.as_deref());
-                self.grant = Some(Box::new(claims.ns));
+                self.grant = Some(Authorized::of(&claims));
                 out.send(&ServerFrame::Welcome {
                     version: PROTOCOL_VERSION,
                     heartbeat_ms: env.limits.heartbeat_of(self.class).as_millis() as u64,
@@ -382,6 +405,86 @@ impl Session {
                 self.close(env.now, out, Some(error), code, true);
             }
         }
+    }
+
+    /// REFRESH (PROTOCOL.md C18): a fresh token for this session. Verified like HELLO's and for
+    /// the same `sub`; it moves the expiry and applies its grants: subscriptions it no longer
+    /// grants end with DENIED(`forbidden_namespace`), the others continue untouched. A bad token,
+    /// or another `sub`'s, gets ERROR(`unauthorized`) and the close.
+    fn refresh(&mut self, env: &mut Env<'_>, out: &mut dyn Output, token: &str) {
+        let Some(current) = self.grant.as_deref() else {
+            return;
+        };
+        let claims = match env.tokens.check(token) {
+            Ok(claims) if sub_hash(&claims.sub) == current.sub => claims,
+            refused => {
+                let (label, message) = match refused {
+                    Ok(_) => (
+                        "other_sub",
+                        "the refreshed token is for another sub".to_owned(),
+                    ),
+                    Err(e) => (e.label, e.message),
+                };
+                metrics::counter!("herald_token_refreshes_total", "result" => label).increment(1);
+                tracing::debug!(session = %format_args!("{:016x}", self.id), reason = label, "REFRESH refused");
+                let error = ServerFrame::Error {
+                    code: Code::UNAUTHORIZED,
+                    message,
+                };
+                self.close(env.now, out, Some(error), Code::UNAUTHORIZED, true);
+                return;
+            }
+        };
+        self.deadline = token_deadline(claims.exp, env.now, env.unix_now);
+        let dropped: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|&ns| !claims.ns.allows(ns))
+            .collect();
+        if !dropped.is_empty() {
+            subscribe::unsubscribe(&mut self.subs, env.conn, &dropped, env.interest);
+            out.released(&dropped);
+            for frame in ServerFrame::denied_frames(Code::FORBIDDEN_NAMESPACE, &dropped) {
+                out.send(&frame);
+            }
+        }
+        self.grant = Some(Authorized::of(&claims));
+        metrics::counter!("herald_token_refreshes_total", "result" => "ok").increment(1);
+    }
+
+    /// Whether a revocation in `revoked` ([`sub_hash`] → issued before, unix seconds) covers
+    /// this session's token.
+    #[must_use]
+    pub fn is_revoked_in(&self, revoked: &HashMap<u64, u64>) -> bool {
+        let Some(a) = self.grant.as_deref() else {
+            return false;
+        };
+        revoked
+            .get(&a.sub)
+            .is_some_and(|&before| self.is_revoked_by(a.sub, before))
+    }
+
+    /// Whether a revocation of `sub` (a [`sub_hash`]) for tokens issued before `issued_before`
+    /// (unix seconds; a token without `iat` counts as issued before) covers this session's token.
+    #[must_use]
+    pub fn is_revoked_by(&self, sub: u64, issued_before: u64) -> bool {
+        self.phase == Phase::Open
+            && self
+                .grant
+                .as_deref()
+                .is_some_and(|a| a.sub == sub && a.iat.is_none_or(|iat| iat < issued_before))
+    }
+
+    /// Its token was revoked: ERROR(`unauthorized`) and the close (a waiting poll just ends; its
+    /// next poll is refused with 401).
+    pub fn revoke(&mut self, now: u32, out: &mut dyn Output) {
+        metrics::counter!("herald_revoked_sessions_total").increment(1);
+        let error = ServerFrame::Error {
+            code: Code::UNAUTHORIZED,
+            message: "the token was revoked".to_owned(),
+        };
+        let frame = (self.mode == Mode::Framed).then_some(error);
+        self.close(now, out, frame, Code::UNAUTHORIZED, true);
     }
 
     /// The look-up of a SUBSCRIBE (or poll) that waited finished: `latest` holds the latest SJID
@@ -611,6 +714,7 @@ impl Session {
         self.mode = Mode::Poll;
         self.phase = Phase::Open;
         self.deadline = env.now.saturating_add(wait + jitter + 1);
+        self.grant = Some(Authorized::of(&claims));
         let reg = subscribe::register(
             &mut self.subs,
             env.conn,
@@ -668,7 +772,11 @@ impl Session {
         self.phase = Phase::Open;
         self.mode = Mode::Framed;
         self.deadline = u32::MAX;
-        self.grant = Some(Box::new(NsGrant::All));
+        self.grant = Some(Box::new(Authorized {
+            grant: NsGrant::All,
+            sub: 0,
+            iat: None,
+        }));
     }
 }
 

@@ -52,6 +52,11 @@ impl Subscriptions {
         self.ns.is_empty()
     }
 
+    /// The subscribed namespaces, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ns.iter().copied()
+    }
+
     fn contains(&self, ns: u64) -> bool {
         self.ns.binary_search(&ns).is_ok()
     }

@@ -31,3 +31,14 @@ pub trait TokenCheck {
     /// [`Refused`] with the reason when it is not.
     fn check(&self, token: &str) -> Result<Claims, Refused>;
 }
+
+/// A short stand-in for a token's `sub`, kept by every open session (a refresh must keep the
+/// same `sub`; a revocation names one) instead of the string itself: memory is per connection.
+/// Stable within a process, which is all it is compared within.
+#[must_use]
+pub fn sub_hash(sub: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    sub.hash(&mut h);
+    h.finish()
+}

@@ -1,6 +1,9 @@
-//! The admin listener: `POST /v1/publish` (standalone mode), `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `POST /v1/publish` (standalone mode), `POST /v1/disconnect`
+//! (revocation), `/healthz`, `/readyz`, `/metrics`.
 
+use crate::auth::Verifier;
 use crate::journal::Journal;
+use crate::revocation::{self, Revocation};
 use crate::source::Source;
 use crate::worker::Shared;
 use axum::Router;
@@ -27,14 +30,20 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// The connection cap (exported for alerts).
     pub max_connections: usize,
-    /// Required bearer token for publish, if any.
+    /// Required bearer token for publish and disconnect, if any.
     pub token: Option<Arc<str>>,
+    /// Token checks, with the revoked subjects.
+    pub verifier: Arc<Verifier>,
+    /// Distributed mode: the NATS connection revocations are published on, so every gateway
+    /// acts on them.
+    pub nats: Option<async_nats::Client>,
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route(herald_proto::publish::PATH, post(publish))
+        .route(DISCONNECT_PATH, post(disconnect))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -50,19 +59,59 @@ fn error(status: StatusCode, name: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(expected) = &state.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(expected) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            );
+/// The path of revocation (PROTOCOL.md C19).
+pub const DISCONNECT_PATH: &str = "/v1/disconnect";
+
+/// `None` if the request carries the admin bearer token (or none is configured), else the 401.
+fn unauthorized(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let expected = state.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    (given != Some(expected)).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    })
+}
+
+/// `POST /v1/disconnect {"sub": "...", "issued_before": unix_s?}`: refuses that subject's tokens
+/// issued before the time (default: now) and closes its live sessions with ERROR(unauthorized),
+/// on this gateway and, in distributed mode, on every gateway (over NATS).
+async fn disconnect(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
+    }
+    let mut revocation = match Revocation::parse(&body) {
+        Ok(r) => r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", msg),
+    };
+    let now = crate::keys::unix_now();
+    // Fixed here, so every gateway refuses the same tokens.
+    let before = *revocation.issued_before.get_or_insert(now);
+    state.verifier.revocations().add(&revocation, now);
+    tracing::info!(sub = %revocation.sub, issued_before = before, "tokens revoked");
+    let body = json!({ "sub": revocation.sub, "issued_before": before });
+    if let Some(nats) = &state.nats {
+        let payload = serde_json::to_vec(&revocation).unwrap_or_default();
+        let sent = match nats.publish(revocation::SUBJECT, payload.into()).await {
+            Ok(()) => nats.flush().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            let message = format!("revoked on this gateway only: NATS did not take it ({e})");
+            return error(StatusCode::BAD_GATEWAY, "unavailable", message);
         }
+    }
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = unauthorized(&state, &headers) {
+        return refused;
     }
     let Some(journal) = &state.journal else {
         return error(

@@ -1,5 +1,6 @@
 //! Token verification (PROTOCOL.md "Auth"): EdDSA JWTs, one or more public keys chosen by `kid`.
 
+use crate::revocation::Revocations;
 use herald_proto::Claims;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use std::collections::HashMap;
@@ -28,6 +29,9 @@ pub enum AuthError {
     /// `exp` (plus leeway) has passed.
     #[error("token expired")]
     Expired,
+    /// Its `sub` was revoked (`POST /v1/disconnect`) after it was issued.
+    #[error("token revoked")]
+    Revoked,
     /// `nbf` (minus leeway) is in the future.
     #[error("token not yet valid")]
     NotYetValid,
@@ -46,17 +50,19 @@ impl AuthError {
             AuthError::UnknownKey(_) => "unknown_key",
             AuthError::Signature => "signature",
             AuthError::Expired => "expired",
+            AuthError::Revoked => "revoked",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::Issuer => "issuer",
         }
     }
 }
 
-/// Verifies tokens against the configured public keys.
+/// Verifies tokens against the configured public keys and the revoked subjects.
 pub struct Verifier {
     /// Keys by `kid`. A key loaded without a kid is stored under the empty string.
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    revocations: Revocations,
 }
 
 impl Verifier {
@@ -83,7 +89,17 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Verifier { keys, validation }
+        Verifier {
+            keys,
+            validation,
+            revocations: Revocations::default(),
+        }
+    }
+
+    /// The revoked subjects (`POST /v1/disconnect`).
+    #[must_use]
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Loads `kid=path` or `path` specs of PEM (SPKI) Ed25519 public keys.
@@ -119,7 +135,7 @@ impl Verifier {
         }
         .ok_or_else(|| AuthError::UnknownKey(header.kid.clone()))?;
         use jsonwebtoken::errors::ErrorKind as K;
-        decode::<Claims>(token, key, &self.validation)
+        let claims = decode::<Claims>(token, key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 K::ExpiredSignature => AuthError::Expired,
@@ -129,7 +145,11 @@ impl Verifier {
                 K::MissingRequiredClaim(c) if c == "iss" || c == "aud" => AuthError::Issuer,
                 K::InvalidAlgorithm => AuthError::Algorithm(header.alg),
                 _ => AuthError::Malformed(e.to_string()),
-            })
+            })?;
+        if self.revocations.refuses(&claims) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(claims)
     }
 }
 

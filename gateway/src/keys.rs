@@ -91,6 +91,7 @@ pub fn claims_for(sub: &str, ns: NsGrant, ttl_s: u64) -> Claims {
         nbf: None,
         iss: None,
         cls: None,
+        iat: Some(unix_now()),
     }
 }
 

@@ -19,7 +19,8 @@
 //!
 //! # Layout
 //! - [`config`]: command line, environment and validated settings; [`config_file`]: TOML.
-//! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting.
+//! - [`auth`]: token verification (EdDSA JWTs, keys by `kid`); [`keys`]: key generation, minting;
+//!   [`revocation`]: revoked subjects (`POST /v1/disconnect`).
 //! - [`journal`]: the embedded durable journal (the in-memory latest table is
 //!   `herald_core::latest`);
 //!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface;
@@ -52,6 +53,7 @@ pub mod keys;
 pub mod longpoll;
 pub mod quic;
 pub mod quic_stream;
+pub mod revocation;
 pub mod server;
 pub mod source;
 pub mod stats;

@@ -45,7 +45,10 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
     let (source, journal) = match &args.nats {
-        Some(url) => (upstream_source(&args, url, senders).await?, None),
+        Some(url) => (
+            upstream_source(&args, url, senders, verifier.clone()).await?,
+            None,
+        ),
         None => {
             let latest = Arc::new(LatestTable::new());
             let journal = Journal::open(&args.journal(), latest.clone(), senders)?;
@@ -100,6 +103,10 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         .await
         .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
+    let nats = match &source {
+        Source::Upstream(up) => Some(up.client().clone()),
+        Source::Embedded(_) => None,
+    };
     let state = AdminState {
         journal,
         source,
@@ -107,6 +114,8 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         metrics,
         max_connections: limits.max_connections,
         token: args.admin_token.as_deref().map(Arc::from),
+        nats,
+        verifier: verifier.clone(),
     };
     // The admin listener outlives the drain, so /readyz answers 503 and /metrics keeps working
     // while clients leave; it stops once the workers have.
@@ -194,6 +203,7 @@ async fn upstream_source(
     args: &ServeArgs,
     url: &str,
     workers: Vec<mpsc::Sender<Batch>>,
+    verifier: Arc<Verifier>,
 ) -> anyhow::Result<Source> {
     let mut config = UpstreamConfig::new(url);
     config.partitions = args.partitions;
@@ -214,7 +224,32 @@ async fn upstream_source(
             }
         }
     });
+    follow_revocations(upstream.client(), verifier).await?;
     Ok(Source::Upstream(upstream))
+}
+
+/// Distributed mode: applies the revocations any gateway publishes (`POST /v1/disconnect`).
+async fn follow_revocations(
+    client: &async_nats::Client,
+    verifier: Arc<Verifier>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let mut revocations = client
+        .subscribe(crate::revocation::SUBJECT)
+        .await
+        .context("subscribing to revocations")?;
+    tokio::spawn(async move {
+        while let Some(msg) = revocations.next().await {
+            match crate::revocation::Revocation::parse(&msg.payload) {
+                Ok(r) => {
+                    verifier.revocations().add(&r, crate::keys::unix_now());
+                    tracing::info!(sub = %r.sub, "tokens revoked (from NATS)");
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed revocation"),
+            }
+        }
+    });
+    Ok(())
 }
 
 fn verifier(args: &ServeArgs) -> anyhow::Result<Verifier> {

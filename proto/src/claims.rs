@@ -26,6 +26,10 @@ pub struct Claims {
     /// Client class (extension, e.g. `"mobile"`): the gateway may choose the heartbeat by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cls: Option<String>,
+    /// Issued-at, unix seconds (RFC 7519): a revocation "issued before T" refuses tokens without
+    /// it or older (PROTOCOL.md C19).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Which namespaces a token grants.
@@ -192,6 +196,7 @@ mod tests {
             nbf: None,
             iss: None,
             cls: Some("mobile".into()),
+            iat: Some(5),
         };
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains(r#""18446744073709551615""#));

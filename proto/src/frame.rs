@@ -19,6 +19,9 @@ pub mod kind {
     pub const PING: u8 = 0x04;
     /// PONG (both directions).
     pub const PONG: u8 = 0x05;
+    /// REFRESH (client → server): a fresh token for a live session (v1 extension, C18). Not
+    /// 0x06, the next free byte, which v1 clients and conformance suites use as "unknown type".
+    pub const REFRESH: u8 = 0x10;
     /// WELCOME (server → client).
     pub const WELCOME: u8 = 0x81;
     /// CHANGED (server → client).
@@ -51,6 +54,11 @@ pub enum ClientFrame {
     Ping(u64),
     /// Answer to a server PING.
     Pong(u64),
+    /// A fresh token for the live session (extension C18): same `sub`, new expiry and grants.
+    Refresh {
+        /// The JWT.
+        token: String,
+    },
 }
 
 /// A frame the server sends.
@@ -234,6 +242,7 @@ pub fn decode_client(buf: &[u8]) -> Result<ClientFrame, FrameError> {
         kind::UNSUBSCRIBE => ClientFrame::Unsubscribe(r.list()?),
         kind::PING => ClientFrame::Ping(r.varint()?),
         kind::PONG => ClientFrame::Pong(r.varint()?),
+        kind::REFRESH => ClientFrame::Refresh { token: r.str()? },
         kind::WELCOME..=kind::ERROR => return Err(FrameError::WrongDirection(ty)),
         other => return Err(FrameError::UnknownType(other)),
     };
@@ -267,7 +276,9 @@ pub fn decode_server(buf: &[u8]) -> Result<ServerFrame, FrameError> {
         },
         kind::PING => ServerFrame::Ping(r.varint()?),
         kind::PONG => ServerFrame::Pong(r.varint()?),
-        kind::HELLO..=kind::UNSUBSCRIBE => return Err(FrameError::WrongDirection(ty)),
+        kind::HELLO..=kind::UNSUBSCRIBE | kind::REFRESH => {
+            return Err(FrameError::WrongDirection(ty));
+        }
         other => return Err(FrameError::UnknownType(other)),
     };
     r.finish()?;
@@ -319,6 +330,10 @@ impl ClientFrame {
             ClientFrame::Pong(n) => {
                 out.push(kind::PONG);
                 varint::encode(*n, out);
+            }
+            ClientFrame::Refresh { token } => {
+                out.push(kind::REFRESH);
+                put_bytes(token.as_bytes(), out);
             }
         }
     }

@@ -66,6 +66,9 @@ fn client_frame(f: &Value) -> ClientFrame {
         "unsubscribe" => ClientFrame::Unsubscribe(list(&f["ns"])),
         "ping" => ClientFrame::Ping(u(&f["nonce"])),
         "pong" => ClientFrame::Pong(u(&f["nonce"])),
+        "refresh" => ClientFrame::Refresh {
+            token: text(&f["token"]),
+        },
         other => panic!("not a client frame type: {other}"),
     }
 }

@@ -275,6 +275,14 @@ impl GatewayProcess {
             .expect("mint")
     }
 
+    /// A token of subject `sub` granting `grant` for `ttl_s` seconds.
+    #[must_use]
+    pub fn token_for(&self, sub: &str, grant: NsGrant, ttl_s: u64) -> String {
+        self.key
+            .mint(&claims_for(sub, grant, ttl_s), None)
+            .expect("mint")
+    }
+
     /// A token granting every namespace for an hour.
     #[must_use]
     pub fn token_all(&self) -> String {
@@ -291,6 +299,7 @@ impl GatewayProcess {
             nbf: None,
             iss: None,
             cls: None,
+            iat: None,
         };
         self.key.mint(&claims, None).expect("mint")
     }
@@ -345,6 +354,18 @@ impl GatewayProcess {
         http::request(self.admin, "POST", "/v1/publish", Some(body))
             .await
             .expect("publish request")
+    }
+
+    /// `POST /v1/disconnect` (revocation) of `sub`, optionally only tokens issued before
+    /// `issued_before` (unix seconds).
+    pub async fn disconnect(&self, sub: &str, issued_before: Option<u64>) -> HttpResponse {
+        let body = match issued_before {
+            Some(t) => format!(r#"{{"sub":"{sub}","issued_before":{t}}}"#),
+            None => format!(r#"{{"sub":"{sub}"}}"#),
+        };
+        http::request(self.admin, "POST", "/v1/disconnect", Some(body.as_bytes()))
+            .await
+            .expect("disconnect request")
     }
 
     /// `GET path` on the admin listener.

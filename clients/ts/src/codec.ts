@@ -11,6 +11,8 @@ export const HELLO = 0x01,
   UNSUBSCRIBE = 0x03,
   PING = 0x04,
   PONG = 0x05,
+  /** A fresh token for a live session (v1 extension C18 of proto/PROTOCOL.md). */
+  REFRESH = 0x10,
   WELCOME = 0x81,
   CHANGED = 0x82,
   DENIED = 0x83,
@@ -33,7 +35,8 @@ export type ClientFrame =
   | { type: 'hello'; version: bigint; token: string }
   | { type: 'subscribe'; pairs: Pair[] }
   | { type: 'unsubscribe'; ns: bigint[] }
-  | { type: 'ping' | 'pong'; nonce: bigint };
+  | { type: 'ping' | 'pong'; nonce: bigint }
+  | { type: 'refresh'; token: string };
 
 /** A frame the server sends. */
 export type ServerFrame =
@@ -152,7 +155,7 @@ export function decodeServer(b: Uint8Array): ServerFrame {
     case PONG:
       return r.end({ type: t == PING ? 'ping' : 'pong', nonce: r.v() });
   }
-  return fail(t && t <= UNSUBSCRIBE ? 'wrong_direction' : 'unknown_type');
+  return fail((t && t <= UNSUBSCRIBE) || t == REFRESH ? 'wrong_direction' : 'unknown_type');
 }
 
 /** Decodes one whole client frame (at most 4096 bytes); the gateway's side, for tests and tools. */
@@ -166,6 +169,8 @@ export function decodeClient(b: Uint8Array): ClientFrame {
       return r.end({ type: 'subscribe', pairs: r.pairs() });
     case UNSUBSCRIBE:
       return r.end({ type: 'unsubscribe', ns: r.list() });
+    case REFRESH:
+      return r.end({ type: 'refresh', token: r.str() });
     case PING:
     case PONG:
       return r.end({ type: t == PING ? 'ping' : 'pong', nonce: r.v() });
@@ -215,6 +220,8 @@ export function encodeClient(f: ClientFrame): Uint8Array {
       return new Writer(SUBSCRIBE).pairs(f.pairs).done();
     case 'unsubscribe':
       return new Writer(UNSUBSCRIBE).list(f.ns).done();
+    case 'refresh':
+      return new Writer(REFRESH).bytes(utf8(f.token)).done();
     default:
       return new Writer(f.type == 'ping' ? PING : PONG).v(f.nonce).done();
   }

@@ -12,17 +12,24 @@ struct Tokens;
 impl TokenCheck for Tokens {
     fn check(&self, token: &str) -> Result<Claims, Refused> {
         let claims = |ns: NsGrant, exp: u64| Claims {
-            sub: "user".to_owned(),
+            sub: if token == "other" {
+                "someone else"
+            } else {
+                "user"
+            }
+            .to_owned(),
             ns,
             exp,
             nbf: None,
             iss: None,
             cls: None,
+            iat: Some(UNIX_NOW - 60),
         };
         match token {
             "ok" => Ok(claims(NsGrant::All, UNIX_NOW + 3600)),
             "short" => Ok(claims(NsGrant::All, UNIX_NOW + 10)),
             "list" => Ok(claims(NsGrant::list(vec![1, 2]), UNIX_NOW + 3600)),
+            "other" => Ok(claims(NsGrant::All, UNIX_NOW + 3600)),
             "old" => Err(Refused {
                 label: "expired",
                 message: "token expired".to_owned(),
@@ -401,4 +408,96 @@ fn an_idle_session_stays_small() {
     let size = std::mem::size_of::<Session>();
     println!("Session {size} B");
     assert!(size <= 64, "Session grew to {size} B");
+}
+
+#[test]
+fn refresh_moves_the_expiry_so_goaway_never_comes() {
+    let mut h = Harness::new();
+    h.open("short");
+    h.frame(ClientFrame::Refresh {
+        token: "ok".to_owned(),
+    });
+    assert!(
+        h.out.sent.is_empty() && h.out.closed.is_none(),
+        "{:?}",
+        h.out
+    );
+    for t in (0..3000).step_by(100) {
+        h.frame(ClientFrame::Pong(0));
+        assert_eq!(h.run_until(t + 100), None, "closed at {t}: {:?}", h.out);
+    }
+}
+
+#[test]
+fn refresh_applies_the_new_grants_with_denied_for_the_dropped_ones() {
+    let mut h = Harness::new();
+    h.open("ok");
+    h.frame(ClientFrame::Subscribe(vec![(1, 0), (2, 0), (3, 0)]));
+    h.out.sent.clear();
+    h.frame(ClientFrame::Refresh {
+        token: "list".to_owned(),
+    });
+    assert_eq!(
+        h.out.sent,
+        vec![ServerFrame::Denied {
+            code: Code::FORBIDDEN_NAMESPACE,
+            ns: vec![3]
+        }]
+    );
+    assert_eq!(h.out.released, vec![3]);
+    assert_eq!(
+        (h.session.subscriptions(), h.interest.subscriptions()),
+        (2, 2)
+    );
+    // The new grant holds for later SUBSCRIBEs too.
+    h.frame(ClientFrame::Subscribe(vec![(3, 0)]));
+    assert!(matches!(h.out.sent.last(), Some(ServerFrame::Denied { ns, .. }) if ns == &[3]));
+    assert!(h.out.closed.is_none());
+}
+
+#[test]
+fn a_bad_refresh_or_another_sub_closes_with_unauthorized() {
+    for token in ["forged", "old", "other"] {
+        let mut h = Harness::new();
+        h.open("ok");
+        h.frame(ClientFrame::Refresh {
+            token: token.to_owned(),
+        });
+        assert!(
+            matches!(&h.out.sent[..], [ServerFrame::Error { code, .. }] if *code == Code::UNAUTHORIZED),
+            "{token}: {:?}",
+            h.out
+        );
+        assert_eq!(h.out.closed, Some((Code::UNAUTHORIZED, true)), "{token}");
+    }
+    // Before HELLO it is a protocol error like any other first frame.
+    let mut h = Harness::new();
+    h.session.upgraded();
+    h.frame(ClientFrame::Refresh {
+        token: "ok".to_owned(),
+    });
+    assert_eq!(h.out.closed, Some((Code::BAD_FRAME, true)));
+}
+
+#[test]
+fn revocation_matches_the_sub_and_the_issue_time() {
+    let mut h = Harness::new();
+    h.open("ok");
+    let user = crate::token::sub_hash("user");
+    // The token was issued at UNIX_NOW - 60.
+    assert!(
+        !h.session
+            .is_revoked_by(crate::token::sub_hash("someone else"), UNIX_NOW)
+    );
+    assert!(!h.session.is_revoked_by(user, UNIX_NOW - 60));
+    assert!(h.session.is_revoked_by(user, UNIX_NOW - 59));
+    h.session.revoke(h.now, &mut h.out);
+    assert!(
+        matches!(&h.out.sent[..], [ServerFrame::Error { code, .. }] if *code == Code::UNAUTHORIZED)
+    );
+    assert_eq!(h.out.closed, Some((Code::UNAUTHORIZED, true)));
+    assert!(
+        !h.session.is_revoked_by(user, u64::MAX),
+        "a closing session is not revoked again"
+    );
 }

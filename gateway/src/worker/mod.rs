@@ -66,6 +66,8 @@ pub struct Worker {
     epoch: Instant,
     /// Connections still to be sent GOAWAY(draining), per sweep, once draining.
     drain_quota: Cell<Option<usize>>,
+    /// The revocations generation the last sweep acted on.
+    revocations_seen: Cell<u64>,
 }
 
 impl Worker {
@@ -98,6 +100,7 @@ impl Worker {
             admission,
             epoch: Instant::now(),
             drain_quota: Cell::new(None),
+            revocations_seen: Cell::new(0),
         }
     }
 

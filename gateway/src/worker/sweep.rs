@@ -1,6 +1,7 @@
 //! A worker's coarse timer: every half second, each connection's session gets a tick (handshake
 //! and heartbeat timeouts, token expiry, poll and close deadlines), and while draining a share of
-//! them is told to go, so GOAWAY(draining) is spread over the drain period.
+//! them is told to go, so GOAWAY(draining) is spread over the drain period. After a revocation
+//! (`POST /v1/disconnect`) the next sweep closes the sessions whose token it covers.
 
 use super::Worker;
 use crate::conn::PollDue;
@@ -41,10 +42,18 @@ impl Worker {
         } else {
             0
         };
+        let revocations = self.verifier.revocations();
+        let generation = revocations.generation();
+        let revoked = (generation != self.revocations_seen.get()).then(|| revocations.snapshot());
+        self.revocations_seen.set(generation);
         let conns = self.conns.borrow();
         for (_, conn) in conns.iter() {
             let mut st = conn.state.borrow_mut();
             let tick = self.drive(conn.key, &mut st, |session, env, out| {
+                if revoked.as_ref().is_some_and(|r| session.is_revoked_in(r)) {
+                    session.revoke(now, out);
+                    return Tick::Acted;
+                }
                 match session.on_tick(now, &silence, out) {
                     Tick::Idle if draining => {
                         let framed = session.mode() == Mode::Framed;

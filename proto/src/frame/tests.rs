@@ -108,6 +108,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         proptest::collection::vec(any::<u64>(), 0..50).prop_map(ClientFrame::Unsubscribe),
         any::<u64>().prop_map(ClientFrame::Ping),
         any::<u64>().prop_map(ClientFrame::Pong),
+        ".{0,40}".prop_map(|token| ClientFrame::Refresh { token }),
     ]
 }
 
