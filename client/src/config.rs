@@ -72,6 +72,12 @@ pub struct ClientConfig {
     pub tls: Option<TlsRoots>,
     /// Source address of every connection attempt (see [`ConnectOptions::local_addr`]).
     pub local_addr: Option<IpAddr>,
+    /// Refresh the token in-band (REFRESH, PROTOCOL.md C17) before it expires, instead of being
+    /// sent away with GOAWAY(`token_expired`) and reconnecting: at 80% ± 10% of its lifetime
+    /// ([`crate::refresh`]) the token source is called and a fresher token is sent on the live
+    /// session. Off by default: a gateway without the extension answers REFRESH with
+    /// ERROR(`bad_frame`). Needs a token source that returns fresh tokens.
+    pub refresh_tokens: bool,
 }
 
 impl ClientConfig {
@@ -98,6 +104,7 @@ impl ClientConfig {
             rng_seed: None,
             tls: None,
             local_addr: None,
+            refresh_tokens: false,
         }
     }
 

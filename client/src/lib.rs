@@ -59,6 +59,7 @@ pub mod cursors;
 pub mod error;
 pub mod event;
 pub mod longpoll;
+pub mod refresh;
 pub mod tls;
 
 mod client;

@@ -18,6 +18,8 @@ use crate::task::{BarrierTx, Command, Next, Task, after_close, after_code, close
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The server closes within 5 s of GOAWAY; past that the client leaves on its own.
 const GOAWAY_GRACE: Duration = Duration::from_secs(5);
+/// How soon to ask the token source again when it had nothing fresher.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
 /// Longest a single send may block before the connection is declared dead.
 const MAX_SEND_WAIT: Duration = Duration::from_secs(10);
 
@@ -45,6 +47,8 @@ struct Session {
     goaway: Option<(Instant, Instant)>,
     /// Barriers by the nonce of the PING whose PONG resolves them.
     barriers: HashMap<u64, Vec<BarrierTx>>,
+    /// When to refresh the token in-band (`refresh_tokens`).
+    refresh_at: Option<Instant>,
 }
 
 impl Session {
@@ -56,6 +60,7 @@ impl Session {
             last_rx: now,
             goaway: None,
             barriers: HashMap::new(),
+            refresh_at: None,
         }
     }
 
@@ -67,6 +72,9 @@ impl Session {
         }
         if let Some((_, leave)) = self.goaway {
             wake = wake.min(leave);
+        }
+        if let Some(at) = self.refresh_at {
+            wake = wake.min(at);
         }
         wake
     }
@@ -129,6 +137,11 @@ impl Task {
             .heartbeat
             .unwrap_or(Duration::from_millis(welcome.heartbeat_ms.max(1)));
         let mut s = Session::new(hb, Instant::now());
+        if self.config.refresh_tokens {
+            s.refresh_at = self
+                .refresh_delay(&self.token.clone())
+                .map(|d| Instant::now() + d);
+        }
         debug!(url = %self.config.url, session_id = ?welcome.session_id, ?hb, "herald connected");
         self.emit(Event::Connected {
             session_id: welcome.session_id,
@@ -213,6 +226,9 @@ impl Task {
         if now >= s.last_rx + s.hb.mul_f64(2.5) {
             return Err(s.lost("server silent for 2.5 x heartbeat".into(), None));
         }
+        if s.refresh_at.is_some_and(|at| now >= at) {
+            self.refresh(conn, s).await?;
+        }
         if now >= s.next_ping {
             let nonce = self.nonce();
             s.send(conn, &ClientFrame::Ping(nonce)).await?;
@@ -221,6 +237,33 @@ impl Task {
             }
             s.next_ping = now + s.hb;
         }
+        Ok(())
+    }
+
+    /// When to refresh `token`, from now.
+    fn refresh_delay(&mut self, token: &str) -> Option<Duration> {
+        crate::refresh::delay(token, unix_now(), &mut self.refresh_rng)
+    }
+
+    /// Refreshes the session's token in-band, if the token source has a fresher one (else tries
+    /// again a little later).
+    async fn refresh(&mut self, conn: &mut Connection, s: &mut Session) -> Result<(), End> {
+        let token = (self.config.token)();
+        let exp = |t: &str| crate::refresh::lifetime(t).map(|(_, exp)| exp);
+        if exp(&token) <= exp(&self.token) {
+            s.refresh_at = Some(Instant::now() + REFRESH_RETRY);
+            return Ok(());
+        }
+        s.send(
+            conn,
+            &ClientFrame::Refresh {
+                token: token.clone(),
+            },
+        )
+        .await?;
+        debug!(url = %self.config.url, "herald token refreshed");
+        s.refresh_at = self.refresh_delay(&token).map(|d| Instant::now() + d);
+        self.token = token;
         Ok(())
     }
 
@@ -328,6 +371,12 @@ impl Task {
 }
 
 /// The session ends because the client is closing.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn stop() -> End {
     End {
         next: Next::Stop,

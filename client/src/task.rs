@@ -81,6 +81,10 @@ pub(crate) struct Task {
     /// Barriers waiting for a connection: asked while offline, or whose PONG was lost with the
     /// connection. The next session pings for them after resubscribing.
     pub(crate) waiting: Vec<BarrierTx>,
+    /// The token of the current session (for `refresh_tokens`).
+    pub(crate) token: String,
+    /// Jitter of token refreshes.
+    pub(crate) refresh_rng: rand::rngs::StdRng,
 }
 
 impl Task {
@@ -92,6 +96,10 @@ impl Task {
         close: watch::Receiver<bool>,
     ) -> Self {
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max, config.rng_seed);
+        let refresh_rng = match config.rng_seed {
+            Some(seed) => rand::SeedableRng::seed_from_u64(seed ^ 0x0072_6566_7265_7368),
+            None => rand::SeedableRng::from_os_rng(),
+        };
         Task {
             config,
             cursors,
@@ -102,6 +110,8 @@ impl Task {
             attempts: 0,
             next_nonce: 0,
             waiting: Vec::new(),
+            token: String::new(),
+            refresh_rng,
         }
     }
 
@@ -131,6 +141,7 @@ impl Task {
             let next = match self.offline(Connection::connect(&url, &token, opts)).await {
                 None => Next::Stop,
                 Some(Ok((conn, welcome))) => {
+                    self.token = token;
                     let started = Instant::now();
                     let next = self.session(conn, welcome).await;
                     self.backoff.session_ended(started.elapsed());

@@ -23,7 +23,7 @@ use crate::interest::Interest;
 use crate::latest::LatestTable;
 use crate::subscribe::{self, Registered, SubscribeOutcome, Subscriptions};
 use crate::time::{CLOSE_GRACE_TICKS, duration_ticks};
-use crate::token::{Refused, TOKEN_LEEWAY_S, TokenCheck, sub_hash};
+use crate::token::{Refused, TokenCheck, sub_hash};
 use herald_proto::longpoll::ErrorName;
 use herald_proto::{Claims, ClientFrame, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
 use rand::Rng;
@@ -66,6 +66,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Live subscriptions per connection (cursors per poll).
     pub max_subscriptions: u64,
+    /// Seconds a token is honoured past its `exp` (clock skew; `token::TOKEN_LEEWAY_S` by default).
+    pub token_leeway_s: u64,
 }
 
 impl Limits {
@@ -239,10 +241,10 @@ pub fn goaway(code: Code, reconnect_after_ms: u64) -> ServerFrame {
     }
 }
 
-/// The tick at which a token with `exp` (unix seconds) stops being honoured.
+/// The tick at which a token with `exp` (unix seconds) stops being honoured, `leeway_s` after.
 #[must_use]
-pub fn token_deadline(exp: u64, now: u32, unix_now: u64) -> u32 {
-    let left_s = (exp + TOKEN_LEEWAY_S).saturating_sub(unix_now);
+pub fn token_deadline(exp: u64, leeway_s: u64, now: u32, unix_now: u64) -> u32 {
+    let left_s = (exp + leeway_s).saturating_sub(unix_now);
     // Both clocks are floored: one tick more so it never fires before the time.
     now.saturating_add(duration_ticks(Duration::from_secs(left_s)) + 1)
 }
@@ -381,7 +383,8 @@ impl Session {
         match subscribe::hello(version, token, env.tokens) {
             Ok(claims) => {
                 self.phase = Phase::Open;
-                self.deadline = token_deadline(claims.exp, env.now, env.unix_now);
+                self.deadline =
+                    token_deadline(claims.exp, env.limits.token_leeway_s, env.now, env.unix_now);
                 self.class = env.limits.class_of(claims.cls.as_deref());
                 self.grant = Some(Authorized::of(&claims));
                 out.send(&ServerFrame::Welcome {
@@ -407,7 +410,7 @@ impl Session {
         }
     }
 
-    /// REFRESH (PROTOCOL.md C18): a fresh token for this session. Verified like HELLO's and for
+    /// REFRESH (PROTOCOL.md C17): a fresh token for this session. Verified like HELLO's and for
     /// the same `sub`; it moves the expiry and applies its grants: subscriptions it no longer
     /// grants end with DENIED(`forbidden_namespace`), the others continue untouched. A bad token,
     /// or another `sub`'s, gets ERROR(`unauthorized`) and the close.
@@ -435,7 +438,8 @@ impl Session {
                 return;
             }
         };
-        self.deadline = token_deadline(claims.exp, env.now, env.unix_now);
+        self.deadline =
+            token_deadline(claims.exp, env.limits.token_leeway_s, env.now, env.unix_now);
         let dropped: Vec<u64> = self
             .subs
             .iter()

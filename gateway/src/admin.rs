@@ -59,7 +59,7 @@ fn error(status: StatusCode, name: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// The path of revocation (PROTOCOL.md C19).
+/// The path of revocation (PROTOCOL.md C18).
 pub const DISCONNECT_PATH: &str = "/v1/disconnect";
 
 /// `None` if the request carries the admin bearer token (or none is configured), else the 401.

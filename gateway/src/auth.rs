@@ -96,6 +96,14 @@ impl Verifier {
         }
     }
 
+    /// The same with `leeway_s` seconds of clock skew allowed on `exp` and `nbf` instead of
+    /// [`LEEWAY_S`].
+    #[must_use]
+    pub fn with_leeway(mut self, leeway_s: u64) -> Self {
+        self.validation.leeway = leeway_s;
+        self
+    }
+
     /// The revoked subjects (`POST /v1/disconnect`).
     #[must_use]
     pub fn revocations(&self) -> &Revocations {

@@ -183,6 +183,9 @@ pub struct ServeArgs {
     /// Time from TCP accept to HELLO.
     #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
+    /// Clock skew allowed on a token's `exp` and `nbf`, in seconds (PROTOCOL.md "Auth": 30).
+    #[arg(long, env = "HERALD_TOKEN_LEEWAY_S", default_value_t = herald_core::token::TOKEN_LEEWAY_S)]
+    pub token_leeway_s: u64,
     /// Live subscriptions per connection.
     #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: u64,
@@ -292,6 +295,12 @@ impl ServeArgs {
         if self.heartbeat_classes.len() > 255 {
             anyhow::bail!("--heartbeat-class: at most 255 classes");
         }
+        if self.token_leeway_s > 3600 {
+            anyhow::bail!(
+                "--token-leeway-s {} is over an hour: fix the clocks instead",
+                self.token_leeway_s
+            );
+        }
         if !(100..=600_000).contains(&self.handshake_timeout_ms) {
             anyhow::bail!("--handshake-timeout-ms must be within 100..=600000");
         }
@@ -357,6 +366,7 @@ impl ServeArgs {
                     .collect(),
                 handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
                 max_subscriptions: self.max_subscriptions,
+                token_leeway_s: self.token_leeway_s,
             },
             max_connections: match self.max_connections {
                 0 => by_files,

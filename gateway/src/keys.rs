@@ -12,6 +12,7 @@ const SPKI_ED25519_PREFIX: [u8; 12] = [
 ];
 
 /// A signing key with its public half.
+#[derive(Clone)]
 pub struct SigningKey {
     /// PKCS#8 DER of the private key.
     pkcs8: Vec<u8>,

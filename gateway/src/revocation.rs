@@ -1,4 +1,4 @@
-//! Token revocation (PROTOCOL.md C19): `POST /v1/disconnect` names a `sub` and, optionally, a
+//! Token revocation (PROTOCOL.md C18): `POST /v1/disconnect` names a `sub` and, optionally, a
 //! time; tokens of that `sub` issued before it (or without `iat`) are refused from then on, and
 //! the workers' sweeps close the live sessions that hold one with ERROR(`unauthorized`). In
 //! distributed mode the request travels over NATS (`herald.revoke`) so every gateway acts on it.

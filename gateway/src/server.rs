@@ -259,7 +259,8 @@ fn verifier(args: &ServeArgs) -> anyhow::Result<Verifier> {
             keys,
             args.auth_issuer.as_deref(),
             args.auth_audience.as_deref(),
-        ));
+        )
+        .with_leeway(args.token_leeway_s));
     }
     let key = SigningKey::generate(None)?;
     let mut claims = claims_for("dev", NsGrant::All, args.dev_token_ttl_s);
@@ -279,7 +280,8 @@ fn verifier(args: &ServeArgs) -> anyhow::Result<Verifier> {
         keys,
         args.auth_issuer.as_deref(),
         args.auth_audience.as_deref(),
-    ))
+    )
+    .with_leeway(args.token_leeway_s))
 }
 
 /// `n` listening sockets on one address with `SO_REUSEPORT`, so the kernel spreads accepts over

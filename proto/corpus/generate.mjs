@@ -104,7 +104,7 @@ ok('error bad_frame', 'server', [0x86, 1, ...str('bad frame')], { type: 'error',
 ok('error unauthorized empty message', 'server', [0x86, 3, 0], { type: 'error', code: '3', message: '' });
 ok('error utf-8 message', 'server', [0x86, 2, ...str('versión ✗')], { type: 'error', code: '2', message: 'versión ✗' });
 ok('server ping', 'server', [0x04, ...v(99)], { type: 'ping', nonce: '99' });
-// REFRESH (0x10, extension C18): a client frame; the server decoder refuses it like HELLO.
+// REFRESH (0x10, extension C17): a client frame; the server decoder refuses it like HELLO.
 ok('refresh', 'client', [0x10, ...str('eyJ.a.b')], { type: 'refresh', token: 'eyJ.a.b' });
 ok('refresh empty token', 'client', [0x10, 0], { type: 'refresh', token: '' });
 bad('refresh without token', 'client', [0x10], 'truncated_varint');

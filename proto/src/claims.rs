@@ -27,7 +27,7 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cls: Option<String>,
     /// Issued-at, unix seconds (RFC 7519): a revocation "issued before T" refuses tokens without
-    /// it or older (PROTOCOL.md C19).
+    /// it or older (PROTOCOL.md C18).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
 }

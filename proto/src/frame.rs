@@ -19,7 +19,7 @@ pub mod kind {
     pub const PING: u8 = 0x04;
     /// PONG (both directions).
     pub const PONG: u8 = 0x05;
-    /// REFRESH (client → server): a fresh token for a live session (v1 extension, C18). Not
+    /// REFRESH (client → server): a fresh token for a live session (v1 extension, C17). Not
     /// 0x06, the next free byte, which v1 clients and conformance suites use as "unknown type".
     pub const REFRESH: u8 = 0x10;
     /// WELCOME (server → client).
@@ -54,7 +54,7 @@ pub enum ClientFrame {
     Ping(u64),
     /// Answer to a server PING.
     Pong(u64),
-    /// A fresh token for the live session (extension C18): same `sub`, new expiry and grants.
+    /// A fresh token for the live session (extension C17): same `sub`, new expiry and grants.
     Refresh {
         /// The JWT.
         token: String,

@@ -11,6 +11,10 @@
 //! over TLS, QUIC and HTTP long-poll, all on the one gateway, so the property is checked for each
 //! adapter around the shared session core, across the same restarts.
 //!
+//! A second scenario runs the same clients with tokens that expire every few seconds (the gateway
+//! with no leeway): the socket clients refresh them in-band (REFRESH, PROTOCOL.md C17) and must
+//! never be disconnected or sent GOAWAY, and still miss no change.
+//!
 //! The seed is printed; `HERALD_MODEL_SEED=<seed> cargo test -p herald-e2e --test model` replays it.
 
 use herald_client::{Client, ClientConfig, Event, LongPollConfig, LongPoller, TlsRoots};
@@ -86,14 +90,36 @@ fn free_udp_port() -> u16 {
         .expect("free UDP port")
 }
 
+/// What the schedule does besides publishing and (un)subscribing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Cuts client connections and kill -9s and restarts the gateway.
+    Faults,
+    /// Tokens live [`SHORT_TOKEN_S`] seconds, with no leeway; socket clients refresh them in-band
+    /// and must never be disconnected. Paced so that every client refreshes several times.
+    ExpiringTokens,
+}
+
+/// Token lifetime of [`Scenario::ExpiringTokens`].
+const SHORT_TOKEN_S: u64 = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_misses_a_change() {
+    model(Scenario::Faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_misses_a_change_or_reconnects_while_tokens_expire_and_refresh() {
+    model(Scenario::ExpiringTokens).await;
+}
+
+async fn model(scenario: Scenario) {
     let seed: u64 = std::env::var("HERALD_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    println!("model seed: {seed} (replay with HERALD_MODEL_SEED={seed})");
-    let result = tokio::time::timeout(Duration::from_secs(120), run(seed)).await;
+    println!("model {scenario:?} seed: {seed} (replay with HERALD_MODEL_SEED={seed})");
+    let result = tokio::time::timeout(Duration::from_secs(120), run(seed, scenario)).await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(msg)) => panic!("seed {seed}: {msg}"),
@@ -101,7 +127,8 @@ async fn no_client_misses_a_change() {
     }
 }
 
-async fn run(seed: u64) -> Result<(), String> {
+async fn run(seed: u64, scenario: Scenario) -> Result<(), String> {
+    let expiring = scenario == Scenario::ExpiringTokens;
     let mut rng = StdRng::seed_from_u64(seed);
     // Fixed ports, so that clients find the gateway again after a restart.
     let (port, tls_port, quic_port) = (free_port(), free_port(), free_udp_port());
@@ -118,18 +145,28 @@ async fn run(seed: u64) -> Result<(), String> {
             .arg("--tls-listen", format!("127.0.0.1:{tls_port}"))
             .arg("--quic-listen", format!("127.0.0.1:{quic_port}"))
             .arg("--tls-cert", cert_path.display())
-            .arg("--tls-key", key_path.display()),
+            .arg("--tls-key", key_path.display())
+            .arg("--token-leeway-s", if expiring { 0 } else { 30 }),
     );
+    let key = gw.key().clone();
+    let token_ttl = if expiring { SHORT_TOKEN_S } else { 3600 };
+    let tokens: herald_client::TokenSource = std::sync::Arc::new(move || {
+        key.mint(
+            &herald_gateway::keys::claims_for("e2e", NsGrant::All, token_ttl),
+            None,
+        )
+        .expect("mint")
+    });
     let checker = Checker::new();
     let mut latest: BTreeMap<u64, u64> = BTreeMap::new();
 
     let mut clients = Vec::with_capacity(CLIENTS);
     for i in 0..CLIENTS {
-        let token = gw.token(NsGrant::All, 3600);
         let (client, mut events) = match TRANSPORTS[i % TRANSPORTS.len()] {
             "longpoll" => {
                 let url = format!("http://127.0.0.1:{port}/v1/longpoll");
-                let mut config = LongPollConfig::new(url, token);
+                let mut config = LongPollConfig::new(url, "");
+                config.token = tokens.clone();
                 config.backoff_initial = Duration::from_millis(20);
                 config.backoff_max = Duration::from_millis(500);
                 config.rng_seed = Some(seed ^ i as u64);
@@ -142,8 +179,10 @@ async fn run(seed: u64) -> Result<(), String> {
                     "wss" => format!("wss://localhost:{tls_port}/v1/connect"),
                     _ => format!("quic://localhost:{quic_port}"),
                 };
-                let mut config = ClientConfig::new(url, token);
+                let source = tokens.clone();
+                let mut config = ClientConfig::with_token_source(url, move || source());
                 config.tls = Some(roots.clone());
+                config.refresh_tokens = expiring;
                 if transport == "quic" {
                     // A QUIC client learns that a restarted gateway lost its connection from the
                     // stateless reset its next data packet provokes (TCP clients get a RST at
@@ -170,6 +209,12 @@ async fn run(seed: u64) -> Result<(), String> {
                     }
                     Event::Fatal { code, message } => {
                         ck.problem(id, format!("fatal {code}: {message}"))
+                    }
+                    Event::Disconnected { reason, .. } if expiring => {
+                        ck.problem(id, format!("disconnected while refreshing: {reason}"))
+                    }
+                    Event::Goaway { code, .. } if expiring => {
+                        ck.problem(id, format!("GOAWAY {code} while refreshing"))
                     }
                     other => {
                         if std::env::var("HERALD_MODEL_DEBUG").is_ok() {
@@ -211,9 +256,10 @@ async fn run(seed: u64) -> Result<(), String> {
                 gw.publish_ok(&batch).await;
             }
             // Cut a client's connection; it must reconnect and resubscribe with its cursors.
-            60..=74 => clients[rng.random_range(0..CLIENTS)]
+            60..=74 if !expiring => clients[rng.random_range(0..CLIENTS)]
                 .client
                 .disconnect_now(),
+            60..=74 => {}
             // Subscribe to one more namespace, with a cursor at most the latest (or 0).
             75..=87 => {
                 let c = &mut clients[rng.random_range(0..CLIENTS)];
@@ -237,10 +283,13 @@ async fn run(seed: u64) -> Result<(), String> {
                 }
             }
         }
-        if restart_at.contains(&step) {
+        if restart_at.contains(&step) && !expiring {
             gw.restart();
         }
-        if rng.random_range(0..10) == 0 {
+        if expiring {
+            // 400 steps over about 12 s: every token is refreshed two or three times.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        } else if rng.random_range(0..10) == 0 {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..20))).await;
         }
     }
@@ -252,10 +301,10 @@ async fn run(seed: u64) -> Result<(), String> {
         c.client.close().await;
     }
     println!(
-        "model: {CLIENTS} clients over ws, wss, quic and long-poll, {} namespaces published, \
-         {} gateway restarts: {report}",
+        "model {scenario:?}: {CLIENTS} clients over ws, wss, quic and long-poll, {} namespaces \
+         published, {} gateway restarts, tokens of {token_ttl} s: {report}",
         latest.len(),
-        restart_at.len()
+        if expiring { 0 } else { restart_at.len() }
     );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! In-band token refresh (PROTOCOL.md C18) and revocation (C19) against a real gateway, over
+//! In-band token refresh (PROTOCOL.md C17) and revocation (C18) against a real gateway, over
 //! WebSocket and QUIC.
 
 use herald_client::{ConnectOptions, Connection, Incoming, TlsRoots};

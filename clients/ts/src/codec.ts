@@ -11,7 +11,7 @@ export const HELLO = 0x01,
   UNSUBSCRIBE = 0x03,
   PING = 0x04,
   PONG = 0x05,
-  /** A fresh token for a live session (v1 extension C18 of proto/PROTOCOL.md). */
+  /** A fresh token for a live session (v1 extension C17 of proto/PROTOCOL.md). */
   REFRESH = 0x10,
   WELCOME = 0x81,
   CHANGED = 0x82,

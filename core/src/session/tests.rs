@@ -73,6 +73,7 @@ fn limits() -> Limits {
         heartbeat_classes: Vec::new(),
         handshake_timeout: Duration::from_secs(10),
         max_subscriptions: 3,
+        token_leeway_s: crate::token::TOKEN_LEEWAY_S,
     }
 }
 
