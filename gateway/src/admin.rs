@@ -89,10 +89,12 @@ async fn disconnect(State(state): State<AdminState>, headers: HeaderMap, body: B
         Ok(r) => r,
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_request", msg),
     };
-    let now = crate::keys::unix_now();
-    // Fixed here, so every gateway refuses the same tokens.
-    let before = *revocation.issued_before.get_or_insert(now);
-    state.verifier.revocations().add(&revocation, now);
+    // The time is fixed here, so every gateway refuses the same tokens.
+    let before = state
+        .verifier
+        .revocations()
+        .add(&revocation, crate::keys::unix_now());
+    revocation.issued_before = Some(before);
     tracing::info!(sub = %revocation.sub, issued_before = before, "tokens revoked");
     let body = json!({ "sub": revocation.sub, "issued_before": before });
     if let Some(nats) = &state.nats {

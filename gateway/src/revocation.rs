@@ -27,8 +27,8 @@ pub const MAX_SUB: usize = 256;
 pub struct Revocation {
     /// The token subject.
     pub sub: String,
-    /// Tokens issued before this time (unix seconds) are refused; absent: the time the gateway
-    /// received it.
+    /// Tokens issued before this time (unix seconds) are refused; absent: the second after the
+    /// gateway received it (every token issued up to then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<u64>,
 }
@@ -65,9 +65,11 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// Records a revocation received at `now` (unix seconds); returns its `issued_before`.
+    /// Records a revocation received at `now` (unix seconds); returns its `issued_before`
+    /// (by default `now + 1`: `iat` has whole seconds, and every token issued up to now is
+    /// covered).
     pub fn add(&self, revocation: &Revocation, now: u64) -> u64 {
-        let before = revocation.issued_before.unwrap_or(now);
+        let before = revocation.issued_before.unwrap_or(now + 1);
         let sub = sub_hash(&revocation.sub);
         let mut t = self
             .table
@@ -148,11 +150,11 @@ mod tests {
         let r = Revocations::default();
         assert!(!r.refuses(&claims("a", None)));
         let revocation = Revocation::parse(br#"{"sub":"a"}"#).unwrap();
-        assert_eq!(r.add(&revocation, 1000), 1000);
-        assert!(r.refuses(&claims("a", Some(999))));
+        assert_eq!(r.add(&revocation, 1000), 1001);
+        assert!(r.refuses(&claims("a", Some(1000))), "issued in the same second");
         assert!(r.refuses(&claims("a", None)), "no iat: cannot be newer");
         assert!(
-            !r.refuses(&claims("a", Some(1000))),
+            !r.refuses(&claims("a", Some(1001))),
             "a token minted after is fine"
         );
         assert!(!r.refuses(&claims("b", Some(1))));

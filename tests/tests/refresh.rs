@@ -199,3 +199,27 @@ async fn refresh_and_revocation_over_quic() {
         other => panic!("expected the close, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_revocation_reaches_every_gateway_of_the_fleet_over_nats() {
+    let nats = herald_e2e::nats::NatsServer::start();
+    let a = GatewayProcess::start(herald_e2e::fleet::gateway_options(&nats.url()));
+    let b = GatewayProcess::start(herald_e2e::fleet::gateway_options(&nats.url()));
+    // Same signing key? Each test gateway has its own: the client uses b's.
+    let token = b.token_for("mallory", NsGrant::All, 600);
+    let mut on_b = WsClient::connect(b.ws_addr()).await;
+    on_b.hello(&token).await;
+    let r = a.disconnect("mallory", None).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    on_b.expect_error_close(Code::UNAUTHORIZED).await;
+    let mut again = WsClient::connect(b.ws_addr()).await;
+    again
+        .send_frame(&ClientFrame::Hello { version: 1, token })
+        .await;
+    assert!(
+        again
+            .expect_error_close(Code::UNAUTHORIZED)
+            .await
+            .contains("revoked")
+    );
+}
