@@ -117,6 +117,20 @@ export class HeraldClient {
     this.kick?.();
   }
 
+  /**
+   * Sends a fresh token from the provider on the live WebSocket session (REFRESH, extension C17
+   * of proto/PROTOCOL.md), so the session outlives the old token's `exp` without reconnecting.
+   * Call it before the token expires (jittered, so clients do not refresh together). While
+   * long-polling or offline it does nothing: every poll and connection takes a fresh token.
+   */
+  async refresh(): Promise<void> {
+    const tx = this.live;
+    if (tx) {
+      const token = await this.o.token();
+      if (this.live == tx) tx({ type: 'refresh', token });
+    }
+  }
+
   /** The cursors of live subscriptions (the highest SJID notified, or the cursor given). */
   cursors(): Map<bigint, bigint> {
     return new Map(this.subs);

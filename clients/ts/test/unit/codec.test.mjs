@@ -26,6 +26,7 @@ const B = (s) => BigInt(s);
 function fromCorpus(f) {
   switch (f.type) {
     case 'hello': return { type: 'hello', version: B(f.version), token: f.token };
+    case 'refresh': return { type: 'refresh', token: f.token };
     case 'subscribe': case 'changed': return { type: f.type, pairs: f.pairs.map(([a, b]) => [B(a), B(b)]) };
     case 'unsubscribe': case 'reset': return { type: f.type, ns: f.ns.map(B) };
     case 'ping': case 'pong': return { type: f.type, nonce: B(f.nonce) };

@@ -110,6 +110,18 @@ test('HELLO carries the provider token; subscriptions use stored cursors; CHANGE
   assert.equal(c.state, 'connected');
 });
 
+test('refresh() sends the provider token on the live session as REFRESH', async (t) => {
+  const srv = await scripted();
+  const { c } = client(srv.url);
+  t.after(() => (c.close(), srv.stop()));
+  await until(() => c.state == 'connected', 5000, 'connected');
+  await c.refresh();
+  await until(() => srv.frames.some((f) => f.type == 'refresh'), 5000, 'REFRESH');
+  const refresh = srv.frames.find((f) => f.type == 'refresh');
+  assert.deepEqual(refresh, { conn: 0, type: 'refresh', token: 'tok-2' });
+  assert.equal(srv.conns.length, 1, 'no reconnect');
+});
+
 test('after a dropped connection: new token, every namespace resubscribed with its latest cursor', async (t) => {
   const srv = await scripted({
     onFrame: (conn, f, send, ws) => {
