@@ -212,8 +212,9 @@ struct Authorized {
     grant: NsGrant,
     /// [`sub_hash`] of its `sub`: a refresh must keep it; a revocation names it.
     sub: u64,
-    /// Its `iat`, if it had one.
-    iat: Option<u64>,
+    /// Its `iat` in unix seconds (fits until 2106), 0 if it had none. With the grant's 16 bytes
+    /// the box is 32 bytes, the allocation size a bare grant took before.
+    iat: u32,
 }
 
 impl Authorized {
@@ -221,7 +222,9 @@ impl Authorized {
         Box::new(Authorized {
             grant: claims.ns.clone(),
             sub: sub_hash(&claims.sub),
-            iat: claims.iat,
+            iat: claims
+                .iat
+                .map_or(0, |iat| u32::try_from(iat).unwrap_or(u32::MAX)),
         })
     }
 }
@@ -476,7 +479,7 @@ impl Session {
             && self
                 .grant
                 .as_deref()
-                .is_some_and(|a| a.sub == sub && a.iat.is_none_or(|iat| iat < issued_before))
+                .is_some_and(|a| a.sub == sub && (a.iat == 0 || u64::from(a.iat) < issued_before))
     }
 
     /// Its token was revoked: ERROR(`unauthorized`) and the close (a waiting poll just ends; its
@@ -779,7 +782,7 @@ impl Session {
         self.grant = Some(Box::new(Authorized {
             grant: NsGrant::All,
             sub: 0,
-            iat: None,
+            iat: 0,
         }));
     }
 }

@@ -151,7 +151,10 @@ mod tests {
         assert!(!r.refuses(&claims("a", None)));
         let revocation = Revocation::parse(br#"{"sub":"a"}"#).unwrap();
         assert_eq!(r.add(&revocation, 1000), 1001);
-        assert!(r.refuses(&claims("a", Some(1000))), "issued in the same second");
+        assert!(
+            r.refuses(&claims("a", Some(1000))),
+            "issued in the same second"
+        );
         assert!(r.refuses(&claims("a", None)), "no iat: cannot be newer");
         assert!(
             !r.refuses(&claims("a", Some(1001))),

@@ -195,7 +195,7 @@ async fn every_error_status() {
     let resp = post(&gw, &json!({"token": expired, "cursors": {"1": 0}})).await;
     assert_error(&resp, 401, "token_expired");
 
-    let some = gw.token(NsGrant::List(vec![1, 2]), 3600);
+    let some = gw.token(NsGrant::list(vec![1, 2]), 3600);
     let resp = post(
         &gw,
         &json!({"token": some, "cursors": {"1": 0, "6": 0, "5": 0}}),
@@ -382,7 +382,7 @@ async fn the_long_poller_misses_nothing_across_restarts() {
 async fn a_forbidden_namespace_is_denied_and_the_rest_keeps_polling() {
     let gw = GatewayProcess::start_default();
     gw.publish_ok(&[(1, 3)]).await;
-    let config = LongPollConfig::new(url(&gw), gw.token(NsGrant::List(vec![1]), 3600));
+    let config = LongPollConfig::new(url(&gw), gw.token(NsGrant::list(vec![1]), 3600));
     let (poller, mut events) = LongPoller::spawn(config);
     poller.subscribe(&[(1, 0), (2, 0)]);
     let mut got = Vec::new();

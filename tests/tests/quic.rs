@@ -114,7 +114,7 @@ async fn hello_subscribe_changed_reset_denied() {
     );
     // A namespace the token does not grant.
     let addr = gw.quic_addr().unwrap();
-    let token = gw.token(NsGrant::List(vec![1]), 600);
+    let token = gw.token(NsGrant::list(vec![1]), 600);
     let (mut d, _) = Connection::connect(&url(addr), &token, options(&cert))
         .await
         .unwrap();

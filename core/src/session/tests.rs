@@ -409,6 +409,9 @@ fn an_idle_session_stays_small() {
     let size = std::mem::size_of::<Session>();
     println!("Session {size} B");
     assert!(size <= 64, "Session grew to {size} B");
+    // What an open session allocates for its token: one 32-byte box.
+    let authorized = std::mem::size_of::<Authorized>();
+    assert!(authorized <= 32, "Authorized grew to {authorized} B");
 }
 
 #[test]
