@@ -203,9 +203,19 @@ async fn refresh_and_revocation_over_quic() {
 #[tokio::test]
 async fn a_revocation_reaches_every_gateway_of_the_fleet_over_nats() {
     let nats = herald_e2e::nats::NatsServer::start();
+    let _relay =
+        herald_e2e::nats::RelayProcess::start(&nats.url(), herald_e2e::fleet::relay_options())
+            .await;
     let a = GatewayProcess::start(herald_e2e::fleet::gateway_options(&nats.url()));
     let b = GatewayProcess::start(herald_e2e::fleet::gateway_options(&nats.url()));
-    // Same signing key? Each test gateway has its own: the client uses b's.
+    // Ready means following the relays over NATS, so the revocation subscription is live too.
+    for gw in [&a, &b] {
+        herald_e2e::eventually(Duration::from_secs(20), "gateway ready", || async {
+            (gw.get("/readyz").await.status == 200).then_some(())
+        })
+        .await;
+    }
+    // Each test gateway has its own signing key: the client uses b's.
     let token = b.token_for("mallory", NsGrant::All, 600);
     let mut on_b = WsClient::connect(b.ws_addr()).await;
     on_b.hello(&token).await;
