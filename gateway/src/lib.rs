@@ -37,7 +37,9 @@
 //!   [`admission`]: handshake rate limits.
 //! - [`tls`]: the certificate for `wss` and QUIC (reloaded on SIGHUP, self-signed for `gen-cert`);
 //!   [`tls_stream`]: TLS under a connection, rustls' unbuffered API with per-worker buffers.
-//! - [`server`]: wires it all together (`run`).
+//! - [`server`]: wires it all together: [`server::Listeners::bind`], then [`server::run`]
+//!   (stopped through [`server::Shutdown`]); [`server::serve`] does both for the binary, with
+//!   signals.
 
 pub mod accept;
 pub mod admin;

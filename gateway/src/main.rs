@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(herald_gateway::server::run(cli.serve, metrics))
+            rt.block_on(herald_gateway::server::serve(cli.serve, metrics))
         }
     }
 }

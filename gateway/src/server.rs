@@ -36,12 +36,88 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Runs a standalone gateway until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<()> {
+/// Every socket a gateway serves on, bound before it starts, so that a program embedding it
+/// (or a test) can bind port 0 and learn the addresses first.
+pub struct Listeners {
+    /// The WebSocket and long-poll listener: one `SO_REUSEPORT` socket per worker.
+    pub ws: Vec<TcpListener>,
+    /// `wss`: one socket per worker, and the certificate SIGHUP reloads.
+    pub tls: Option<(Vec<TcpListener>, Arc<ReloadableConfig>)>,
+    /// QUIC: one UDP socket (and settings) per worker, and the address they share.
+    pub quic: (Vec<crate::quic::QuicSetup>, Option<SocketAddr>),
+    /// The admin listener.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds every listener `args` asks for, one per worker where workers share a port.
+    ///
+    /// # Errors
+    /// A listener that cannot be bound, or a certificate that does not load, naming it.
+    pub fn bind(args: &ServeArgs) -> anyhow::Result<Self> {
+        let workers = args.worker_count();
+        let ws = bind_reuseport(args.listen, workers)?;
+        let tls = match (args.tls_listen, &args.tls_cert, &args.tls_key) {
+            (Some(addr), Some(cert), Some(key)) => Some((
+                bind_reuseport(addr, workers)?,
+                Arc::new(ReloadableConfig::load(cert, key, tls::wss_config)?),
+            )),
+            _ => None,
+        };
+        let limits = args.conn_limits(open_files_limit());
+        let quic = quic_setups(args, &limits, workers)?;
+        let admin = TcpListener::bind(args.admin_listen)
+            .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
+        admin.set_nonblocking(true)?;
+        Ok(Listeners {
+            ws,
+            tls,
+            quic,
+            admin,
+        })
+    }
+}
+
+/// How a running gateway is told to stop: `stop` starts the stop (readiness off, then the grace,
+/// then the drain); `skip_grace` ends the grace early.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Start stopping.
+    pub stop: CancellationToken,
+    /// End the grace at once (a second SIGTERM).
+    pub skip_grace: CancellationToken,
+}
+
+/// Runs a gateway from the command line: binds its listeners, stops on SIGTERM or SIGINT (a
+/// second one ends the grace early), drains and returns.
+pub async fn serve(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    args.validate()?;
+    let listeners = Listeners::bind(&args)?;
+    let shutdown = Shutdown::default();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        if wait_for_signal().await.is_ok() {
+            signals.stop.cancel();
+            if wait_for_signal().await.is_ok() {
+                signals.skip_grace.cancel();
+            }
+        }
+    });
+    run(args, metrics, listeners, shutdown).await
+}
+
+/// Runs a gateway on `listeners` until `shutdown.stop`, then stops in two steps a load balancer
+/// can follow (PROTOCOL.md "Operations interface"): readiness off for the grace, then the drain.
+pub async fn run(
+    args: ServeArgs,
+    metrics: PrometheusHandle,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     args.validate()?;
     let verifier = Arc::new(verifier(&args)?);
     let limits = args.conn_limits(open_files_limit());
-    let workers = args.worker_count();
+    let workers = listeners.ws.len();
     let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
     let (source, journal) = match &args.nats {
@@ -59,25 +135,24 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         }
     };
 
-    let listeners = bind_reuseport(args.listen, workers)?;
-    let ws_addr = listeners[0].local_addr()?;
-    // `wss`: one more SO_REUSEPORT listener per worker, and the certificate SIGHUP reloads.
+    let Listeners {
+        ws: ws_listeners,
+        tls,
+        quic: (mut quic, quic_addr),
+        admin: admin_listener,
+    } = listeners;
+    let ws_addr = ws_listeners[0].local_addr()?;
     let mut tls_listeners: Vec<Option<TcpListener>> = (0..workers).map(|_| None).collect();
     let mut wss = None;
-    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key) {
-        let config = Arc::new(ReloadableConfig::load(cert, key, tls::wss_config)?);
-        let bound = bind_reuseport(addr, workers)?;
-        wss = Some((bound[0].local_addr()?, config));
+    if let Some((bound, config)) = tls {
+        wss = Some((bound[0].local_addr()?, config.clone()));
         tls_listeners = bound.into_iter().map(Some).collect();
+        tokio::spawn(reload_on_sighup(config));
     }
-    if let Some((_, config)) = &wss {
-        tokio::spawn(reload_on_sighup(config.clone()));
-    }
-    let (mut quic, quic_addr) = quic_setups(&args, &limits, workers)?;
     let shared = Arc::new(Shared::default());
-    let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers);
-    for (id, ((listener, fanout), tls_listener)) in listeners
+    for (id, ((listener, fanout), tls_listener)) in ws_listeners
         .into_iter()
         .zip(receivers)
         .zip(tls_listeners)
@@ -91,7 +166,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
             verifier: verifier.clone(),
             limits: limits.clone(),
             shared: shared.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: drain.clone(),
             drain: std::time::Duration::from_secs(args.drain_s),
             workers,
             tls: tls_listener.zip(wss.as_ref().map(|(_, config)| config.clone())),
@@ -99,9 +174,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         })?);
     }
 
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
     let admin_addr = admin_listener.local_addr()?;
     let nats = match &source {
         Source::Upstream(up) => Some(up.client().clone()),
@@ -137,7 +210,7 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
     let quic_ready = quic_addr.map(|a| format!(" quic={a}")).unwrap_or_default();
     println!("herald-gateway ready ws={ws_addr} admin={admin_addr}{wss_part}{quic_ready}");
 
-    wait_for_signal().await?;
+    shutdown.stop.cancelled().await;
     // Grace: readiness fails at once so load balancers stop sending new clients, while the
     // listeners still accept the ones already on their way.
     shared.ready.store(false, Ordering::Relaxed);
@@ -148,12 +221,12 @@ pub async fn run(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<(
         );
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_millis(args.stop_grace_ms)) => {}
-            r = wait_for_signal() => r?,
+            () = shutdown.skip_grace.cancelled() => {}
         }
     }
     tracing::info!(drain_s = args.drain_s, "draining");
     shared.draining.store(true, Ordering::Relaxed);
-    shutdown.cancel();
+    drain.cancel();
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
