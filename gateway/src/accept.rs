@@ -4,7 +4,7 @@
 use crate::auth::Verifier;
 use crate::config::ConnLimits;
 use crate::conn::{Io, Transport};
-use crate::source::Source;
+use crate::lookup::Lookup;
 use crate::tls::ReloadableConfig;
 use crate::tls_stream::TlsStream;
 use crate::worker::sweep::SWEEP_EVERY;
@@ -29,7 +29,7 @@ pub struct WorkerSetup {
     /// Batches from the journal.
     pub fanout: mpsc::Receiver<Batch>,
     /// For SUBSCRIBE look-ups.
-    pub source: Source,
+    pub lookup: Lookup,
     /// For HELLO.
     pub verifier: Arc<Verifier>,
     /// Connection settings.
@@ -73,7 +73,7 @@ async fn run(setup: WorkerSetup) {
         id,
         listener,
         fanout,
-        source,
+        lookup,
         verifier,
         limits,
         shared,
@@ -98,7 +98,7 @@ async fn run(setup: WorkerSetup) {
             return;
         }
     };
-    let worker = Rc::new(Worker::new(id, source, verifier, limits, shared, workers));
+    let worker = Rc::new(Worker::new(id, lookup, verifier, limits, shared, workers));
     let quic = match quic.map(crate::quic::QuicSetup::endpoint).transpose() {
         Ok(endpoint) => endpoint,
         Err(e) => {

@@ -3,8 +3,8 @@
 
 use crate::auth::Verifier;
 use crate::journal::Journal;
+use crate::lookup::Lookup;
 use crate::revocation::{self, Revocation};
-use crate::source::Source;
 use crate::worker::Shared;
 use axum::Router;
 use axum::body::Bytes;
@@ -23,7 +23,7 @@ pub struct AdminState {
     /// Where publishes go (standalone mode only).
     pub journal: Option<Journal>,
     /// Latest SJIDs (for readiness of the upstream).
-    pub source: Source,
+    pub lookup: Lookup,
     /// Readiness and counts.
     pub shared: Arc<Shared>,
     /// Renders `/metrics`.
@@ -140,7 +140,7 @@ async fn publish(State(state): State<AdminState>, headers: HeaderMap, body: Byte
 fn is_ready(state: &AdminState) -> bool {
     state.shared.ready.load(Ordering::Relaxed)
         && !state.shared.draining.load(Ordering::Relaxed)
-        && state.source.ready()
+        && state.lookup.ready()
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

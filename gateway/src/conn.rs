@@ -7,7 +7,7 @@
 //! outbox, exit flags), [`Io`] the byte stream under it, [`Transport`] how frames are put on it,
 //! and [`Out`] how the session's decisions become bytes.
 
-use crate::source::Source;
+use crate::lookup::Lookup;
 use bytes::Bytes;
 use herald_core::session::{Output, Session};
 use herald_proto::{Code, ServerFrame, ws};
@@ -250,7 +250,7 @@ pub struct Out<'a> {
     /// The connection's wire.
     pub wire: &'a mut Wire,
     /// Where upstream interest is dropped.
-    pub source: &'a Source,
+    pub lookup: &'a Lookup,
 }
 
 impl Output for Out<'_> {
@@ -289,7 +289,7 @@ impl Output for Out<'_> {
     }
 
     fn released(&mut self, ns: &[u64]) {
-        self.source.drop_interest(ns);
+        self.lookup.drop_interest(ns);
     }
 }
 
@@ -394,7 +394,7 @@ impl Conn {
         &self,
         change: &mut SharedChange,
         limit: usize,
-        source: &Source,
+        lookup: &Lookup,
         now: u32,
     ) -> Queued {
         let mut st = self.state.borrow_mut();
@@ -421,7 +421,7 @@ impl Conn {
         }
         if wire.outbox_bytes > limit {
             drop_queued(wire);
-            session.slow_consumer(now, &mut Out { wire, source });
+            session.slow_consumer(now, &mut Out { wire, lookup });
             drop(st);
             self.wake();
             return Queued::SlowConsumer;

@@ -30,7 +30,7 @@ pub async fn look_up(
 ) -> Option<(Box<Registered>, Option<HashMap<u64, u64>>)> {
     let reg = conn.state.borrow_mut().session.take_lookup()?;
     let latest = match worker
-        .source
+        .lookup
         .resolve_confirmed(&reg.added, &reg.accepted)
         .await
     {

@@ -23,7 +23,7 @@
 //!   [`revocation`]: revoked subjects (`POST /v1/disconnect`).
 //! - [`journal`]: the embedded durable journal (the in-memory latest table is
 //!   `herald_core::latest`);
-//!   [`source`]: embedded table or upstream relays (`--nats`), behind one interface;
+//!   [`lookup`]: embedded table or upstream relays (`--nats`), behind one interface;
 //!   [`journal_sink`]: `--journal-source`, the journal fed from the metaserver's database.
 //! - [`conn`]: one connection: its `herald_core` session, its [`conn::Wire`] (framing, outbox,
 //!   exit flags) and byte stream; [`conn::Out`] is the session's output on it.
@@ -53,11 +53,11 @@ pub mod journal;
 pub mod journal_sink;
 pub mod keys;
 pub mod longpoll;
+pub mod lookup;
 pub mod quic;
 pub mod quic_stream;
 pub mod revocation;
 pub mod server;
-pub mod source;
 pub mod stats;
 pub mod tls;
 pub mod tls_stream;

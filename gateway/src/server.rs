@@ -6,7 +6,7 @@ use crate::auth::Verifier;
 use crate::config::ServeArgs;
 use crate::journal::Journal;
 use crate::keys::{SigningKey, claims_for};
-use crate::source::Source;
+use crate::lookup::Lookup;
 use crate::tls::{self, ReloadableConfig};
 use crate::worker::Shared;
 use anyhow::Context;
@@ -120,7 +120,7 @@ pub async fn run(
     let workers = listeners.ws.len();
     let (senders, receivers): (Vec<mpsc::Sender<Batch>>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
-    let (source, journal) = match &args.nats {
+    let (lookup, journal) = match &args.nats {
         Some(url) => (
             upstream_source(&args, url, senders, verifier.clone()).await?,
             None,
@@ -131,7 +131,7 @@ pub async fn run(
             if let Some(url) = &args.journal_source {
                 crate::journal_sink::start(url, &args.data_dir, journal.clone()).await?;
             }
-            (Source::Embedded(latest), Some(journal))
+            (Lookup::Embedded(latest), Some(journal))
         }
     };
 
@@ -162,7 +162,7 @@ pub async fn run(
             id,
             listener,
             fanout,
-            source: source.clone(),
+            lookup: lookup.clone(),
             verifier: verifier.clone(),
             limits: limits.clone(),
             shared: shared.clone(),
@@ -176,13 +176,13 @@ pub async fn run(
 
     let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
     let admin_addr = admin_listener.local_addr()?;
-    let nats = match &source {
-        Source::Upstream(up) => Some(up.client().clone()),
-        Source::Embedded(_) => None,
+    let nats = match &lookup {
+        Lookup::Upstream(up) => Some(up.client().clone()),
+        Lookup::Embedded(_) => None,
     };
     let state = AdminState {
         journal,
-        source,
+        lookup,
         shared: shared.clone(),
         metrics,
         max_connections: limits.max_connections,
@@ -277,7 +277,7 @@ async fn upstream_source(
     url: &str,
     workers: Vec<mpsc::Sender<Batch>>,
     verifier: Arc<Verifier>,
-) -> anyhow::Result<Source> {
+) -> anyhow::Result<Lookup> {
     let mut config = UpstreamConfig::new(url);
     config.partitions = args.partitions;
     config.request_timeout = std::time::Duration::from_millis(args.upstream_request_timeout_ms);
@@ -298,7 +298,7 @@ async fn upstream_source(
         }
     });
     follow_revocations(upstream.client(), verifier).await?;
-    Ok(Source::Upstream(upstream))
+    Ok(Lookup::Upstream(upstream))
 }
 
 /// Distributed mode: applies the revocations any gateway publishes (`POST /v1/disconnect`).

@@ -225,7 +225,7 @@ mod tests {
     use super::*;
     use crate::auth::Verifier;
     use crate::conn::Io;
-    use crate::source::Source;
+    use crate::lookup::Lookup;
     use crate::worker::Shared;
     use clap::Parser;
     use herald_core::latest::LatestTable;
@@ -237,10 +237,10 @@ mod tests {
     #[tokio::test]
     async fn connection_task_stays_small() {
         let verifier = Arc::new(Verifier::new(std::collections::HashMap::new(), None, None));
-        let source = Source::Embedded(Arc::new(LatestTable::new()));
+        let lookup = Lookup::Embedded(Arc::new(LatestTable::new()));
         let worker = Rc::new(Worker::new(
             0,
-            source,
+            lookup,
             verifier,
             crate::config::Cli::try_parse_from(["herald-gateway"])
                 .expect("defaults")

@@ -59,7 +59,7 @@ impl Worker {
                 let Some(conn) = conns.get(sub.conn as usize) else {
                     continue;
                 };
-                match conn.queue_shared(&mut change, limit, &self.source, now) {
+                match conn.queue_shared(&mut change, limit, &self.lookup, now) {
                     Queued::First => touched.push(sub.conn),
                     Queued::SlowConsumer => self.stats.slow_consumers.add(1),
                     Queued::No | Queued::Collected | Queued::Behind => {}

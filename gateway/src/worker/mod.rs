@@ -11,7 +11,7 @@ use crate::admission::Admission;
 use crate::auth::Verifier;
 use crate::config::ConnLimits;
 use crate::conn::{Conn, ConnState, Io, Out, Transport};
-use crate::source::Source;
+use crate::lookup::Lookup;
 use crate::stats::WorkerStats;
 use herald_core::interest::Interest;
 use herald_core::session::{Env, Mode, Session};
@@ -47,7 +47,7 @@ pub struct Worker {
     /// Namespace → subscribers on this worker.
     pub interest: RefCell<Interest>,
     /// Latest SJIDs and upstream interest.
-    pub source: Source,
+    pub lookup: Lookup,
     /// Token checks.
     pub verifier: Arc<Verifier>,
     /// Connection settings.
@@ -75,7 +75,7 @@ impl Worker {
     #[must_use]
     pub fn new(
         id: usize,
-        source: Source,
+        lookup: Lookup,
         verifier: Arc<Verifier>,
         limits: ConnLimits,
         shared: Arc<Shared>,
@@ -90,7 +90,7 @@ impl Worker {
             id,
             conns: RefCell::new(Slab::new()),
             interest: RefCell::new(Interest::default()),
-            source,
+            lookup,
             verifier,
             limits,
             shared,
@@ -145,12 +145,12 @@ impl Worker {
             interest: &mut interest,
             tokens: &*self.verifier,
             limits: &self.limits.session,
-            latest: self.source.local(),
+            latest: self.lookup.local(),
         };
         let ConnState { session, wire } = st;
         let mut out = Out {
             wire,
-            source: &self.source,
+            lookup: &self.lookup,
         };
         f(session, &mut env, &mut out)
     }
@@ -161,7 +161,7 @@ impl Worker {
         let dropped = st
             .session
             .release(conn.key, &mut self.interest.borrow_mut());
-        self.source.drop_interest(&dropped);
+        self.lookup.drop_interest(&dropped);
         if st.wire.counted {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         }

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{Cli, ServeArgs};
 use crate::conn::Transport;
-use crate::source::Source;
+use crate::lookup::Lookup;
 use clap::Parser;
 use herald_core::latest::LatestTable;
 use std::time::Duration;
@@ -17,7 +17,7 @@ fn worker(outbox_limit_bytes: usize) -> Worker {
     limits.outbox_limit_bytes = outbox_limit_bytes;
     Worker::new(
         0,
-        Source::Embedded(Arc::new(LatestTable::new())),
+        Lookup::Embedded(Arc::new(LatestTable::new())),
         Arc::new(Verifier::new(std::collections::HashMap::new(), None, None)),
         limits,
         Arc::new(Shared::default()),

@@ -6,22 +6,23 @@ use herald_upstream::{LookupError, Upstream};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The source of latest SJIDs and of interest bookkeeping.
+/// Where latest SJIDs are looked up and where interest is registered (named apart from a
+/// relay's `Source`, which is where its changes come from).
 #[derive(Clone)]
-pub enum Source {
+pub enum Lookup {
     /// In-process journal and table: look-ups are a map read.
     Embedded(Arc<LatestTable>),
     /// Relays over NATS: look-ups are requests, and interest decides which partitions to follow.
     Upstream(Upstream),
 }
 
-impl Source {
+impl Lookup {
     /// The table, when look-ups need no waiting.
     #[must_use]
     pub fn local(&self) -> Option<&LatestTable> {
         match self {
-            Source::Embedded(t) => Some(t),
-            Source::Upstream(_) => None,
+            Lookup::Embedded(t) => Some(t),
+            Lookup::Upstream(_) => None,
         }
     }
 
@@ -33,8 +34,8 @@ impl Source {
         ns: &[u64],
     ) -> Result<HashMap<u64, u64>, LookupError> {
         match self {
-            Source::Embedded(t) => Ok(ns.iter().map(|&n| (n, t.get(n))).collect()),
-            Source::Upstream(up) => {
+            Lookup::Embedded(t) => Ok(ns.iter().map(|&n| (n, t.get(n))).collect()),
+            Lookup::Upstream(up) => {
                 if !added.is_empty() {
                     up.add_interest(added).await?;
                 }
@@ -43,7 +44,7 @@ impl Source {
         }
     }
 
-    /// As [`Source::resolve`] for `(ns, cursor)` pairs, with a cursor above its looked-up value
+    /// As [`Lookup::resolve`] for `(ns, cursor)` pairs, with a cursor above its looked-up value
     /// confirmed before the caller acts on it (RESET). In distributed mode the answer comes
     /// from one relay (or this gateway's table), which may not hold yet a change the client was
     /// already told of through another path (another relay's journal tap sees a publish before
@@ -59,7 +60,7 @@ impl Source {
     ) -> Result<HashMap<u64, u64>, LookupError> {
         let ns: Vec<u64> = pairs.iter().map(|&(n, _)| n).collect();
         let mut latest = self.resolve(added, &ns).await?;
-        let Source::Upstream(up) = self else {
+        let Lookup::Upstream(up) = self else {
             return Ok(latest);
         };
         let deadline = tokio::time::Instant::now() + up.lookup_deadline();
@@ -90,7 +91,7 @@ impl Source {
 
     /// Drops interest in `ns` (subscriptions that ended).
     pub fn drop_interest(&self, ns: &[u64]) {
-        if let Source::Upstream(up) = self
+        if let Lookup::Upstream(up) = self
             && !ns.is_empty()
         {
             up.remove_interest(ns);
@@ -101,8 +102,8 @@ impl Source {
     #[must_use]
     pub fn ready(&self) -> bool {
         match self {
-            Source::Embedded(_) => true,
-            Source::Upstream(up) => up.is_connected(),
+            Lookup::Embedded(_) => true,
+            Lookup::Upstream(up) => up.is_connected(),
         }
     }
 }
