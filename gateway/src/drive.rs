@@ -57,3 +57,19 @@ pub fn finish_lookup(
         session.on_lookup(env, out, reg, latest)
     })
 }
+
+/// Goes on with the bytes that arrived behind a SUBSCRIBE that waited for its look-up (kept in
+/// the wire's carried input): `deframe` is the transport's own handling of input.
+pub fn resume(
+    worker: &Worker,
+    key: u32,
+    st: &mut ConnState,
+    deframe: fn(&Worker, u32, &mut ConnState, &mut [u8]),
+) {
+    let carried = std::mem::take(&mut st.wire.partial);
+    if !carried.is_empty() && st.session.is_open() {
+        let mut scratch = worker.scratch.borrow_mut();
+        scratch[..carried.len()].copy_from_slice(&carried);
+        deframe(worker, key, st, &mut scratch[..carried.len()]);
+    }
+}

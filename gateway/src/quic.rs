@@ -361,12 +361,7 @@ async fn finish_lookup(worker: &Worker, conn: &Conn) {
     };
     let mut st = conn.state.borrow_mut();
     drive::finish_lookup(worker, conn.key, &mut st, *reg, latest.as_ref());
-    let carried = std::mem::take(&mut st.wire.partial);
-    if !carried.is_empty() && st.session.is_open() {
-        let mut scratch = worker.scratch.borrow_mut();
-        scratch[..carried.len()].copy_from_slice(&carried);
-        consume(worker, conn.key, &mut st, &mut scratch[..carried.len()]);
-    }
+    drive::resume(worker, conn.key, &mut st, consume);
     conn.flush_or_finish(&mut st.wire);
 }
 

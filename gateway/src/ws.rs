@@ -50,12 +50,7 @@ async fn finish_lookup(worker: &Worker, conn: &Conn) {
     if st.wire.transport == Transport::LongPoll {
         crate::longpoll::looked_up(worker, conn.key, &mut st, latest.is_some(), outcome);
     } else {
-        let carried = std::mem::take(&mut st.wire.partial);
-        if !carried.is_empty() && st.session.is_open() {
-            let mut scratch = worker.scratch.borrow_mut();
-            scratch[..carried.len()].copy_from_slice(&carried);
-            consume(worker, conn.key, &mut st, &mut scratch[..carried.len()]);
-        }
+        drive::resume(worker, conn.key, &mut st, consume);
     }
     conn.flush_or_finish(&mut st.wire);
 }

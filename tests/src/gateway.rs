@@ -454,3 +454,48 @@ fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr, Option<SocketAddr>
     }
     Some((ws?, admin?, wss))
 }
+
+/// A self-signed certificate for `localhost` (ECDSA P-256, made with rcgen), its PEM, and the
+/// directory holding `cert.pem` and `key.pem` for `--tls-cert` / `--tls-key`.
+pub struct TestCert {
+    /// The certificate, PEM (what clients trust).
+    pub pem: String,
+    /// Holds `cert.pem` and `key.pem`; deleted on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    /// A new certificate and key, written to a temporary directory.
+    #[must_use]
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).expect("key");
+        TestCert {
+            pem: cert.pem(),
+            dir,
+        }
+    }
+
+    /// `options` plus a QUIC listener on `quic` with this certificate.
+    #[must_use]
+    pub fn quic_options(&self, quic: &str, options: GatewayOptions) -> GatewayOptions {
+        let mut opts = GatewayOptions::new()
+            .arg("--quic-listen", quic)
+            .arg("--tls-cert", self.dir.path().join("cert.pem").display())
+            .arg("--tls-key", self.dir.path().join("key.pem").display());
+        opts.args.extend(options.args);
+        opts
+    }
+}
+
+impl Default for TestCert {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -11,34 +11,14 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A self-signed certificate for `localhost`, written as PEM files in `dir`.
-struct Cert {
-    pem: String,
-    dir: tempfile::TempDir,
-}
+type Cert = herald_e2e::gateway::TestCert;
 
 fn cert() -> Cert {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("self-signed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("cert");
-    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).expect("key");
-    Cert {
-        pem: cert.pem(),
-        dir,
-    }
+    Cert::new()
 }
 
 fn start(cert: &Cert, quic: &str, extra: GatewayOptions) -> GatewayProcess {
-    let mut opts = GatewayOptions::new()
-        .arg("--quic-listen", quic)
-        .arg("--tls-cert", cert.dir.path().join("cert.pem").display())
-        .arg("--tls-key", cert.dir.path().join("key.pem").display());
-    opts.args.extend(extra.args);
-    GatewayProcess::start(opts)
+    GatewayProcess::start(cert.quic_options(quic, extra))
 }
 
 fn url(addr: SocketAddr) -> String {

@@ -126,23 +126,11 @@ async fn disconnect_closes_the_subs_sessions_and_refuses_its_older_tokens() {
     );
 }
 
-/// A self-signed certificate for QUIC, its PEM and files.
-fn quic_gateway() -> (GatewayProcess, String, tempfile::TempDir) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("self-signed");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("cert.pem"), cert.pem()).expect("cert");
-    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).expect("key");
-    let gw = GatewayProcess::start(
-        GatewayOptions::new()
-            .arg("--quic-listen", "127.0.0.1:0")
-            .arg("--tls-cert", dir.path().join("cert.pem").display())
-            .arg("--tls-key", dir.path().join("key.pem").display()),
-    );
-    (gw, cert.pem(), dir)
+/// A gateway with a QUIC listener, and the certificate's PEM and files.
+fn quic_gateway() -> (GatewayProcess, String, herald_e2e::gateway::TestCert) {
+    let cert = herald_e2e::gateway::TestCert::new();
+    let gw = GatewayProcess::start(cert.quic_options("127.0.0.1:0", GatewayOptions::new()));
+    (gw, cert.pem.clone(), cert)
 }
 
 async fn quic_session(gw: &GatewayProcess, pem: &str, token: &str) -> Connection {
