@@ -38,6 +38,7 @@ mod gateway;
 mod handshakes;
 mod hold;
 mod idle;
+mod lean_hold;
 mod lines;
 mod longpoll_idle;
 mod natsproc;
@@ -71,6 +72,9 @@ enum Command {
     QuicIdle(quic_idle::QuicIdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
+    /// (internal) Hold up to 19k connections in a few bytes each (mio, no task per connection),
+    /// count CHANGED frames, reconnect; used by `million` as a child process.
+    LeanHold(lean_hold::LeanHoldArgs),
     /// Long-poll memory benchmark: RSS and heap per waiting poll at several counts.
     LongpollIdle(longpoll_idle::LongPollIdleArgs),
     /// (internal) Keep polls waiting; used by `longpoll-idle` as a child process.
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Command::Idle(args) => idle::run(&args),
         Command::QuicIdle(args) => quic_idle::run(&args),
         Command::Hold(args) => hold::run(&args),
+        Command::LeanHold(args) => lean_hold::run(&args),
         Command::LongpollIdle(args) => longpoll_idle::run(&args),
         Command::LongpollHold(args) => longpoll_idle::hold(&args),
         Command::Fanout(args) => fanout::run(&args),
