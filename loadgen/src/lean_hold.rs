@@ -149,7 +149,7 @@ struct Conn {
 }
 
 /// A status line.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub(crate) struct Status {
     /// Connections this holder is to hold.
     pub(crate) count: usize,
@@ -334,8 +334,8 @@ impl Holder {
                 // Connection i is pinged at i/count of each period.
                 let period = Duration::from_secs(self.args.ping_s);
                 let elapsed = now.duration_since(ping_round_start);
-                let due = ((elapsed.as_secs_f64() / period.as_secs_f64())
-                    * self.conns.len() as f64) as usize;
+                let due = ((elapsed.as_secs_f64() / period.as_secs_f64()) * self.conns.len() as f64)
+                    as usize;
                 while ping_cursor < due.min(self.conns.len()) {
                     if self.conns[ping_cursor].phase == Phase::Open {
                         nonce += 1;
@@ -368,7 +368,11 @@ impl Holder {
                 if event.token() == WAKER || i >= self.conns.len() {
                     continue;
                 }
-                self.ready(i, event.is_writable(), event.is_readable() || event.is_read_closed());
+                self.ready(
+                    i,
+                    event.is_writable(),
+                    event.is_readable() || event.is_read_closed(),
+                );
             }
         }
     }
@@ -387,7 +391,10 @@ impl Holder {
 
     fn command(&mut self, line: &str) {
         let mut words = line.split_whitespace();
-        match (words.next(), words.next().and_then(|w| w.parse::<u64>().ok())) {
+        match (
+            words.next(),
+            words.next().and_then(|w| w.parse::<u64>().ok()),
+        ) {
             (Some("target"), Some(sjid)) => {
                 self.status.target = sjid;
                 self.status.reached =
@@ -531,9 +538,8 @@ impl Holder {
                 return;
             }
             let sock = self.conns[i].sock.as_ref();
-            let connected = sock.is_some_and(|s| {
-                matches!(s.take_error(), Ok(None)) && s.peer_addr().is_ok()
-            });
+            let connected =
+                sock.is_some_and(|s| matches!(s.take_error(), Ok(None)) && s.peer_addr().is_ok());
             if !connected {
                 let why = sock
                     .and_then(|s| s.take_error().ok().flatten())
@@ -550,7 +556,10 @@ impl Holder {
             self.frame(&hello, &mut out);
             self.hello = hello;
             let cursor = self.conns[i].last_sjid;
-            self.frame(&ClientFrame::Subscribe(vec![(ns, cursor)]).to_vec(), &mut out);
+            self.frame(
+                &ClientFrame::Subscribe(vec![(ns, cursor)]).to_vec(),
+                &mut out,
+            );
             self.frame(&ClientFrame::Ping(i as u64 + 1).to_vec(), &mut out);
             self.conns[i].phase = Phase::Upgrading;
             if !self.send(i, &out) {

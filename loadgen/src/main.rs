@@ -28,6 +28,8 @@
 //!   nats-ws|node-ws`, a peer's clients) in `storm-clients` child processes; every connection
 //!   drops at once (server SIGKILLed and restarted, or sockets cut), and it measures how long
 //!   until every client is resubscribed and caught up, and how many never were.
+//! - `lean_hold`: the `lean-hold` child: up to 19k connections in one mio loop, ~24 B each.
+//! - `million`: the million-connection run over the distributed path (steps, broadcast, storm).
 //! - `progress`: progress bars on stderr; `chart`: SVG charts next to a JSON report;
 //!   `authkey`: a key pair shared by several gateway processes.
 
@@ -41,6 +43,7 @@ mod idle;
 mod lean_hold;
 mod lines;
 mod longpoll_idle;
+mod million;
 mod natsproc;
 mod peer;
 mod procfs;
@@ -97,6 +100,9 @@ enum Command {
     Storm(storm::StormArgs),
     /// (internal) Run managed clients (or a peer's clients); used by `storm`.
     StormClients(storm::clients::ClientsArgs),
+    /// A million connections over the distributed path (nats-server, relay, N SO_REUSEPORT
+    /// gateways, lean holders): memory at each step, a broadcast to all, and a reconnect storm.
+    Million(million::MillionArgs),
     /// Draw the charts of JSON reports (latency CDF, memory per connection) next to them.
     Chart(chart::ChartArgs),
 }
@@ -117,5 +123,6 @@ fn main() -> anyhow::Result<()> {
         Command::Storm(args) => storm::run(&args),
         Command::StormClients(args) => storm::clients::run(&args),
         Command::Chart(args) => chart::run(&args),
+        Command::Million(args) => million::run(&args),
     }
 }
