@@ -29,7 +29,7 @@
 //! reached it, and the time of the last one that did), `mark` (reset the storm counters: sessions
 //! opened and 503s since, time of the last resubscription), `report` (print a status line now).
 //! EOF on stdin stops the process. Status lines on stdout are JSON ([`Status`]): printed every
-//! 200 ms while something changed, and on `report`. Times are wall-clock µs since the Unix epoch,
+//! 50 ms while something changed, and on `report`. Times are wall-clock µs since the Unix epoch,
 //! taken when the event was handled, so the parent's view is as precise as the holder's loop,
 //! whatever its polling interval.
 
@@ -54,7 +54,7 @@ const WAKER: Token = Token(usize::MAX);
 /// Bound on connect + upgrade + subscribe of one connection.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Status lines at most this often (while something changed).
-const STATUS_EVERY: Duration = Duration::from_millis(200);
+const STATUS_EVERY: Duration = Duration::from_millis(50);
 /// Read scratch buffer, shared by every connection.
 const SCRATCH: usize = 64 * 1024;
 
