@@ -154,6 +154,14 @@ impl Holders {
             .sum()
     }
 
+    /// Summed anonymous memory of the holder processes (their own allocations).
+    pub(super) fn anon_bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .filter_map(|h| crate::procfs::anon_bytes(h.pid).ok())
+            .sum()
+    }
+
     /// Stops every holder: stdin closed, then SIGKILL whatever did not exit within 5 s; reaped.
     pub(super) fn stop(&mut self) {
         for h in &mut self.0 {

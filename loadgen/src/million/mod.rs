@@ -154,16 +154,64 @@ struct Step {
     nats_varz_mem_bytes: Option<u64>,
     nats_subscriptions: Option<u64>,
     relay_rss_bytes: u64,
+    /// Holders' RSS (counts their shared binary pages once per process) and anonymous memory
+    /// (their own allocations), the latter per connection and per added connection.
     holder_rss_bytes: u64,
-    holder_rss_per_conn: f64,
-    /// Holders' RSS growth since the previous step ÷ connections added (their fixed cost apart).
-    holder_rss_per_added_conn: Option<f64>,
+    holder_anon_bytes: u64,
+    holder_anon_per_conn: f64,
+    holder_anon_per_added_conn: Option<f64>,
     /// Failed attempts and 503s so far (the holders retry them).
     failed_attempts: u64,
     http_503: u64,
     dropped: u64,
+    /// Machine-wide kernel counters: open files (`fs/file-nr`), and from /proc/net/netstat
+    /// ListenOverflows, ListenDrops, TCPAbortOnTimeout, TCPKeepAlive (cumulative since boot).
+    kernel: KernelCounters,
     loadavg: String,
     unix_time: u64,
+}
+
+/// Kernel counters that name the limit a run hits.
+#[derive(Debug, Clone, Default, Serialize)]
+struct KernelCounters {
+    open_files: Option<u64>,
+    file_max: Option<u64>,
+    listen_overflows: Option<u64>,
+    listen_drops: Option<u64>,
+    tcp_abort_on_timeout: Option<u64>,
+    tcp_keepalive_probes: Option<u64>,
+}
+
+impl KernelCounters {
+    fn read() -> Self {
+        let file_nr = std::fs::read_to_string("/proc/sys/fs/file-nr").unwrap_or_default();
+        let nr: Vec<u64> = file_nr
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        let lines: Vec<&str> = netstat.lines().collect();
+        let mut tcp_ext = std::collections::HashMap::new();
+        for pair in lines.chunks(2) {
+            if let [names, values] = pair
+                && names.starts_with("TcpExt:")
+            {
+                for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                    if let Ok(v) = v.parse::<u64>() {
+                        tcp_ext.insert(n.to_owned(), v);
+                    }
+                }
+            }
+        }
+        KernelCounters {
+            open_files: nr.first().copied(),
+            file_max: nr.get(2).copied(),
+            listen_overflows: tcp_ext.get("ListenOverflows").copied(),
+            listen_drops: tcp_ext.get("ListenDrops").copied(),
+            tcp_abort_on_timeout: tcp_ext.get("TCPAbortOnTimeout").copied(),
+            tcp_keepalive_probes: tcp_ext.get("TCPKeepAlive").copied(),
+        }
+    }
 }
 
 /// The broadcast.
@@ -226,6 +274,8 @@ struct Report {
     baseline_gateway_rss_bytes: u64,
     baseline_gateway_heap_bytes: Option<u64>,
     baseline_slab_bytes: u64,
+    /// Kernel counters before the first connection.
+    kernel_before: KernelCounters,
     steps: Vec<Step>,
     /// The last step measured again after --hold-secs.
     after_hold: Option<Step>,
@@ -344,6 +394,7 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
         baseline_gateway_rss_bytes: baseline_rss,
         baseline_gateway_heap_bytes: fleet.gateways.iter().map(heap).sum(),
         baseline_slab_bytes: baseline_slab,
+        kernel_before: KernelCounters::read(),
         steps: Vec::new(),
         after_hold: None,
         hold_secs: args.hold_secs,
@@ -541,7 +592,8 @@ fn ramp(
                 holders.refresh(Duration::from_secs(5)).ok();
                 let why = format!(
                     "step {step}: {} of {step} subscribed after {} s (gateways count {:.0}; {} failed \
-                     attempts, {} HTTP 503, {} dropped; holder errors {:?}; /proc/net/sockstat {:?})",
+                     attempts, {} HTTP 503, {} dropped; holder errors {:?}; TCP sockets in use {:?}; \
+                     kernel {:?})",
                     holders.sum(|s| s.open),
                     args.step_timeout_s,
                     gateway_sum(&fleet.gateways, "herald_connections"),
@@ -550,6 +602,7 @@ fn ramp(
                     holders.sum(|s| s.dropped),
                     holders.errors(),
                     sockstat_tcp().0,
+                    KernelCounters::read(),
                 );
                 println!("STOPPED: {why}");
                 report.stopped = Some(why);
@@ -578,7 +631,7 @@ fn ramp(
                 .gateway_heap_bytes
                 .zip(p.gateway_heap_bytes)
                 .map(|(now, then)| grow(now, then));
-            s.holder_rss_per_added_conn = Some(grow(s.holder_rss_bytes, p.holder_rss_bytes));
+            s.holder_anon_per_added_conn = Some(grow(s.holder_anon_bytes, p.holder_anon_bytes));
         }
         println!("{}", line(&s));
         prev = Some(s.clone());
@@ -620,6 +673,7 @@ fn measure(
     let varz = http_json(fleet.nats.monitor, "/varz");
     let subsz = http_json(fleet.nats.monitor, "/subsz");
     let holder_rss_bytes = holders.rss_bytes();
+    let holder_anon_bytes = holders.anon_bytes();
     Ok(Step {
         target,
         subscribed,
@@ -649,11 +703,13 @@ fn measure(
             .or_else(|| varz.as_ref().and_then(|v| v["subscriptions"].as_u64())),
         relay_rss_bytes: procfs::rss_bytes(fleet.relay.pid).unwrap_or(0),
         holder_rss_bytes,
-        holder_rss_per_conn: holder_rss_bytes as f64 / n,
-        holder_rss_per_added_conn: None,
+        holder_anon_bytes,
+        holder_anon_per_conn: holder_anon_bytes as f64 / n,
+        holder_anon_per_added_conn: None,
         failed_attempts: holders.sum(|s| s.failed_attempts),
         http_503: holders.sum(|s| s.http_503),
         dropped: holders.sum(|s| s.dropped),
+        kernel: KernelCounters::read(),
         loadavg: std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()
@@ -668,7 +724,7 @@ fn line(s: &Step) -> String {
     format!(
         "{:>8} subscribed (gateways count {:.0}, {:.0}–{:.0} per process) in {:.1} s = {:.0}/s | \
          gateways RSS {:.1} MiB = {:.0} B/conn{}{}{} | slab {:.0} B/socket | nats RSS {:.1} MiB, {} subs | \
-         relay RSS {:.1} MiB | holders RSS {:.1} MiB = {:.0} B/conn{} | {} failed attempts, {} 503, {} dropped | load {}",
+         relay RSS {:.1} MiB | holders RSS {:.1} MiB, own {:.1} MiB = {:.0} B/conn{} | {} failed attempts, {} 503, {} dropped | load {}",
         s.subscribed,
         s.gateway_connections,
         s.gateway_min_conns,
@@ -688,8 +744,9 @@ fn line(s: &Step) -> String {
         s.nats_subscriptions.map_or("?".into(), |n| n.to_string()),
         mib(s.relay_rss_bytes),
         mib(s.holder_rss_bytes),
-        s.holder_rss_per_conn,
-        s.holder_rss_per_added_conn
+        mib(s.holder_anon_bytes),
+        s.holder_anon_per_conn,
+        s.holder_anon_per_added_conn
             .map_or(String::new(), |a| format!(" ({a:.0} B per added conn)")),
         s.failed_attempts,
         s.http_503,
