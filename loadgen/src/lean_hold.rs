@@ -27,7 +27,9 @@
 //! # Lines
 //! Commands on stdin, one a line: `target <sjid>` (from now on count the connections whose SJID
 //! reached it, and the time of the last one that did), `mark` (reset the storm counters: sessions
-//! opened and 503s since, time of the last resubscription), `report` (print a status line now).
+//! opened and 503s since, time of the last resubscription), `report` (print a status line now),
+//! `no-reconnect` (from now on a closed connection stays closed: sent before the parent stops the
+//! servers, so the end of a run is not a reconnect storm).
 //! EOF on stdin stops the process. Status lines on stdout are JSON ([`Status`]): printed every
 //! 50 ms while something changed, and on `report`. Times are wall-clock µs since the Unix epoch,
 //! taken when the event was handled, so the parent's view is as precise as the holder's loop,
@@ -409,6 +411,7 @@ impl Holder {
                 self.dirty = true;
             }
             (Some("report"), _) => self.print_status(),
+            (Some("no-reconnect"), _) => self.args.reconnect = false,
             _ => eprintln!("lean-hold: unknown command {line:?}"),
         }
     }
@@ -449,8 +452,13 @@ impl Holder {
                 break;
             };
             if self.conns[i].phase == Phase::Waiting {
-                self.connect(i);
-                budget -= 1;
+                if self.args.reconnect {
+                    self.connect(i);
+                    budget -= 1;
+                } else {
+                    self.conns[i].phase = Phase::Dead;
+                    self.status.dead += 1;
+                }
             }
         }
     }

@@ -428,6 +428,8 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
     // Gateways first (all at once), so the server ends close first; then the holders, relay
     // and nats-server.
     let stopping = Instant::now();
+    holders.all("no-reconnect").ok();
+    std::thread::sleep(Duration::from_millis(200));
     kill_all(&mut fleet.gateways);
     holders.stop();
     drop(fleet);
