@@ -284,9 +284,20 @@ struct Report {
     hold_min_subscribed: Option<u64>,
     broadcast: Option<Broadcast>,
     storm: Option<Storm>,
+    /// Gateway memory per connection at each step, in the shape `herald-loadgen chart` draws
+    /// (`<report>.memory.svg`).
+    memory_chart: Vec<ChartPoint>,
     /// Why the ramp stopped short of --conns, with the evidence.
     stopped: Option<String>,
     holder_errors: Vec<String>,
+}
+
+/// One point of the memory chart.
+#[derive(Debug, Clone, Serialize)]
+struct ChartPoint {
+    connections: u64,
+    rss_per_conn: f64,
+    heap_per_conn: Option<f64>,
 }
 
 /// The servers of the run.
@@ -401,6 +412,7 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
         hold_min_subscribed: None,
         broadcast: None,
         storm: None,
+        memory_chart: Vec::new(),
         stopped: None,
         holder_errors: Vec::new(),
     };
@@ -437,9 +449,26 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
         "every process stopped in {:.1} s",
         stopping.elapsed().as_secs_f64()
     );
+    report.memory_chart = report
+        .steps
+        .iter()
+        .map(|s| ChartPoint {
+            connections: s.subscribed,
+            rss_per_conn: s.gateway_rss_per_conn,
+            heap_per_conn: s.gateway_heap_per_conn,
+        })
+        .collect();
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", path.display());
+        match crate::chart::write_charts(path) {
+            Ok(charts) => {
+                for chart in charts {
+                    println!("chart written to {}", chart.display());
+                }
+            }
+            Err(e) => println!("no chart: {e}"),
+        }
     }
     result?;
     if let Some(why) = &report.stopped {
