@@ -1,8 +1,10 @@
 //! Smoke test of `herald-loadgen million`, so the tool does not rot: 3000 connections held by
 //! `lean-hold` children over the distributed path (nats-server + relay + 2 `SO_REUSEPORT`
-//! gateways), a broadcast to every connection, and a reconnect storm (every gateway SIGKILLed
-//! and restarted, a change published while they are down). Every connection must subscribe,
-//! get the broadcast and the change published during the storm: 0 missed.
+//! gateways), a broadcast to every connection, a reconnect storm (every gateway SIGKILLed
+//! and restarted, a change published while they are down), and a rolling restart with drain (each
+//! gateway in turn SIGTERMed, its clients sent GOAWAY, replaced; a change published during the
+//! first drain). Every connection must subscribe, get the broadcast and the changes published
+//! during the storm and the rolling restart: 0 missed.
 //!
 //! Like the end-to-end tests it needs nats-server 2.10+ (`$HERALD_NATS_SERVER`, which
 //! `ops/test.sh` exports, else the pyenv one or `PATH`) and the `herald-gateway` and
@@ -46,6 +48,9 @@ fn a_small_million_run_connects_broadcasts_and_storms_with_nothing_missed() {
         ])
         .args([
             "--storm",
+            "--rolling",
+            "--drain-s",
+            "1",
             "--step-timeout-s",
             "60",
             "--deliver-timeout-s",
@@ -96,5 +101,16 @@ fn a_small_million_run_connects_broadcasts_and_storms_with_nothing_missed() {
     assert!(s["all_back_seconds"].as_f64().is_some(), "all back: {text}");
     assert!(s["all_caught_up_seconds"].as_f64().is_some(), "{text}");
     assert!(s["sessions_after_kill"].as_u64() >= Some(CONNS), "{text}");
+    let rolling = &r["rolling"];
+    assert_eq!(rolling["connections"], CONNS, "{text}");
+    assert_eq!(
+        rolling["missed"], 0,
+        "nothing missed across the rolling restart: {text}"
+    );
+    assert!(rolling["all_back_seconds"].as_f64().is_some(), "{text}");
+    assert!(
+        rolling["goaways"].as_u64() >= Some(1),
+        "the drains sent GOAWAY: {text}"
+    );
     println!("million smoke ran in {:?}:\n{stdout}", started.elapsed());
 }

@@ -28,6 +28,10 @@
 //! jittered exponential backoff and resubscribe with their cursors; reported: the time until all
 //! are back and all caught up, 503s from admission control, gateway RSS after, missed (must be 0).
 //!
+//! Rolling restart (`--rolling`): each gateway in turn gets SIGTERM, drains (GOAWAY spread over
+//! `--drain-s`; its clients reconnect to the others) and is replaced; one change per namespace is
+//! published during the first drain. Reported: the time, GOAWAYs, 503s, missed (must be 0).
+//!
 //! Every process is stopped by pid at the end (or on a signal, [`crate::reaper`]); every wait is
 //! bounded.
 
@@ -98,6 +102,14 @@ pub(crate) struct MillionArgs {
     /// and measure the reconnect storm.
     #[arg(long)]
     storm: bool,
+    /// After the broadcast (and the storm): a rolling restart with drain. Each gateway in turn
+    /// gets SIGTERM (its clients get GOAWAY over --drain-s and reconnect to the others) and is
+    /// replaced once it exited; one change per namespace is published during the first drain.
+    #[arg(long)]
+    rolling: bool,
+    /// Gateways' drain period on SIGTERM, seconds (`--drain-s`; their stop grace is 0).
+    #[arg(long, default_value_t = 5)]
+    drain_s: u64,
     /// Journal partitions (publisher, relay, gateways).
     #[arg(long, default_value_t = 64)]
     partitions: u64,
@@ -259,6 +271,26 @@ struct Storm {
     gateway_heap_after_bytes: Option<u64>,
 }
 
+/// The rolling restart with drain.
+#[derive(Debug, Clone, Serialize)]
+struct Rolling {
+    connections: u64,
+    gateways: usize,
+    drain_s: u64,
+    /// First SIGTERM → the last replacement ready.
+    restart_seconds: f64,
+    /// Per gateway: SIGTERM → exited (the drain), longest.
+    max_drain_seconds: f64,
+    /// First SIGTERM → every connection subscribed again and caught up (after the last
+    /// replacement was ready).
+    all_back_seconds: Option<f64>,
+    all_caught_up_seconds: Option<f64>,
+    sessions: u64,
+    goaways: u64,
+    http_503: u64,
+    missed: u64,
+}
+
 /// The JSON report.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
@@ -284,6 +316,7 @@ struct Report {
     hold_min_subscribed: Option<u64>,
     broadcast: Option<Broadcast>,
     storm: Option<Storm>,
+    rolling: Option<Rolling>,
     /// Gateway memory per connection at each step, in the shape `herald-loadgen chart` draws
     /// (`<report>.memory.svg`).
     memory_chart: Vec<ChartPoint>,
@@ -412,6 +445,7 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
         hold_min_subscribed: None,
         broadcast: None,
         storm: None,
+        rolling: None,
         memory_chart: Vec::new(),
         stopped: None,
         holder_errors: Vec::new(),
@@ -431,6 +465,9 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
         report.broadcast = Some(broadcast(args, &fleet, &mut holders, &rt)?);
         if args.storm {
             report.storm = Some(storm(args, &mut fleet, &mut holders, &rt)?);
+        }
+        if args.rolling {
+            report.rolling = Some(rolling(args, &mut fleet, &mut holders, &rt)?);
         }
         Ok(())
     })();
@@ -507,6 +544,10 @@ fn start_fleet(
         "900000".to_owned(),
         "--workers".to_owned(),
         args.gateway_workers.to_string(),
+        "--drain-s".to_owned(),
+        args.drain_s.to_string(),
+        "--stop-grace-ms".to_owned(),
+        "0".to_owned(),
     ];
     gateway_args.extend(key.gateway_args());
     gateway_args.extend(args.gateway_arg.iter().cloned());
@@ -1028,6 +1069,101 @@ fn storm(
         s.missed
     );
     Ok(s)
+}
+
+fn rolling(
+    args: &MillionArgs,
+    fleet: &mut Fleet,
+    holders: &mut Holders,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Rolling> {
+    let connections = holders.sum(|s| s.open);
+    let count = fleet.gateways.len();
+    let sjid = now_us();
+    set_target(holders, sjid)?;
+    holders.all("mark")?;
+    holders.refresh(Duration::from_secs(5))?;
+    let goaways_before = holders.sum(|s| s.goaways);
+    let start_us = now_us();
+    let started = Instant::now();
+    let mut max_drain = 0f64;
+    let exit_limit = Duration::from_secs(args.drain_s + 20);
+    for k in 0..count {
+        let pid = fleet.gateways[k].pid;
+        let sigterm = Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if k == 0 {
+            publish_all(args, fleet, rt, sjid)?;
+        }
+        anyhow::ensure!(
+            fleet.gateways[k].wait_exit(exit_limit),
+            "gateway pid {pid} did not exit within {exit_limit:?} of SIGTERM"
+        );
+        max_drain = max_drain.max(sigterm.elapsed().as_secs_f64());
+        let mut new = start_gateways(
+            &fleet.gateway_bin,
+            &fleet.gateway_args,
+            &fleet.log_dir,
+            (10 + k) * count..(10 + k) * count + 1,
+        )?;
+        fleet.gateways[k] = new.remove(0);
+        holders.pump();
+        println!(
+            "rolling: gateway {k} drained in {:.1} s and replaced; {} subscribed, {} GOAWAY, {} HTTP 503",
+            sigterm.elapsed().as_secs_f64(),
+            holders.sum(|s| s.open),
+            holders.sum(|s| s.goaways) - goaways_before,
+            holders.sum(|s| s.http_503_since_mark)
+        );
+    }
+    let restart_seconds = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(args.deliver_timeout_s);
+    loop {
+        holders.pump();
+        let done =
+            holders.sum(|s| s.open) >= connections && holders.sum(|s| s.reached) >= connections;
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holders.refresh(Duration::from_secs(10))?;
+    let back = holders.sum(|s| s.open);
+    let reached = holders.sum(|s| s.reached);
+    // The last resubscription or delivery may have come before the last replacement was ready.
+    let end_us = start_us + (restart_seconds * 1e6) as u64;
+    let at = |us: u64| us.max(end_us).saturating_sub(start_us) as f64 / 1e6;
+    let r = Rolling {
+        connections,
+        gateways: count,
+        drain_s: args.drain_s,
+        restart_seconds,
+        max_drain_seconds: max_drain,
+        all_back_seconds: (back >= connections).then(|| at(holders.max(|s| s.last_session_us))),
+        all_caught_up_seconds: (reached >= connections)
+            .then(|| at(holders.max(|s| s.last_reach_us))),
+        sessions: holders.sum(|s| s.sessions_since_mark),
+        goaways: holders.sum(|s| s.goaways) - goaways_before,
+        http_503: holders.sum(|s| s.http_503_since_mark),
+        missed: connections.saturating_sub(reached),
+    };
+    println!(
+        "rolling: {} gateways restarted one by one in {:.1} s (longest drain {:.1} s); {} of {} \
+         connections back, {} caught up; {} GOAWAY, {} sessions, {} HTTP 503; missed {}",
+        r.gateways,
+        r.restart_seconds,
+        r.max_drain_seconds,
+        back,
+        r.connections,
+        reached,
+        r.goaways,
+        r.sessions,
+        r.http_503,
+        r.missed
+    );
+    Ok(r)
 }
 
 /// `nats-server --version` of the running server (from its log's first lines, else unknown).
