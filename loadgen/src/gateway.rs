@@ -187,6 +187,28 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Waits (at most `limit`) for a started gateway to exit on its own (after SIGTERM, say);
+    /// reaps it. True when it exited (or was not started here).
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                crate::reaper::unregister(child.id());
+                self.child = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Writes a self-signed certificate for 127.0.0.1 with `herald-gateway gen-cert` as
 /// `PREFIX.crt.pem` and `PREFIX.key.pem`; returns their paths.
 pub(crate) fn gen_cert(

@@ -28,6 +28,8 @@
 //!   nats-ws|node-ws`, a peer's clients) in `storm-clients` child processes; every connection
 //!   drops at once (server SIGKILLed and restarted, or sockets cut), and it measures how long
 //!   until every client is resubscribed and caught up, and how many never were.
+//! - `lean_hold`: the `lean-hold` child: up to 19k connections in one mio loop, ~24 B each.
+//! - `million`: the million-connection run over the distributed path (steps, broadcast, storm).
 //! - `progress`: progress bars on stderr; `chart`: SVG charts next to a JSON report;
 //!   `authkey`: a key pair shared by several gateway processes.
 
@@ -38,8 +40,10 @@ mod gateway;
 mod handshakes;
 mod hold;
 mod idle;
+mod lean_hold;
 mod lines;
 mod longpoll_idle;
+mod million;
 mod natsproc;
 mod peer;
 mod procfs;
@@ -71,6 +75,9 @@ enum Command {
     QuicIdle(quic_idle::QuicIdleArgs),
     /// (internal) Hold idle connections; used by `idle` as a child process.
     Hold(hold::HoldArgs),
+    /// (internal) Hold up to 19k connections in a few bytes each (mio, no task per connection),
+    /// count CHANGED frames, reconnect; used by `million` as a child process.
+    LeanHold(lean_hold::LeanHoldArgs),
     /// Long-poll memory benchmark: RSS and heap per waiting poll at several counts.
     LongpollIdle(longpoll_idle::LongPollIdleArgs),
     /// (internal) Keep polls waiting; used by `longpoll-idle` as a child process.
@@ -93,6 +100,9 @@ enum Command {
     Storm(storm::StormArgs),
     /// (internal) Run managed clients (or a peer's clients); used by `storm`.
     StormClients(storm::clients::ClientsArgs),
+    /// A million connections over the distributed path (nats-server, relay, N SO_REUSEPORT
+    /// gateways, lean holders): memory at each step, a broadcast to all, and a reconnect storm.
+    Million(million::MillionArgs),
     /// Draw the charts of JSON reports (latency CDF, memory per connection) next to them.
     Chart(chart::ChartArgs),
 }
@@ -102,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Idle(args) => idle::run(&args),
         Command::QuicIdle(args) => quic_idle::run(&args),
         Command::Hold(args) => hold::run(&args),
+        Command::LeanHold(args) => lean_hold::run(&args),
         Command::LongpollIdle(args) => longpoll_idle::run(&args),
         Command::LongpollHold(args) => longpoll_idle::hold(&args),
         Command::Fanout(args) => fanout::run(&args),
@@ -112,5 +123,6 @@ fn main() -> anyhow::Result<()> {
         Command::Storm(args) => storm::run(&args),
         Command::StormClients(args) => storm::clients::run(&args),
         Command::Chart(args) => chart::run(&args),
+        Command::Million(args) => million::run(&args),
     }
 }

@@ -66,15 +66,28 @@ pub(crate) struct NatsServer {
     child: Option<Child>,
     pub(crate) pid: u32,
     port: u16,
+    /// HTTP monitoring port (`-m`), when started with one.
+    pub(crate) monitor: Option<u16>,
     log: PathBuf,
 }
 
 impl NatsServer {
     /// Starts `bin` with JetStream, its store and log under `dir`, and waits until it accepts.
     pub(crate) fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_monitored(bin, dir, false)
+    }
+
+    /// [`start`](Self::start), with the HTTP monitoring endpoint (`/varz`, `/subsz`) on a free
+    /// loopback port when `monitor` is set.
+    pub(crate) fn start_monitored(bin: &Path, dir: &Path, monitor: bool) -> anyhow::Result<Self> {
         let port = free_port()?;
+        let monitor = if monitor { Some(free_port()?) } else { None };
         let log = dir.join("nats-server.log");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(m) = monitor {
+            cmd.args(["-m", &m.to_string()]);
+        }
+        let child = cmd
             .arg("-js")
             .arg("-sd")
             .arg(dir.join("jetstream"))
@@ -89,6 +102,7 @@ impl NatsServer {
             pid: child.id(),
             child: Some(child),
             port,
+            monitor,
             log,
         };
         let deadline = Instant::now() + NATS_START_TIMEOUT;

@@ -12,6 +12,20 @@ pub(crate) fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Anonymous memory of `pid` (`Anonymous` in /proc/<pid>/smaps_rollup), in bytes: what the
+/// process allocated itself, without the pages of its binary and libraries, which several
+/// processes of one program share and each one's RSS counts again.
+pub(crate) fn anon_bytes(pid: u32) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let kib: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Anonymous line for pid {pid}"))?;
+    Ok(kib * 1024)
+}
+
 /// Kernel slab memory of the whole machine, in bytes (`Slab` in /proc/meminfo): a rough view of
 /// what sockets cost the kernel.
 pub(crate) fn slab_bytes() -> anyhow::Result<u64> {

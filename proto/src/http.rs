@@ -179,10 +179,7 @@ pub fn decide(buf: &[u8], admission: Admission, origins: &AllowedOrigins) -> Opt
             &[("Retry-After", "1")],
         ));
     }
-    let mut sha = Sha1::new();
-    sha.update(key);
-    sha.update(WS_GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let accept = accept_key(key);
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
@@ -192,6 +189,102 @@ pub fn decide(buf: &[u8], admission: Admission, origins: &AllowedOrigins) -> Opt
         response: response.into_bytes(),
         head_len,
     })
+}
+
+/// The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 section 4.2.2: base64 of
+/// the SHA-1 of the key, as sent, followed by the protocol's GUID). The server's upgrade and the
+/// load generator's client check use this one function.
+#[must_use]
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// A client's WebSocket upgrade request for `GET /v1/connect` with subprotocol `herald.v1`:
+/// `host` is the `Host` header, `key` the `Sec-WebSocket-Key` (base64 of 16 bytes).
+#[must_use]
+pub fn upgrade_request(host: &str, key: &str) -> Vec<u8> {
+    format!(
+        "GET /v1/connect HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        crate::WS_SUBPROTOCOL
+    )
+    .into_bytes()
+}
+
+/// A server's answer to a WebSocket upgrade, read by a client ([`parse_upgrade_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeResponse {
+    /// `101 Switching Protocols` with the right `Sec-WebSocket-Accept` and subprotocol: the bytes
+    /// after `head_len` are WebSocket frames.
+    Switched {
+        /// Length of the response head.
+        head_len: usize,
+    },
+    /// Any other status (a 503 of admission control, say), with its `Retry-After` in seconds
+    /// when it has one. The server closes the connection after it.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// `Retry-After`, seconds.
+        retry_after: Option<u64>,
+    },
+}
+
+/// Why an upgrade response is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Not an HTTP/1.1 response head, or one over [`MAX_HEAD`].
+    #[error("malformed HTTP response head")]
+    Malformed,
+    /// A 101 whose `Sec-WebSocket-Accept` does not match the key.
+    #[error("wrong Sec-WebSocket-Accept")]
+    BadAccept,
+    /// A 101 that did not choose the `herald.v1` subprotocol.
+    #[error("subprotocol herald.v1 not chosen")]
+    NoSubprotocol,
+}
+
+/// Reads a server's response to [`upgrade_request`] from the front of `buf`. `Ok(None)`: the head
+/// is not complete yet. `expected_accept` is [`accept_key`] of the key that was sent.
+pub fn parse_upgrade_response(
+    buf: &[u8],
+    expected_accept: &str,
+) -> Result<Option<UpgradeResponse>, UpgradeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        _ => return Err(UpgradeError::Malformed),
+    };
+    let status = resp.code.ok_or(UpgradeError::Malformed)?;
+    let value = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    if status != 101 {
+        let retry_after = value("retry-after").and_then(|v| v.parse().ok());
+        return Ok(Some(UpgradeResponse::Refused {
+            status,
+            retry_after,
+        }));
+    }
+    if value("sec-websocket-accept") != Some(expected_accept) {
+        return Err(UpgradeError::BadAccept);
+    }
+    if !value("sec-websocket-protocol")
+        .is_some_and(|p| p.eq_ignore_ascii_case(crate::WS_SUBPROTOCOL))
+    {
+        return Err(UpgradeError::NoSubprotocol);
+    }
+    Ok(Some(UpgradeResponse::Switched { head_len }))
 }
 
 /// A complete plain-text refusal with `Connection: close`.

@@ -12,6 +12,10 @@
 //! never fragmented, and may arrive between the fragments of a data message; fragmented data
 //! messages are reassembled up to the message limit; close frames are validated (no 1-byte body,
 //! UTF-8 reason). Server frames are never masked and never fragmented.
+//!
+//! The client side, for clients that keep no per-connection buffers either (the load generator's
+//! `lean-hold`): [`encode_client_frame`] masks a frame, [`parse_server_header`] reads a server
+//! frame's header and refuses a masked one.
 
 use std::borrow::Cow;
 
@@ -70,6 +74,9 @@ pub enum WsError {
     /// A close frame with a 1-byte body, an invalid code or a reason that is not UTF-8.
     #[error("malformed close frame")]
     BadClose,
+    /// A server frame with a mask (RFC 6455 section 5.1: a client must close the connection).
+    #[error("server frame masked")]
+    Masked,
 }
 
 /// A frame header, parsed.
@@ -144,6 +151,82 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Ws
         payload_len,
         mask: [m[0], m[1], m[2], m[3]],
     }))
+}
+
+/// Parses a server frame header from the front of `buf`, on the client side. `Ok(None)` means
+/// more bytes are needed. Server frames must not be masked ([`WsError::Masked`]); the returned
+/// header's `mask` is all zeroes. RSV bits, reserved opcodes, control-frame limits and
+/// `max_payload` (for data frames) are checked as in [`parse_header`].
+pub fn parse_server_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, WsError> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    if b0 & 0x70 != 0 {
+        return Err(WsError::ReservedBits);
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0f;
+    match opcode {
+        opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {}
+        opcode::CLOSE | opcode::PING | opcode::PONG => {
+            if !fin || (b1 & 0x7f) > 125 {
+                return Err(WsError::BadControl);
+            }
+        }
+        other => return Err(WsError::ReservedOpcode(other)),
+    }
+    if b1 & 0x80 != 0 {
+        return Err(WsError::Masked);
+    }
+    let (payload_len, len_bytes) = match b1 & 0x7f {
+        126 => {
+            let Some(b) = buf.get(2..4) else {
+                return Ok(None);
+            };
+            (u64::from(u16::from_be_bytes([b[0], b[1]])), 2)
+        }
+        127 => {
+            let Some(b) = buf.get(2..10) else {
+                return Ok(None);
+            };
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            (u64::from_be_bytes(a), 8)
+        }
+        n => (u64::from(n), 0),
+    };
+    if opcode < opcode::CLOSE && payload_len > max_payload as u64 {
+        return Err(WsError::TooBig {
+            len: payload_len,
+            max: max_payload,
+        });
+    }
+    Ok(Some(Header {
+        fin,
+        opcode,
+        header_len: 2 + len_bytes,
+        payload_len,
+        mask: [0; 4],
+    }))
+}
+
+/// Appends a masked, unfragmented client frame to `out` (RFC 6455 section 5.3: every client
+/// frame is masked; `mask` should be unpredictable per frame). What a client sends and what
+/// [`Assembler`] reads on the server.
+pub fn encode_client_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask);
 }
 
 /// XORs `data` with the masking key, starting at key offset 0.

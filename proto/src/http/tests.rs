@@ -286,3 +286,55 @@ fn cors_reaches_listed_origins_only() {
     );
     assert!(!preflight("https://other.example").contains("Access-Control"));
 }
+
+#[test]
+fn accept_key_is_the_rfc_example() {
+    assert_eq!(
+        accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+}
+
+#[test]
+fn a_client_upgrade_round_trips_through_decide() {
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let request = upgrade_request("127.0.0.1:8080", key);
+    let Some(Decision::Upgrade { response, head_len }) = decide(&request, OPEN) else {
+        panic!("the gateway's own decision refuses the client's request")
+    };
+    assert_eq!(head_len, request.len());
+    let accept = accept_key(key.as_bytes());
+    let mut bytes = response.clone();
+    bytes.extend_from_slice(b"\x82\x01\x81");
+    assert_eq!(
+        parse_upgrade_response(&bytes, &accept),
+        Ok(Some(UpgradeResponse::Switched {
+            head_len: response.len()
+        }))
+    );
+    assert_eq!(parse_upgrade_response(&response[..10], &accept), Ok(None));
+    assert_eq!(
+        parse_upgrade_response(&response, "wrong"),
+        Err(UpgradeError::BadAccept)
+    );
+}
+
+#[test]
+fn a_refused_upgrade_gives_status_and_retry_after() {
+    let closed = Admission { full: true, ..OPEN };
+    let request = upgrade_request("x", "dGhlIHNhbXBsZSBub25jZQ==");
+    let Some(Decision::Refuse { response, .. }) = decide(&request, closed) else {
+        panic!()
+    };
+    assert_eq!(
+        parse_upgrade_response(&response, "unused"),
+        Ok(Some(UpgradeResponse::Refused {
+            status: 503,
+            retry_after: Some(5)
+        }))
+    );
+    assert_eq!(
+        parse_upgrade_response(b"garbage\r\n\r\n", "x"),
+        Err(UpgradeError::Malformed)
+    );
+}

@@ -242,3 +242,57 @@ fn control_frames_do_not_count_against_the_message_limit() {
         format!("{:?}", Event::Message(Cow::Borrowed(&[7u8; 4096][..])))
     );
 }
+
+#[test]
+fn client_frames_encode_as_the_server_reads_them() {
+    for len in [0usize, 5, 125, 126, 300, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        encode_client_frame(opcode::BINARY, &payload, [1, 2, 3, 4], &mut out);
+        assert_eq!(
+            out,
+            client_frame(true, opcode::BINARY, &payload, [1, 2, 3, 4])
+        );
+        let mut a = Assembler::default();
+        match a.next(&mut out, 100_000).unwrap() {
+            Step::Event(Event::Message(m), n) => {
+                assert_eq!(&*m, &payload[..]);
+                assert_eq!(n, out.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn server_headers_parse_on_the_client() {
+    for len in [0usize, 125, 126, 65_535, 65_536] {
+        let mut out = Vec::new();
+        encode_frame(opcode::BINARY, &vec![7; len], &mut out);
+        let h = parse_server_header(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(h.payload_len, len as u64);
+        assert_eq!(h.header_len + len, out.len());
+        assert!(h.fin);
+        assert_eq!(h.opcode, opcode::BINARY);
+        assert_eq!(parse_server_header(&out[..1], 1 << 20), Ok(None));
+        if h.header_len > 2 {
+            assert_eq!(parse_server_header(&out[..3], 1 << 20), Ok(None));
+        }
+    }
+    let mut masked = Vec::new();
+    encode_client_frame(opcode::BINARY, b"x", [9, 9, 9, 9], &mut masked);
+    assert_eq!(parse_server_header(&masked, 100), Err(WsError::Masked));
+    assert_eq!(
+        parse_server_header(&[0xc2, 0], 100),
+        Err(WsError::ReservedBits)
+    );
+    assert_eq!(
+        parse_server_header(&[0x09, 0], 100),
+        Err(WsError::BadControl),
+        "a fragmented ping"
+    );
+    assert!(matches!(
+        parse_server_header(&[0x82, 126, 1, 0], 100),
+        Err(WsError::TooBig { len: 256, .. })
+    ));
+}
