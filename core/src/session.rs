@@ -16,16 +16,21 @@
 //! The transports (WebSocket, TLS, QUIC, long-poll) are adapters: they deframe, implement
 //! [`Output`] in their framing, and wait for readiness.
 
+mod auth;
+mod poll;
 #[cfg(test)]
 mod tests;
+
+use auth::Authorized;
+pub use auth::token_deadline;
+pub use poll::{PollRefused, PollStarted};
 
 use crate::interest::Interest;
 use crate::latest::LatestTable;
 use crate::subscribe::{self, Registered, SubscribeOutcome, Subscriptions};
 use crate::time::{CLOSE_GRACE_TICKS, duration_ticks};
-use crate::token::{Refused, TokenCheck, sub_hash};
-use herald_proto::longpoll::ErrorName;
-use herald_proto::{Claims, ClientFrame, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
+use crate::token::TokenCheck;
+use herald_proto::{ClientFrame, Code, NsGrant, PROTOCOL_VERSION, ServerFrame};
 use rand::Rng;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -149,36 +154,6 @@ pub enum Tick {
     AnswerPoll,
 }
 
-/// A long-poll request refused: the HTTP status, the error name's code and message, and the
-/// namespaces concerned (for 403).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PollRefused {
-    /// HTTP status.
-    pub status: u16,
-    /// The error's name.
-    pub error: ErrorName,
-    /// For the client.
-    pub message: String,
-    /// The namespaces the token does not grant (403 only).
-    pub namespaces: Vec<u64>,
-}
-
-/// What a poll request led to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PollStarted {
-    /// Cursors behind or ahead: answer at once with these.
-    Answer {
-        /// `(ns, latest)` for cursors behind.
-        changed: Vec<(u64, u64)>,
-        /// Cursors ahead of the latest SJID.
-        reset: Vec<u64>,
-    },
-    /// Nothing yet: the poll waits for the fan-out or its deadline.
-    Wait,
-    /// The look-up needs the network: the transport takes it with [`Session::take_lookup`].
-    Lookup,
-}
-
 /// One connection's protocol state: 64 bytes while idle.
 #[derive(Debug)]
 pub struct Session {
@@ -204,31 +179,6 @@ pub struct Session {
     pending: Option<Box<Registered>>,
 }
 
-/// What the token of an open session grants, and whose it is. Boxed in the session: only open
-/// sessions carry it.
-#[derive(Debug)]
-struct Authorized {
-    /// The namespaces it grants.
-    grant: NsGrant,
-    /// [`sub_hash`] of its `sub`: a refresh must keep it; a revocation names it.
-    sub: u64,
-    /// Its `iat` in unix seconds (fits until 2106), 0 if it had none. With the grant's 16 bytes
-    /// the box is 32 bytes, the allocation size a bare grant took before.
-    iat: u32,
-}
-
-impl Authorized {
-    fn of(claims: &Claims) -> Box<Self> {
-        Box::new(Authorized {
-            grant: claims.ns.clone(),
-            sub: sub_hash(&claims.sub),
-            iat: claims
-                .iat
-                .map_or(0, |iat| u32::try_from(iat).unwrap_or(u32::MAX)),
-        })
-    }
-}
-
 /// A uniformly random delay in `[lo, hi]` milliseconds, for `reconnect_after_ms`.
 #[must_use]
 pub fn jitter_ms(lo: u64, hi: u64) -> u64 {
@@ -242,14 +192,6 @@ pub fn goaway(code: Code, reconnect_after_ms: u64) -> ServerFrame {
         code,
         reconnect_after_ms,
     }
-}
-
-/// The tick at which a token with `exp` (unix seconds) stops being honoured, `leeway_s` after.
-#[must_use]
-pub fn token_deadline(exp: u64, leeway_s: u64, now: u32, unix_now: u64) -> u32 {
-    let left_s = (exp + leeway_s).saturating_sub(unix_now);
-    // Both clocks are floored: one tick more so it never fires before the time.
-    now.saturating_add(duration_ticks(Duration::from_secs(left_s)) + 1)
 }
 
 impl Session {
@@ -316,12 +258,6 @@ impl Session {
     /// The registered half of a SUBSCRIBE (or poll) whose look-up the transport must run.
     pub fn take_lookup(&mut self) -> Option<Box<Registered>> {
         self.pending.take()
-    }
-
-    /// Puts a look-up taken with [`Session::take_lookup`] back (the transport could not run it
-    /// yet).
-    pub fn restore_lookup(&mut self, reg: Box<Registered>) {
-        self.pending = Some(reg);
     }
 
     /// The transport is ready for frames (WebSocket upgraded, QUIC stream open).
@@ -411,87 +347,6 @@ impl Session {
                 self.close(env.now, out, Some(error), code, true);
             }
         }
-    }
-
-    /// REFRESH (PROTOCOL.md C17): a fresh token for this session. Verified like HELLO's and for
-    /// the same `sub`; it moves the expiry and applies its grants: subscriptions it no longer
-    /// grants end with DENIED(`forbidden_namespace`), the others continue untouched. A bad token,
-    /// or another `sub`'s, gets ERROR(`unauthorized`) and the close.
-    fn refresh(&mut self, env: &mut Env<'_>, out: &mut dyn Output, token: &str) {
-        let Some(current) = self.grant.as_deref() else {
-            return;
-        };
-        let claims = match env.tokens.check(token) {
-            Ok(claims) if sub_hash(&claims.sub) == current.sub => claims,
-            refused => {
-                let (label, message) = match refused {
-                    Ok(_) => (
-                        "other_sub",
-                        "the refreshed token is for another sub".to_owned(),
-                    ),
-                    Err(e) => (e.label, e.message),
-                };
-                metrics::counter!("herald_token_refreshes_total", "result" => label).increment(1);
-                tracing::debug!(session = %format_args!("{:016x}", self.id), reason = label, "REFRESH refused");
-                let error = ServerFrame::Error {
-                    code: Code::UNAUTHORIZED,
-                    message,
-                };
-                self.close(env.now, out, Some(error), Code::UNAUTHORIZED, true);
-                return;
-            }
-        };
-        self.deadline =
-            token_deadline(claims.exp, env.limits.token_leeway_s, env.now, env.unix_now);
-        let dropped: Vec<u64> = self
-            .subs
-            .iter()
-            .filter(|&ns| !claims.ns.allows(ns))
-            .collect();
-        if !dropped.is_empty() {
-            subscribe::unsubscribe(&mut self.subs, env.conn, &dropped, env.interest);
-            out.released(&dropped);
-            for frame in ServerFrame::denied_frames(Code::FORBIDDEN_NAMESPACE, &dropped) {
-                out.send(&frame);
-            }
-        }
-        self.grant = Some(Authorized::of(&claims));
-        metrics::counter!("herald_token_refreshes_total", "result" => "ok").increment(1);
-    }
-
-    /// Whether a revocation in `revoked` ([`sub_hash`] → issued before, unix seconds) covers
-    /// this session's token.
-    #[must_use]
-    pub fn is_revoked_in(&self, revoked: &HashMap<u64, u64>) -> bool {
-        let Some(a) = self.grant.as_deref() else {
-            return false;
-        };
-        revoked
-            .get(&a.sub)
-            .is_some_and(|&before| self.is_revoked_by(a.sub, before))
-    }
-
-    /// Whether a revocation of `sub` (a [`sub_hash`]) for tokens issued before `issued_before`
-    /// (unix seconds; a token without `iat` counts as issued before) covers this session's token.
-    #[must_use]
-    pub fn is_revoked_by(&self, sub: u64, issued_before: u64) -> bool {
-        self.phase == Phase::Open
-            && self
-                .grant
-                .as_deref()
-                .is_some_and(|a| a.sub == sub && (a.iat == 0 || u64::from(a.iat) < issued_before))
-    }
-
-    /// Its token was revoked: ERROR(`unauthorized`) and the close (a waiting poll just ends; its
-    /// next poll is refused with 401).
-    pub fn revoke(&mut self, now: u32, out: &mut dyn Output) {
-        metrics::counter!("herald_revoked_sessions_total").increment(1);
-        let error = ServerFrame::Error {
-            code: Code::UNAUTHORIZED,
-            message: "the token was revoked".to_owned(),
-        };
-        let frame = (self.mode == Mode::Framed).then_some(error);
-        self.close(now, out, frame, Code::UNAUTHORIZED, true);
     }
 
     /// The look-up of a SUBSCRIBE (or poll) that waited finished: `latest` holds the latest SJID
@@ -665,110 +520,6 @@ impl Session {
         let dropped = self.subs.release(conn, interest);
         if !dropped.is_empty() {
             out.released(&dropped);
-        }
-    }
-
-    /// A long-poll request (PROTOCOL.md "Long-poll"): checks the token and the cursors, registers
-    /// interest like a SUBSCRIBE, and sets the poll's deadline: `wait` ticks, plus `jitter`.
-    ///
-    /// # Errors
-    /// [`PollRefused`] with the HTTP answer (nothing is registered then).
-    pub fn poll(
-        &mut self,
-        env: &mut Env<'_>,
-        token: &str,
-        cursors: &[(u64, u64)],
-        wait: u32,
-        jitter: u32,
-    ) -> Result<PollStarted, PollRefused> {
-        let claims = env.tokens.check(token).map_err(|e: Refused| {
-            metrics::counter!("herald_handshake_failures_total", "reason" => e.label).increment(1);
-            PollRefused {
-                status: 401,
-                error: if e.is_expiry() {
-                    ErrorName::TokenExpired
-                } else {
-                    ErrorName::Unauthorized
-                },
-                message: e.message,
-                namespaces: Vec::new(),
-            }
-        })?;
-        let mut forbidden: Vec<u64> = cursors
-            .iter()
-            .map(|&(ns, _)| ns)
-            .filter(|&ns| !claims.ns.allows(ns))
-            .collect();
-        if !forbidden.is_empty() {
-            forbidden.sort_unstable();
-            forbidden.dedup();
-            return Err(PollRefused {
-                status: 403,
-                error: ErrorName::ForbiddenNamespace,
-                message: "the token does not grant these namespaces".to_owned(),
-                namespaces: forbidden,
-            });
-        }
-        let max = env.limits.max_subscriptions;
-        if cursors.len() as u64 > max {
-            return Err(PollRefused {
-                status: 400,
-                error: ErrorName::BadRequest,
-                message: format!("at most {max} cursors per poll"),
-                namespaces: Vec::new(),
-            });
-        }
-        self.mode = Mode::Poll;
-        self.phase = Phase::Open;
-        self.deadline = env.now.saturating_add(wait + jitter + 1);
-        self.grant = Some(Authorized::of(&claims));
-        let reg = subscribe::register(
-            &mut self.subs,
-            env.conn,
-            cursors,
-            &claims.ns,
-            max,
-            env.interest,
-        );
-        match env.latest {
-            Some(latest) => {
-                let outcome =
-                    subscribe::complete(&mut self.subs, env.conn, reg, env.interest, |ns| {
-                        latest.get(ns)
-                    });
-                Ok(Self::poll_outcome(outcome))
-            }
-            None => {
-                self.pending = Some(Box::new(reg));
-                Ok(PollStarted::Lookup)
-            }
-        }
-    }
-
-    /// What a poll's completed SUBSCRIBE means for it: an answer now, or a wait.
-    #[must_use]
-    pub fn poll_outcome(outcome: SubscribeOutcome) -> PollStarted {
-        if outcome.reset.is_empty() && outcome.changed.is_empty() {
-            PollStarted::Wait
-        } else {
-            PollStarted::Answer {
-                changed: outcome.changed,
-                reset: outcome.reset,
-            }
-        }
-    }
-
-    /// The transport answered the poll: its interest goes, and the connection waits for the
-    /// next request within the handshake timeout (`keep_alive`) or ends once flushed.
-    pub fn poll_answered(&mut self, env: &mut Env<'_>, out: &mut dyn Output, keep_alive: bool) {
-        self.release_to(env.conn, env.interest, out);
-        self.grant = None;
-        if keep_alive {
-            self.phase = Phase::Connecting;
-            self.deadline = handshake_deadline(env.now, env.limits);
-        } else {
-            out.close(Code(0), false);
-            self.closing(env.now);
         }
     }
 

@@ -1,7 +1,9 @@
 //! The session in virtual time: every timer rule checked in ticks, with no sockets and no clock.
 
 use super::*;
+use crate::token::Refused;
 use herald_proto::Claims;
+use herald_proto::longpoll::ErrorName;
 
 const UNIX_NOW: u64 = 1_900_000_000;
 
