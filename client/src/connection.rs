@@ -24,6 +24,7 @@ use tokio_tungstenite::{
 
 use crate::config::ConnectOptions;
 use crate::error::ClientError;
+pub use crate::incoming::Incoming;
 use crate::tls::TlsRoots;
 
 /// The socket type behind a [`Connection`].
@@ -40,20 +41,6 @@ pub struct Welcome {
     pub max_subscriptions: u64,
     /// Opaque id the server also logs; quote it in bug reports.
     pub session_id: Vec<u8>,
-}
-
-/// One thing read from the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
-    /// A decoded server frame.
-    Frame(ServerFrame),
-    /// The connection ended: with a close frame (`code` set), or without one (EOF).
-    Closed {
-        /// The WebSocket close code (4000 + Herald code for Herald closes).
-        code: Option<u16>,
-        /// The close reason, possibly empty.
-        reason: String,
-    },
 }
 
 /// One WebSocket session speaking Herald frames.

@@ -58,6 +58,7 @@ pub mod connection;
 pub mod cursors;
 pub mod error;
 pub mod event;
+pub mod incoming;
 pub mod longpoll;
 pub mod refresh;
 pub mod tls;

@@ -13,8 +13,8 @@ use herald_proto::{MAX_SERVER_FRAME, QUIC_ALPN, frame::decode_server};
 use quinn::{ConnectionError, ReadError, VarInt};
 
 use crate::config::ConnectOptions;
-use crate::connection::Incoming;
 use crate::error::ClientError;
+use crate::incoming::Incoming;
 use crate::tls::TlsRoots;
 
 /// URL scheme of the QUIC transport.
