@@ -97,6 +97,25 @@ pub struct Header {
 /// Parses a client frame header from the front of `buf`. `Ok(None)` means more bytes are needed.
 /// `max_payload` bounds data frames, so a hostile length is refused before it is buffered.
 pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, WsError> {
+    parse_any_header(buf, max_payload, true)
+}
+
+/// Parses a server frame header from the front of `buf`, on the client side. `Ok(None)` means
+/// more bytes are needed. Server frames must not be masked ([`WsError::Masked`]); the returned
+/// header's `mask` is all zeroes. RSV bits, reserved opcodes, control-frame limits and
+/// `max_payload` (for data frames) are checked as in [`parse_header`].
+pub fn parse_server_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, WsError> {
+    parse_any_header(buf, max_payload, false)
+}
+
+/// Both directions: frames from a client must be masked (`masked`), frames from a server must
+/// not be.
+#[inline]
+fn parse_any_header(
+    buf: &[u8],
+    max_payload: usize,
+    masked: bool,
+) -> Result<Option<Header>, WsError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
     if b0 & 0x70 != 0 {
         return Err(WsError::ReservedBits);
@@ -112,8 +131,10 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Ws
         }
         other => return Err(WsError::ReservedOpcode(other)),
     }
-    if b1 & 0x80 == 0 {
-        return Err(WsError::Unmasked);
+    match (b1 & 0x80 != 0, masked) {
+        (false, true) => return Err(WsError::Unmasked),
+        (true, false) => return Err(WsError::Masked),
+        _ => {}
     }
     let (payload_len, len_bytes) = match b1 & 0x7f {
         126 => {
@@ -141,70 +162,20 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Ws
         });
     }
     let mask_at = 2 + len_bytes;
-    let Some(m) = buf.get(mask_at..mask_at + 4) else {
-        return Ok(None);
+    let mask = if masked {
+        let Some(m) = buf.get(mask_at..mask_at + 4) else {
+            return Ok(None);
+        };
+        [m[0], m[1], m[2], m[3]]
+    } else {
+        [0; 4]
     };
     Ok(Some(Header {
         fin,
         opcode,
-        header_len: mask_at + 4,
+        header_len: if masked { mask_at + 4 } else { mask_at },
         payload_len,
-        mask: [m[0], m[1], m[2], m[3]],
-    }))
-}
-
-/// Parses a server frame header from the front of `buf`, on the client side. `Ok(None)` means
-/// more bytes are needed. Server frames must not be masked ([`WsError::Masked`]); the returned
-/// header's `mask` is all zeroes. RSV bits, reserved opcodes, control-frame limits and
-/// `max_payload` (for data frames) are checked as in [`parse_header`].
-pub fn parse_server_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, WsError> {
-    let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b0 & 0x70 != 0 {
-        return Err(WsError::ReservedBits);
-    }
-    let fin = b0 & 0x80 != 0;
-    let opcode = b0 & 0x0f;
-    match opcode {
-        opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {}
-        opcode::CLOSE | opcode::PING | opcode::PONG => {
-            if !fin || (b1 & 0x7f) > 125 {
-                return Err(WsError::BadControl);
-            }
-        }
-        other => return Err(WsError::ReservedOpcode(other)),
-    }
-    if b1 & 0x80 != 0 {
-        return Err(WsError::Masked);
-    }
-    let (payload_len, len_bytes) = match b1 & 0x7f {
-        126 => {
-            let Some(b) = buf.get(2..4) else {
-                return Ok(None);
-            };
-            (u64::from(u16::from_be_bytes([b[0], b[1]])), 2)
-        }
-        127 => {
-            let Some(b) = buf.get(2..10) else {
-                return Ok(None);
-            };
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            (u64::from_be_bytes(a), 8)
-        }
-        n => (u64::from(n), 0),
-    };
-    if opcode < opcode::CLOSE && payload_len > max_payload as u64 {
-        return Err(WsError::TooBig {
-            len: payload_len,
-            max: max_payload,
-        });
-    }
-    Ok(Some(Header {
-        fin,
-        opcode,
-        header_len: 2 + len_bytes,
-        payload_len,
-        mask: [0; 4],
+        mask,
     }))
 }
 
