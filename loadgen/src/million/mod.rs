@@ -396,7 +396,11 @@ fn million(args: &MillionArgs, temp: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(args.namespaces > 0, "--namespaces must be above 0");
     let log_dir = args.log_dir.clone().unwrap_or_else(|| temp.join("logs"));
     std::fs::create_dir_all(&log_dir)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // A worker thread, so the publisher's NATS connection answers the server's PINGs while this
+    // thread waits (a current-thread runtime is idle then, and nats-server drops the connection
+    // as stale after a few minutes: the broadcast after a 300 s hold found it gone).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     let gateways = match args.gateways {
