@@ -263,3 +263,21 @@ pub(crate) fn sibling_gateway() -> String {
 pub(crate) fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
+
+/// A binary next to this one, unless given.
+pub(crate) fn sibling_binary(explicit: Option<&String>, name: &str) -> anyhow::Result<String> {
+    if let Some(bin) = explicit {
+        return Ok(bin.clone());
+    }
+    let path = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join(name))
+        .ok_or_else(|| anyhow::anyhow!("no directory of the current executable"))?;
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist: build it (cargo build --release -p herald-gateway -p herald-relay \
+         -p herald-loadgen) or pass its path",
+        path.display()
+    );
+    Ok(path.display().to_string())
+}

@@ -370,7 +370,7 @@ fn measure(
     let heap_now: Option<u64> = processes.iter().map(|p| p.heap_bytes).sum();
     let slab = procfs::slab_bytes()?;
     let per = |now: u64, base: u64| now.saturating_sub(base) as f64 / denominator;
-    let (tcp_inuse, tcp_mem_pages) = sockstat_tcp();
+    let (tcp_inuse, tcp_mem_pages) = crate::procfs::sockstat_tcp();
     Ok(Step {
         connections: held,
         gateway_connections: counted,
@@ -427,23 +427,6 @@ fn line(s: &Step) -> String {
 
 fn sum(values: impl Iterator<Item = anyhow::Result<u64>>) -> anyhow::Result<u64> {
     values.sum()
-}
-
-/// `TCP: inuse N … mem P` from `/proc/net/sockstat` (machine-wide; `mem` is in pages).
-fn sockstat_tcp() -> (Option<u64>, Option<u64>) {
-    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
-    let Some(tcp) = text.lines().find_map(|l| l.strip_prefix("TCP:")) else {
-        return (None, None);
-    };
-    let fields: Vec<&str> = tcp.split_whitespace().collect();
-    let get = |name: &str| {
-        fields
-            .iter()
-            .position(|f| *f == name)
-            .and_then(|i| fields.get(i + 1))
-            .and_then(|v| v.parse().ok())
-    };
-    (get("inuse"), get("mem"))
 }
 
 fn spawn_holder(

@@ -73,3 +73,20 @@ fn clock_ticks_per_second() -> u64 {
             .unwrap_or(100)
     })
 }
+
+/// `TCP: inuse N … mem P` from `/proc/net/sockstat` (machine-wide; `mem` is in pages).
+pub(crate) fn sockstat_tcp() -> (Option<u64>, Option<u64>) {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let Some(tcp) = text.lines().find_map(|l| l.strip_prefix("TCP:")) else {
+        return (None, None);
+    };
+    let fields: Vec<&str> = tcp.split_whitespace().collect();
+    let get = |name: &str| {
+        fields
+            .iter()
+            .position(|f| *f == name)
+            .and_then(|i| fields.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    (get("inuse"), get("mem"))
+}

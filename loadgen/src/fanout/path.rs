@@ -43,24 +43,6 @@ impl Drop for TempDir {
     }
 }
 
-/// A binary next to this one, unless given.
-fn sibling(explicit: Option<&String>, name: &str) -> anyhow::Result<String> {
-    if let Some(bin) = explicit {
-        return Ok(bin.clone());
-    }
-    let path = std::env::current_exe()?
-        .parent()
-        .map(|d| d.join(name))
-        .ok_or_else(|| anyhow::anyhow!("no directory of the current executable"))?;
-    anyhow::ensure!(
-        path.exists(),
-        "{} does not exist: build it (cargo build --release -p herald-gateway -p herald-relay \
-         -p herald-loadgen) or pass its path",
-        path.display()
-    );
-    Ok(path.display().to_string())
-}
-
 pub(super) fn run_path(
     rt: &tokio::runtime::Runtime,
     args: &FanoutArgs,
@@ -72,7 +54,7 @@ pub(super) fn run_path(
     }
     let loadavg_start = super::loadavg();
     let dir = TempDir::new(kind.name())?;
-    let gateway_bin = sibling(args.gateway_bin.as_ref(), "herald-gateway")?;
+    let gateway_bin = crate::gateway::sibling_binary(args.gateway_bin.as_ref(), "herald-gateway")?;
     let gateway_log = dir.0.join("gateway.log");
     let mut gateway_args = vec![
         "--heartbeat-ms".to_owned(),
@@ -104,7 +86,8 @@ pub(super) fn run_path(
         }
         PathKind::Nats => {
             let nats_bin = natsproc::nats_server_binary(args.peers.nats_server.as_deref())?;
-            let relay_bin = sibling(args.relay_bin.as_ref(), "herald-relay")?;
+            let relay_bin =
+                crate::gateway::sibling_binary(args.relay_bin.as_ref(), "herald-relay")?;
             let nats = NatsServer::start(&nats_bin, &dir.0)?;
             let relay_log = dir.0.join("relay.log");
             let relay = Relay::start(

@@ -356,23 +356,6 @@ pub(crate) fn run(args: &MillionArgs) -> anyhow::Result<()> {
     result
 }
 
-fn sibling(explicit: Option<&String>, name: &str) -> anyhow::Result<String> {
-    if let Some(bin) = explicit {
-        return Ok(bin.clone());
-    }
-    let path = std::env::current_exe()?
-        .parent()
-        .map(|d| d.join(name))
-        .ok_or_else(|| anyhow::anyhow!("no directory of the current executable"))?;
-    anyhow::ensure!(
-        path.exists(),
-        "{} does not exist: build it (cargo build --release -p herald-gateway -p herald-relay \
-         -p herald-loadgen) or pass its path",
-        path.display()
-    );
-    Ok(path.display().to_string())
-}
-
 fn steps(args: &MillionArgs) -> Vec<usize> {
     let mut steps: Vec<usize> = if args.steps.is_empty() {
         (1..=4).map(|q| args.conns * q / 4).collect()
@@ -525,8 +508,8 @@ fn start_fleet(
     gateways: usize,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Fleet> {
-    let gateway_bin = sibling(args.gateway_bin.as_ref(), "herald-gateway")?;
-    let relay_bin = sibling(args.relay_bin.as_ref(), "herald-relay")?;
+    let gateway_bin = crate::gateway::sibling_binary(args.gateway_bin.as_ref(), "herald-gateway")?;
+    let relay_bin = crate::gateway::sibling_binary(args.relay_bin.as_ref(), "herald-relay")?;
     let nats_bin = natsproc::nats_server_binary(args.nats_server.as_deref())?;
     let nats = NatsServer::start_monitored(&nats_bin, temp, true)?;
     let relay = Relay::start(
@@ -677,7 +660,7 @@ fn ramp(
                     holders.sum(|s| s.http_503),
                     holders.sum(|s| s.dropped),
                     holders.errors(),
-                    sockstat_tcp().0,
+                    crate::procfs::sockstat_tcp().0,
                     KernelCounters::read(),
                 );
                 println!("STOPPED: {why}");
@@ -770,7 +753,7 @@ fn measure(
         gateway_max_conns: per_gw.iter().copied().fold(0.0, f64::max),
         kernel_slab_bytes: slab,
         kernel_slab_per_socket: slab as f64 / (2.0 * n),
-        tcp_sockets_in_use: sockstat_tcp().0,
+        tcp_sockets_in_use: crate::procfs::sockstat_tcp().0,
         nats_rss_bytes: procfs::rss_bytes(fleet.nats.pid).unwrap_or(0),
         nats_varz_mem_bytes: varz.as_ref().and_then(|v| v["mem"].as_u64()),
         nats_subscriptions: subsz
@@ -1191,21 +1174,4 @@ fn http_json(port: Option<u16>, path: &str) -> Option<serde_json::Value> {
     s.read_to_string(&mut out).ok()?;
     let body = out.split_once("\r\n\r\n")?.1;
     serde_json::from_str(body).ok()
-}
-
-/// `TCP: inuse N … mem P` from `/proc/net/sockstat`.
-fn sockstat_tcp() -> (Option<u64>, Option<u64>) {
-    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
-    let Some(tcp) = text.lines().find_map(|l| l.strip_prefix("TCP:")) else {
-        return (None, None);
-    };
-    let fields: Vec<&str> = tcp.split_whitespace().collect();
-    let get = |name: &str| {
-        fields
-            .iter()
-            .position(|f| *f == name)
-            .and_then(|i| fields.get(i + 1))
-            .and_then(|v| v.parse().ok())
-    };
-    (get("inuse"), get("mem"))
 }

@@ -1,23 +1,13 @@
 use super::*;
 use proptest::prelude::*;
 
-/// A masked client frame, as a browser would send it.
+/// A masked client frame, as a browser would send it (`fin` false: a fragment).
 fn client_frame(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | op];
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= 0xffff {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+    let mut out = Vec::new();
+    encode_client_frame(op, payload, mask, &mut out);
+    if !fin {
+        out[0] &= 0x7f;
     }
-    out.extend_from_slice(&mask);
-    let mut body = payload.to_vec();
-    unmask(&mut body, mask);
-    out.extend_from_slice(&body);
     out
 }
 
