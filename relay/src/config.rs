@@ -10,6 +10,11 @@ use std::time::Duration;
 pub const MAX_PARTITIONS: u64 = 1 << 20;
 /// Longest coalescing delay: the whole delivery bound is 1 s (PROTOCOL.md), keep most of it.
 pub const MAX_COALESCE_US: u64 = 100_000;
+/// Longest vouching delay: a change the direct path lost is delivered by the vouch, within the
+/// 1 s delivery bound (PROTOCOL.md).
+pub const MAX_VOUCH_MS: u64 = 900;
+/// The vouching delay of a tier-0 relay when `--vouch-ms` is not given.
+pub const DEFAULT_VOUCH_MS: u64 = 500;
 /// Bounds of the journal's duplicate window. DESIGN.md: the window, not the data, dominates the
 /// server's memory and restart time, so it is kept short.
 pub const DUPLICATE_WINDOW_S_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
@@ -100,6 +105,22 @@ pub struct ServeArgs {
     /// more p50 with 200 µs than with 0).
     #[arg(long, env = "HERALD_COALESCE_US", default_value_t = 0)]
     pub coalesce_us: u64,
+    /// Vouching (tier 0): gateways read each change straight from the journal's subjects
+    /// (`herald-gateway --journal-direct`, their default), so the fan-out only has to vouch
+    /// for what they may have lost: a partition's changes are gathered this long, milliseconds,
+    /// and go out in one numbered batch (a gap in it still resyncs). Most of the relay's and the
+    /// broker's work per change goes with it. 0: every change at once (`--coalesce-us`), for
+    /// gateways that do not read the journal. Default 500 on tier 0; a tier-N relay always fans
+    /// out at once (its gateways cannot see the journal).
+    #[arg(long, env = "HERALD_VOUCH_MS")]
+    pub vouch_ms: Option<u64>,
+    /// Tier 0: also read the journal's subjects with a plain subscription (the *tap*), so the
+    /// latest table, the look-ups and the fan-out have a change before JetStream delivers it,
+    /// also while the consumer is being recreated after a NATS node failed. `false` saves the
+    /// relay and the broker one delivery per change; with vouching gateways that read the
+    /// journal themselves, it only makes look-ups during such a failure a little staler.
+    #[arg(long, env = "HERALD_JOURNAL_TAP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub journal_tap: bool,
     /// How often every partition gets a heartbeat (an empty batch with the last seq), so
     /// gateways notice a new relay or a lost last batch; milliseconds.
     #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 500)]
@@ -201,6 +222,19 @@ impl ServeArgs {
                 self.coalesce_us
             );
         }
+        if let Some(vouch) = self.vouch_ms {
+            if vouch > MAX_VOUCH_MS {
+                anyhow::bail!(
+                    "--vouch-ms {vouch} must be at most {MAX_VOUCH_MS} (the delivery bound is 1 s)"
+                );
+            }
+            if vouch > 0 && self.upstream_nats.is_some() {
+                anyhow::bail!(
+                    "--vouch-ms {vouch} needs the journal: a tier-N relay (--upstream-nats) \
+                     fans out at once, its gateways cannot read the journal's subjects"
+                );
+            }
+        }
         if !(10..=10_000).contains(&self.heartbeat_ms) {
             anyhow::bail!(
                 "--heartbeat-ms {} must be within 10..=10000 (the delivery bound is 1 s)",
@@ -210,12 +244,28 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// The vouching delay in effect (zero: every change goes out at once).
+    #[must_use]
+    pub fn vouch(&self) -> Duration {
+        let default = if self.upstream_nats.is_some() {
+            0
+        } else {
+            DEFAULT_VOUCH_MS
+        };
+        Duration::from_millis(self.vouch_ms.unwrap_or(default))
+    }
+
     /// The fan-out slice.
     #[must_use]
     pub fn fanout(&self) -> FanoutSettings {
+        let vouch = self.vouch();
         FanoutSettings {
             partitions: self.partitions,
-            coalesce: Duration::from_micros(self.coalesce_us),
+            coalesce: if vouch.is_zero() {
+                Duration::from_micros(self.coalesce_us)
+            } else {
+                vouch
+            },
             heartbeat: Duration::from_millis(self.heartbeat_ms),
         }
     }
@@ -236,7 +286,12 @@ mod tests {
         assert!(cli.command.is_none());
         cli.serve.validate().expect("defaults");
         assert_eq!(cli.serve.partitions, 64);
-        assert_eq!(cli.serve.fanout().coalesce, Duration::ZERO);
+        assert_eq!(cli.serve.fanout().coalesce, Duration::from_millis(500));
+        let at_once = parse(&["--vouch-ms", "0", "--coalesce-us", "2000"]);
+        assert_eq!(at_once.serve.fanout().coalesce, Duration::from_millis(2));
+        let tier_n = parse(&["--upstream-nats", "nats://up:4222"]);
+        tier_n.serve.validate().expect("tier N");
+        assert_eq!(tier_n.serve.fanout().coalesce, Duration::ZERO);
         assert_eq!(
             cli.serve.stream.settings().duplicate_window,
             Duration::from_secs(10)
@@ -250,6 +305,8 @@ mod tests {
             (&["--replicas", "7"], "--replicas"),
             (&["--duplicate-window-s", "0"], "--duplicate-window-s"),
             (&["--coalesce-us", "5000000"], "--coalesce-us"),
+            (&["--vouch-ms", "1000"], "--vouch-ms"),
+            (&["--vouch-ms", "100", "--upstream-nats", "nats://up:4222"], "--vouch-ms"),
             (&["--nats", " "], "--nats"),
         ] {
             let err = parse(args).serve.validate().unwrap_err().to_string();

@@ -16,6 +16,14 @@
 //!                                                                    FanoutBatch{epoch, seq}
 //! ```
 //!
+//! **Vouching** (tier 0, the default): gateways read each change straight from the journal's
+//! subjects (herald-upstream's `journal_direct`), so the fan-out does not have to be fast, only
+//! complete. The coalescer then gathers a partition's changes for `--vouch-ms` (500 ms) and
+//! sends them as one numbered batch: every change is still in the stream, a gap still resyncs,
+//! and the relay and the broker do per partition and half-second what they did per change.
+//! `--vouch-ms 0` fans every change out at once (gateways that do not read the journal); a
+//! tier-N relay always does, as its gateways are on another NATS side with no journal.
+//!
 //! Several relays may run on one journal at once, each with its own random epoch: merge is max,
 //! so they never disagree for long, and a gateway follows one relay's numbered stream per
 //! partition and resyncs when it sees a gap or another epoch.

@@ -118,6 +118,7 @@ async fn serve(
                 js,
                 args.partitions,
                 args.stream.settings(),
+                args.journal_tap,
             ))),
             Answers::Table(table.clone(), freshness.clone()),
         ),

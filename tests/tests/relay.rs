@@ -17,8 +17,12 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Partitions of every test deployment: small, so partition numbers are easy to read.
 const PARTITIONS: u64 = 4;
 
+/// These tests read the fan-out itself, so it goes out at once (`--coalesce-us`), not as
+/// vouching batches (tests/tests/journal_direct.rs covers those).
 fn options() -> RelayOptions {
-    RelayOptions::new().arg("--partitions", PARTITIONS)
+    RelayOptions::new()
+        .arg("--partitions", PARTITIONS)
+        .arg("--vouch-ms", 0)
 }
 
 async fn publisher(nats: &NatsServer) -> Publisher {

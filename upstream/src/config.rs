@@ -30,6 +30,13 @@ pub struct UpstreamConfig {
     /// the connected NATS server is taken for hung: switch to another server and resync
     /// ([`crate::watchdog`]). `None`: off.
     pub relay_silence: Option<Duration>,
+    /// Also read the journal's subjects (`herald.journal.<p>.*`) of every followed partition
+    /// with a plain subscription, so a change arrives straight from its publisher instead of
+    /// through a relay's fan-out. The relays' numbered fan-out stays the guarantee: it still
+    /// carries every change (coalesced, when the relays run with `--vouch-ms`), and a gap in it
+    /// still resyncs. On a NATS side where nobody publishes the journal (below a tier-N relay)
+    /// this subscription simply stays quiet.
+    pub journal_direct: bool,
 }
 
 /// The servers of a comma-separated NATS URL list (blanks trimmed, empty items dropped).
@@ -50,7 +57,7 @@ impl UpstreamConfig {
     }
 
     /// Defaults for `nats_url`: 64 partitions, interest scope, 1 s requests, 10 s look-ups,
-    /// 2 s relay silence.
+    /// 2 s relay silence, journal subjects read directly.
     #[must_use]
     pub fn new(nats_url: impl Into<String>) -> Self {
         UpstreamConfig {
@@ -61,6 +68,7 @@ impl UpstreamConfig {
             lookup_deadline: Duration::from_secs(10),
             name: "herald".into(),
             relay_silence: Some(Duration::from_secs(2)),
+            journal_direct: true,
         }
     }
 }

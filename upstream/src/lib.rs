@@ -4,11 +4,20 @@
 //! "a gateway's upstream client is the same code as a tier-N relay's source").
 //!
 //! ```text
-//!   relays ── herald.fanout.<p> (FanoutBatch{epoch, seq}) ──► partition task ─┐
-//!          ◄─ herald.latest.<p> (LatestRequest/Reply) ──── look-ups, resync ──┤ merge is max
-//!                                                                             ▼
-//!                                            local latest (per partition) ──► raised changes out
+//!   publishers ── herald.journal.<p>.<ns> (the publish itself) ──► partition task ─┐
+//!   relays ── herald.fanout.<p> (FanoutBatch{epoch, seq}) ──────► partition task ─┤
+//!          ◄─ herald.latest.<p> (LatestRequest/Reply) ──── look-ups, resync ──────┤ merge is max
+//!                                                                                  ▼
+//!                                                 local latest (per partition) ──► raised changes out
 //! ```
+//!
+//! - **Direct from the journal** ([`UpstreamConfig::journal_direct`], on by default): each
+//!   followed partition also has a plain subscription on `herald.journal.<p>.*`, so a change
+//!   arrives with its publish, one hop and one relay shorter than the fan-out. It is a shortcut,
+//!   never the guarantee: core NATS may drop it (a route between servers breaks), so the relays'
+//!   numbered fan-out still carries every change, gathered for up to `--vouch-ms` (500 ms) on
+//!   tier 0; that *vouch* delivers whatever the shortcut lost. Publishers publish only committed
+//!   changes, so one the journal never stores (rejected, retried) is still true.
 //!
 //! - **Interest**: a partition is subscribed while some namespace in it has interest (or always,
 //!   in [`Scope::All`] mode), and dropped, with what was known of it, when the last interest goes.

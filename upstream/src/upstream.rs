@@ -7,6 +7,7 @@ use async_nats::{Client, Event};
 use futures_util::StreamExt;
 use herald_proto::fanout::{FanoutBatch, LatestReply, LatestRequest, MAX_PAIRS_PER_MESSAGE};
 use herald_proto::fanout::{fanout_subject, latest_subject, partition};
+use herald_proto::fanout::{parse_journal_body, parse_journal_subject};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -494,38 +495,89 @@ impl Upstream {
     }
 }
 
-/// The task of one subscribed partition: subscribe, confirm with a flush, then apply batches.
-async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch::Sender<bool>) {
-    let subject = fanout_subject(p);
+/// The subscriptions of one followed partition.
+struct PartitionSubs {
+    /// `herald.fanout.<p>`: the relays' numbered stream, the guarantee.
+    fanout: async_nats::Subscriber,
+    /// `herald.journal.<p>.*` when [`UpstreamConfig::journal_direct`]: each publish as it
+    /// happens, one hop shorter than the fan-out.
+    journal: Option<async_nats::Subscriber>,
+}
+
+/// Subscribes what partition `p` needs and confirms it with a flush, retrying until it works
+/// (the task is aborted when the partition is dropped).
+async fn subscribe_partition(up: &Upstream, p: u64) -> PartitionSubs {
+    let client = &up.inner.client;
     let mut backoff = Duration::from_millis(20);
-    let mut sub = loop {
-        match up.inner.client.subscribe(subject.clone()).await {
-            Ok(s) => match up.inner.client.flush().await {
-                Ok(()) => break s,
-                Err(e) => {
-                    tracing::warn!(%subject, error = %e, "flush after subscribe failed; retrying")
-                }
-            },
-            Err(e) => tracing::warn!(%subject, error = %e, "subscribe failed; retrying"),
+    loop {
+        let attempt = async {
+            let fanout = client.subscribe(fanout_subject(p)).await?;
+            let journal = if up.inner.config.journal_direct {
+                Some(client.subscribe(journal_partition_subjects(p)).await?)
+            } else {
+                None
+            };
+            client.flush().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(PartitionSubs { fanout, journal })
+        };
+        match attempt.await {
+            Ok(subs) => return subs,
+            Err(e) => tracing::warn!(partition = p, error = %e, "subscribing failed; retrying"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
-    };
+    }
+}
+
+/// What one message of a partition's subscriptions brought.
+enum Incoming {
+    /// A relay's numbered batch.
+    Batch(FanoutBatch),
+    /// A publish on the journal subject: one change.
+    Journal((u64, u64)),
+}
+
+/// The task of one subscribed partition: subscribe, confirm with a flush, then apply batches
+/// (and, with [`UpstreamConfig::journal_direct`], journal publishes).
+async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch::Sender<bool>) {
+    let PartitionSubs {
+        mut fanout,
+        mut journal,
+    } = subscribe_partition(&up, p).await;
     let _ = subscribed.send(true);
     // A partition just followed has not had time to hear its relays yet.
     up.inner.silence.heard();
+    let partitions = up.inner.config.partitions;
     let all = up.inner.config.scope == Scope::All;
-    while let Some(msg) = sub.next().await {
-        up.inner.silence.heard_from_relay();
-        let batch = match FanoutBatch::decode(&msg.payload) {
-            Ok(b) => b,
-            Err(e) => {
-                metrics::counter!("herald_upstream_bad_messages_total").increment(1);
-                tracing::warn!(%subject, error = %e, "malformed fan-out batch skipped");
-                continue;
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            msg = fanout.next() => {
+                let Some(msg) = msg else { return };
+                up.inner.silence.heard_from_relay();
+                match FanoutBatch::decode(&msg.payload) {
+                    Ok(batch) => Incoming::Batch(batch),
+                    Err(e) => {
+                        metrics::counter!("herald_upstream_bad_messages_total").increment(1);
+                        tracing::warn!(partition = p, error = %e, "malformed fan-out batch skipped");
+                        continue;
+                    }
+                }
+            }
+            Some(msg) = next_journal(&mut journal) => {
+                match direct_change(&msg.subject, &msg.payload, p, partitions) {
+                    Some(change) => Incoming::Journal(change),
+                    None => {
+                        // The relays log and count these too; the fan-out carries the change
+                        // (under its right partition) a little later.
+                        metrics::counter!("herald_upstream_journal_skipped_total").increment(1);
+                        continue;
+                    }
+                }
             }
         };
-        let (position, raised) = {
+        let from_journal = matches!(incoming, Incoming::Journal(_));
+        let (resync, raised) = {
             let mut parts = up.parts();
             let Some(slot) = parts
                 .get_mut(&p)
@@ -533,25 +585,54 @@ async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch
             else {
                 return;
             };
-            let position = slot
-                .part
-                .position(batch.epoch, batch.seq, batch.changes.is_empty());
-            let raised: Changes = batch
-                .changes
-                .iter()
-                .copied()
-                .filter(|&(ns, sjid)| {
-                    (all || slot.part.interest.contains_key(&ns)) && slot.part.merge(ns, sjid)
-                })
-                .collect();
-            (position, raised)
+            let part = &mut slot.part;
+            let (resync, mut changes) = match incoming {
+                Incoming::Batch(batch) => {
+                    let position = part.position(batch.epoch, batch.seq, batch.changes.is_empty());
+                    (position == Position::Resync, batch.changes)
+                }
+                Incoming::Journal(change) => (false, vec![change]),
+            };
+            changes.retain(|&(ns, sjid)| {
+                (all || part.interest.contains_key(&ns)) && part.merge(ns, sjid)
+            });
+            (resync, changes)
         };
-        if position == Position::Resync {
+        if !raised.is_empty() {
+            metrics::counter!(if from_journal {
+                "herald_upstream_direct_changes_total"
+            } else {
+                "herald_upstream_fanout_changes_total"
+            })
+            .increment(raised.len() as u64);
+        }
+        if resync {
             up.resync(p, "new relay epoch or a gap in its sequence");
         }
         if !raised.is_empty() && up.inner.out.send(raised).await.is_err() {
             return;
         }
+    }
+}
+
+/// `herald.journal.<p>.*`: every journal subject of partition `p`.
+fn journal_partition_subjects(p: u64) -> String {
+    format!("herald.journal.{p}.*")
+}
+
+/// The change a journal publish on partition `p`'s subjects carries, if it is well formed and
+/// its namespace belongs to `p`.
+fn direct_change(subject: &str, body: &[u8], p: u64, partitions: u64) -> Option<(u64, u64)> {
+    let (on, ns) = parse_journal_subject(subject)?;
+    let sjid = parse_journal_body(body)?;
+    (on == p && partition(ns, partitions) == p).then_some((ns, sjid))
+}
+
+/// The next journal publish (never ready without the direct subscription).
+async fn next_journal(journal: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match journal.as_mut() {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

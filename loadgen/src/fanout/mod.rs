@@ -142,6 +142,9 @@ pub(crate) struct FanoutArgs {
     /// Extra arguments for the gateway (both Herald paths).
     #[arg(long, allow_hyphen_values = true)]
     gateway_arg: Vec<String>,
+    /// Extra arguments for the relay on the nats path (e.g. `--relay-arg=--vouch-ms=0`).
+    #[arg(long, allow_hyphen_values = true)]
+    relay_arg: Vec<String>,
     /// Write the whole report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,

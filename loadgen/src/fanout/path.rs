@@ -90,25 +90,31 @@ pub(super) fn run_path(
                 crate::gateway::sibling_binary(args.relay_bin.as_ref(), "herald-relay")?;
             let nats = NatsServer::start(&nats_bin, &dir.0)?;
             let relay_log = dir.0.join("relay.log");
-            let relay = Relay::start(
-                &relay_bin,
-                &nats.url(),
-                &[
-                    "--coalesce-us".into(),
-                    args.coalesce_us.to_string(),
-                    "--partitions".into(),
-                    args.partitions.to_string(),
-                ],
-                &relay_log,
-            )?;
+            let mut relay_args = vec![
+                "--coalesce-us".to_owned(),
+                args.coalesce_us.to_string(),
+                "--partitions".to_owned(),
+                args.partitions.to_string(),
+            ];
+            relay_args.extend(args.relay_arg.iter().cloned());
+            let relay = Relay::start(&relay_bin, &nats.url(), &relay_args, &relay_log)?;
             gateway_args.push("--nats".into());
             gateway_args.push(nats.url());
             (
                 Some(nats),
                 Some(relay),
                 format!(
-                    "nats-server -js + herald-relay --coalesce-us {} + herald-gateway --nats; herald_relay::Publisher to JetStream",
-                    args.coalesce_us
+                    "nats-server -js + herald-relay {} + herald-gateway --nats{}; herald_relay::Publisher to JetStream",
+                    relay_args[..2]
+                        .iter()
+                        .chain(&args.relay_arg)
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    args.gateway_arg
+                        .iter()
+                        .map(|a| format!(" {a}"))
+                        .collect::<String>()
                 ),
             )
         }

@@ -29,6 +29,33 @@ fn source(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 77, (k / 250) as u8, (2 + k % 250) as u8))
 }
 
+/// The source ports a holder of `count` connections walks: below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), or above it. Ports taken with an explicit `bind()` are
+/// skipped by every `connect()` that lets the kernel pick the port, whatever the address (Linux
+/// `__inet_hash_connect`), so holders spread over the whole range left no port for anything
+/// else on the box: a gateway restarted during the 1M rolling restart could not connect to
+/// NATS ("IO error" for 60 s, readyz never 200). At least 1.5 × `count` ports are needed for
+/// the reconnect churn.
+fn holder_ports(count: usize) -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".into());
+    let mut range = text.split_whitespace().filter_map(|v| v.parse::<u32>().ok());
+    let (lo, hi) = (range.next().unwrap_or(32768), range.next().unwrap_or(60999));
+    let need = (count as u32).saturating_mul(3) / 2;
+    if lo.saturating_sub(1024) >= need {
+        return (1024, (lo - 1) as u16);
+    }
+    if 65535u32.saturating_sub(hi) >= need {
+        return ((hi + 1) as u16, 65535);
+    }
+    eprintln!(
+        "warning: the ephemeral port range {lo}-{hi} leaves fewer than {need} ports for a holder \
+         of {count} connections, so holders share it: a process started mid-run may find no \
+         port to connect from (narrow net.ipv4.ip_local_port_range to fix it)"
+    );
+    (10_000, 65_000)
+}
+
 impl Holders {
     /// Starts holder number `self.0.len()` for connections `first..first + count`.
     pub(super) fn spawn(
@@ -41,12 +68,14 @@ impl Holders {
         log_dir: &std::path::Path,
     ) -> anyhow::Result<()> {
         let k = self.0.len();
+        let (port_lo, port_hi) = holder_ports(count);
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("lean-hold")
             .args(["--ws", &ws.to_string(), "--token", token])
             .args(["--count", &count.to_string(), "--first", &first.to_string()])
             .args(["--namespaces", &args.namespaces.to_string()])
             .args(["--source", &source(k).to_string()])
+            .args(["--port-lo", &port_lo.to_string(), "--port-hi", &port_hi.to_string()])
             .args(["--rate", &args.holder_rate.to_string()])
             .args(["--parallel", &args.parallel.to_string()])
             .args(["--ping-s", &args.ping_s.to_string()])

@@ -74,6 +74,8 @@ pub struct JournalSource {
     partitions: u64,
     /// Used when the stream has to be created.
     stream: StreamSettings,
+    /// Whether to run the tap (`--journal-tap`).
+    tap: bool,
 }
 
 /// Why one consumer's life ended.
@@ -108,13 +110,14 @@ struct Limits {
 }
 
 impl JournalSource {
-    /// A source reading the journal through `js`.
+    /// A source reading the journal through `js`, with the tap when `tap`.
     #[must_use]
-    pub fn new(js: jetstream::Context, partitions: u64, stream: StreamSettings) -> Self {
+    pub fn new(js: jetstream::Context, partitions: u64, stream: StreamSettings, tap: bool) -> Self {
         JournalSource {
             js,
             partitions: partitions.max(1),
             stream,
+            tap,
         }
     }
 
@@ -127,7 +130,7 @@ impl JournalSource {
         let mut backoff = Backoff::new();
         let mut limits = Limits::default();
         let started = Instant::now();
-        let mut tap = Tap::new(&self.js).await;
+        let mut tap = Tap::new(&self.js, self.tap).await;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -425,9 +428,10 @@ struct Tap {
 }
 
 impl Tap {
-    async fn new(js: &jetstream::Context) -> Self {
+    async fn new(js: &jetstream::Context, enabled: bool) -> Self {
         let client = js.client();
         let subscriber = match client.subscribe(crate::stream::JOURNAL_SUBJECTS).await {
+            _ if !enabled => None,
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "journal tap not subscribed: changes wait for the consumer");
