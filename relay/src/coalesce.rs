@@ -44,6 +44,8 @@ pub struct Coalescer {
     sealed: VecDeque<(u64, FanoutBatch)>,
     /// Last seq used per partition (the next batch gets +1; the first is 1).
     seq: HashMap<u64, u64>,
+    /// When each partition's last batch was handed out by [`Coalescer::poll_batch`].
+    sent: HashMap<u64, Instant>,
 }
 
 impl Coalescer {
@@ -65,6 +67,7 @@ impl Coalescer {
             deadlines: VecDeque::new(),
             sealed: VecDeque::new(),
             seq: HashMap::new(),
+            sent: HashMap::new(),
         }
     }
 
@@ -103,7 +106,11 @@ impl Coalescer {
     /// The next batch to publish, if one is due at `now`.
     pub fn poll_batch(&mut self, now: Instant) -> Option<(u64, FanoutBatch)> {
         self.seal_due(now);
-        self.sealed.pop_front()
+        let next = self.sealed.pop_front();
+        if let Some((p, _)) = &next {
+            self.sent.insert(*p, now);
+        }
+        next
     }
 
     /// When the next open batch becomes due (`None`: nothing open). Batches sealed because they
@@ -129,8 +136,23 @@ impl Coalescer {
     /// batch). Subscribers compare it with the last seq they saw, so a lost last batch, or a new
     /// relay, is noticed without waiting for the next change. Publish sealed batches first: a
     /// heartbeat must not overtake a batch whose seq it carries.
-    pub fn heartbeats(&self) -> impl Iterator<Item = (u64, FanoutBatch)> + '_ {
-        (0..self.partitions).map(|p| {
+    ///
+    /// A partition that had a batch out within the last `period` is skipped: that batch told
+    /// its subscribers the seq and that the relay lives, and if it was lost, the next heartbeat
+    /// (at most two periods after it) tells them. With vouching, every busy partition sends a
+    /// batch each period, so this halves the relay's messages.
+    pub fn heartbeats(
+        &self,
+        now: Instant,
+        period: Duration,
+    ) -> impl Iterator<Item = (u64, FanoutBatch)> + '_ {
+        (0..self.partitions)
+            .filter(move |p| {
+                self.sent
+                    .get(p)
+                    .is_none_or(|&at| now.saturating_duration_since(at) >= period)
+            })
+            .map(|p| {
             let batch = FanoutBatch {
                 epoch: self.epoch,
                 seq: self.seq.get(&p).copied().unwrap_or(0),
@@ -193,12 +215,18 @@ mod tests {
         c.push(t0, 3, 11);
         drain(&mut c, t0);
         let hb: Vec<(u64, u64, usize)> = c
-            .heartbeats()
+            .heartbeats(t0 + 500 * MS, 500 * MS)
             .map(|(p, b)| (p, b.seq, b.changes.len()))
             .collect();
         // Partition 0 never had a batch; partition 1 had seq 1 then 2.
         assert_eq!(hb, vec![(0, 0, 0), (1, 2, 0)]);
-        assert!(c.heartbeats().all(|(_, b)| b.epoch == 9));
+        assert!(c.heartbeats(t0 + 500 * MS, 500 * MS).all(|(_, b)| b.epoch == 9));
+        // Within a period of its last batch a partition sends no heartbeat; after it, it does.
+        c.push(t0 + 600 * MS, 1, 12);
+        drain(&mut c, t0 + 600 * MS);
+        let parts = |now| -> Vec<u64> { c.heartbeats(now, 500 * MS).map(|(p, _)| p).collect() };
+        assert_eq!(parts(t0 + 900 * MS), vec![0]);
+        assert_eq!(parts(t0 + 1100 * MS), vec![0, 1]);
     }
 
     #[test]

@@ -54,14 +54,14 @@ pub async fn run(
             _ = beat.tick() => {
                 publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
                 if *ready.borrow() {
-                    publish_heartbeats(&client, &coalescer).await;
+                    publish_heartbeats(&client, &coalescer, heartbeat).await;
                 }
                 continue;
             }
             Ok(()) = ready.changed() => {
                 if *ready.borrow_and_update() {
                     publish_due(&client, &mut coalescer, Instant::now(), &batches, &changes).await;
-                    publish_heartbeats(&client, &coalescer).await;
+                    publish_heartbeats(&client, &coalescer, heartbeat).await;
                 }
                 continue;
             }
@@ -80,8 +80,8 @@ pub async fn run(
     }
 }
 
-async fn publish_heartbeats(client: &Client, coalescer: &Coalescer) {
-    for (p, batch) in coalescer.heartbeats() {
+async fn publish_heartbeats(client: &Client, coalescer: &Coalescer, period: Duration) {
+    for (p, batch) in coalescer.heartbeats(Instant::now(), period) {
         if let Err(e) = client
             .publish(fanout_subject(p), batch.encode().into())
             .await
