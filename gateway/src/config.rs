@@ -222,12 +222,13 @@ pub struct ServeArgs {
     /// resyncs (0: off; relays send heartbeats every 500 ms).
     #[arg(long, env = "HERALD_RELAY_SILENCE_MS", default_value_t = 2000)]
     pub relay_silence_ms: u64,
-    /// Distributed mode: also read the journal subjects (`herald.journal.<p>.*`) of the
-    /// partitions with local interest, so a change comes straight from its publisher, one hop
-    /// shorter than the relays' fan-out, which stays the guarantee (numbered, resynced on a gap).
-    /// `false` when the NATS side has no journal publishes (below a tier-N relay).
-    #[arg(long, env = "HERALD_JOURNAL_DIRECT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub journal_direct: bool,
+    /// Distributed mode: do not read the journal's subjects. By default a gateway also
+    /// subscribes `herald.journal.<p>.*` for the partitions with local interest, so a change
+    /// comes straight from its publisher, one hop shorter than the relays' fan-out, which stays
+    /// the guarantee (numbered, resynced on a gap). Set this where the NATS side has no journal
+    /// publishes (below a tier-N relay), and give such gateways relays with `--vouch-ms 0`.
+    #[arg(long, env = "HERALD_NO_JOURNAL_DIRECT")]
+    pub no_journal_direct: bool,
     /// Seconds live clients are given to leave on SIGTERM.
     #[arg(long, env = "HERALD_DRAIN_S", default_value_t = 30)]
     pub drain_s: u64,

@@ -285,7 +285,7 @@ async fn upstream_source(
     config.name = format!("herald-gateway {}", std::process::id());
     config.relay_silence = (args.relay_silence_ms > 0)
         .then(|| std::time::Duration::from_millis(args.relay_silence_ms));
-    config.journal_direct = args.journal_direct;
+    config.journal_direct = !args.no_journal_direct;
     let (upstream, mut changes) = Upstream::connect(config)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;

@@ -153,13 +153,13 @@ impl Coalescer {
                     .is_none_or(|&at| now.saturating_duration_since(at) >= period)
             })
             .map(|p| {
-            let batch = FanoutBatch {
-                epoch: self.epoch,
-                seq: self.seq.get(&p).copied().unwrap_or(0),
-                changes: Vec::new(),
-            };
-            (p, batch)
-        })
+                let batch = FanoutBatch {
+                    epoch: self.epoch,
+                    seq: self.seq.get(&p).copied().unwrap_or(0),
+                    changes: Vec::new(),
+                };
+                (p, batch)
+            })
     }
 
     /// Changes held in open batches.
@@ -220,7 +220,10 @@ mod tests {
             .collect();
         // Partition 0 never had a batch; partition 1 had seq 1 then 2.
         assert_eq!(hb, vec![(0, 0, 0), (1, 2, 0)]);
-        assert!(c.heartbeats(t0 + 500 * MS, 500 * MS).all(|(_, b)| b.epoch == 9));
+        assert!(
+            c.heartbeats(t0 + 500 * MS, 500 * MS)
+                .all(|(_, b)| b.epoch == 9)
+        );
         // Within a period of its last batch a partition sends no heartbeat; after it, it does.
         c.push(t0 + 600 * MS, 1, 12);
         drain(&mut c, t0 + 600 * MS);

@@ -106,7 +106,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_COALESCE_US", default_value_t = 0)]
     pub coalesce_us: u64,
     /// Vouching (tier 0): gateways read each change straight from the journal's subjects
-    /// (`herald-gateway --journal-direct`, their default), so the fan-out only has to vouch
+    /// (herald-gateway's default), so the fan-out only has to vouch
     /// for what they may have lost: a partition's changes are gathered this long, milliseconds,
     /// and go out in one numbered batch (a gap in it still resyncs). Most of the relay's and the
     /// broker's work per change goes with it. 0: every change at once (`--coalesce-us`), for
@@ -306,7 +306,10 @@ mod tests {
             (&["--duplicate-window-s", "0"], "--duplicate-window-s"),
             (&["--coalesce-us", "5000000"], "--coalesce-us"),
             (&["--vouch-ms", "1000"], "--vouch-ms"),
-            (&["--vouch-ms", "100", "--upstream-nats", "nats://up:4222"], "--vouch-ms"),
+            (
+                &["--vouch-ms", "100", "--upstream-nats", "nats://up:4222"],
+                "--vouch-ms",
+            ),
             (&["--nats", " "], "--nats"),
         ] {
             let err = parse(args).serve.validate().unwrap_err().to_string();

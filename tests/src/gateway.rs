@@ -49,6 +49,13 @@ impl GatewayOptions {
         self.args.push(value.to_string());
         self
     }
+
+    /// Adds a flag that takes no value, e.g. `.flag("--no-journal-direct")`.
+    #[must_use]
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_owned());
+        self
+    }
 }
 
 /// A running gateway. Dropping it kills the process (SIGKILL) and waits for it.

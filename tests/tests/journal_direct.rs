@@ -1,5 +1,5 @@
 //! The lean distributed path (issue 15, item 5): gateways read each change straight from the
-//! journal's subjects (`--journal-direct`, the default), and tier-0 relays only vouch for it
+//! journal's subjects (the default; `--no-journal-direct` turns it off), and tier-0 relays only vouch for it
 //! with a coalesced numbered fan-out (`--vouch-ms`, default 500).
 //!
 //! ```text
@@ -30,7 +30,7 @@ fn relay_options() -> RelayOptions {
 
 /// With the only relay killed, a change published to the journal still reaches a subscribed
 /// client: it came from the journal subject, not from a relay. A gateway that does not read the
-/// journal (`--journal-direct false`) gets nothing until a relay is back, which shows the test
+/// journal (`--no-journal-direct`) gets nothing until a relay is back, which shows the test
 /// would fail without the direct path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_the_client_from_the_journal_while_no_relay_runs() {
@@ -38,7 +38,7 @@ async fn a_change_reaches_the_client_from_the_journal_while_no_relay_runs() {
     let url = nats.url();
     let mut relay = RelayProcess::start(&url, relay_options()).await;
     let direct = GatewayProcess::start(gateway_options(&url));
-    let fanout_only = GatewayProcess::start(gateway_options(&url).arg("--journal-direct", false));
+    let fanout_only = GatewayProcess::start(gateway_options(&url).flag("--no-journal-direct"));
     let ns = 7;
     let mut via_direct = direct.client().await;
     let mut via_fanout = fanout_only.client().await;
@@ -51,7 +51,7 @@ async fn a_change_reaches_the_client_from_the_journal_while_no_relay_runs() {
     via_direct.changed_until(ns, 1, WAIT).await;
     assert!(
         via_fanout.try_recv_frame(QUIET).await.is_none(),
-        "a gateway without --journal-direct heard of the change with no relay running"
+        "a gateway with --no-journal-direct heard of the change with no relay running"
     );
 
     // The restarted relay announces a new epoch; the fan-out-only gateway resyncs and catches
@@ -91,12 +91,19 @@ async fn the_vouch_delivers_what_the_direct_path_did_not_carry() {
     .expect("acked");
     let started = std::time::Instant::now();
     client.changed_until(ns, 4, WAIT).await;
-    println!("misrouted change delivered by the vouch after {:?}", started.elapsed());
+    println!(
+        "misrouted change delivered by the vouch after {:?}",
+        started.elapsed()
+    );
 
     // The next, well-routed change comes the direct way, long before a vouch could.
     let publisher = Publisher::new(js, PARTITIONS);
     publisher.publish(&[(ns, 5)]).await.expect("publish");
     client.changed_until(ns, 5, WAIT).await;
-    let direct = herald_e2e::fleet::gateway_metric(&gw, "herald_upstream_direct_changes_total").await;
-    assert!(direct >= 1.0, "no change was raised from the journal subject: {direct}");
+    let direct =
+        herald_e2e::fleet::gateway_metric(&gw, "herald_upstream_direct_changes_total").await;
+    assert!(
+        direct >= 1.0,
+        "no change was raised from the journal subject: {direct}"
+    );
 }

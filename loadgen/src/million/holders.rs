@@ -39,7 +39,9 @@ fn source(k: usize) -> IpAddr {
 fn holder_ports(count: usize) -> (u16, u16) {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .unwrap_or_else(|_| "32768 60999".into());
-    let mut range = text.split_whitespace().filter_map(|v| v.parse::<u32>().ok());
+    let mut range = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
     let (lo, hi) = (range.next().unwrap_or(32768), range.next().unwrap_or(60999));
     let need = (count as u32).saturating_mul(3) / 2;
     if lo.saturating_sub(1024) >= need {
@@ -75,7 +77,12 @@ impl Holders {
             .args(["--count", &count.to_string(), "--first", &first.to_string()])
             .args(["--namespaces", &args.namespaces.to_string()])
             .args(["--source", &source(k).to_string()])
-            .args(["--port-lo", &port_lo.to_string(), "--port-hi", &port_hi.to_string()])
+            .args([
+                "--port-lo",
+                &port_lo.to_string(),
+                "--port-hi",
+                &port_hi.to_string(),
+            ])
             .args(["--rate", &args.holder_rate.to_string()])
             .args(["--parallel", &args.parallel.to_string()])
             .args(["--ping-s", &args.ping_s.to_string()])
