@@ -564,7 +564,7 @@ async fn read_partition(up: Upstream, p: u64, generation: u64, subscribed: watch
                     }
                 }
             }
-            Some(msg) = next_journal(&mut journal) => {
+            Some(msg) = next_message(&mut journal) => {
                 match direct_change(&msg.subject, &msg.payload, p, partitions) {
                     Some(change) => Incoming::Journal(change),
                     None => {
@@ -628,9 +628,10 @@ fn direct_change(subject: &str, body: &[u8], p: u64, partitions: u64) -> Option<
     (on == p && partition(ns, partitions) == p).then_some((ns, sjid))
 }
 
-/// The next journal publish (never ready without the direct subscription).
-async fn next_journal(journal: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
-    match journal.as_mut() {
+/// The next message of an optional subscription: never ready when there is none, so it can sit
+/// in a `select!` beside the subscriptions that always exist.
+pub async fn next_message(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub.as_mut() {
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
@@ -670,6 +671,21 @@ async fn watch_relay_silence(inner: std::sync::Weak<Inner>, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_publishes_are_read_only_on_their_partition() {
+        let body = 42u64.to_be_bytes();
+        assert_eq!(
+            direct_change("herald.journal.2.130", &body, 2, 64),
+            Some((130, 42))
+        );
+        // A publisher on the wrong partition's subject: the relays still apply it, the direct
+        // path leaves it to their fan-out.
+        assert_eq!(direct_change("herald.journal.3.130", &body, 3, 64), None);
+        assert_eq!(direct_change("herald.journal.2.130", b"42", 2, 64), None);
+        assert_eq!(direct_change("herald.fanout.2", &body, 2, 64), None);
+        assert_eq!(journal_partition_subjects(2), "herald.journal.2.*");
+    }
 
     #[test]
     fn reconnect_delays_stay_within_the_delivery_bound() {

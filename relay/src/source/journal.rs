@@ -223,7 +223,7 @@ impl JournalSource {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(Ended::Shutdown),
-                Some(message) = next_tapped(&mut tap.subscriber) => {
+                Some(message) = herald_upstream::upstream::next_message(&mut tap.subscriber) => {
                     if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
                         intake.apply_early(ns, sjid).await;
                     }
@@ -489,16 +489,6 @@ impl Tap {
                 "journal catch-up after a reconnect done"
             );
         }));
-    }
-}
-
-/// The next message the tap saw (never ready when there is no subscription).
-async fn next_tapped(
-    subscriber: &mut Option<async_nats::Subscriber>,
-) -> Option<async_nats::Message> {
-    match subscriber.as_mut() {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
     }
 }
 
