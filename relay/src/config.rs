@@ -108,8 +108,8 @@ pub struct ServeArgs {
     /// Vouching (tier 0): gateways read each change straight from the journal's subjects
     /// (herald-gateway's default), so the fan-out only has to vouch
     /// for what they may have lost: a partition's changes are gathered this long, milliseconds,
-    /// and go out in one numbered batch (a gap in it still resyncs). Most of the relay's and the
-    /// broker's work per change goes with it. 0: every change at once (`--coalesce-us`), for
+    /// and go out in one numbered batch (a gap in it still resyncs). The relay's publish per change
+    /// goes with it. 0: every change at once (`--coalesce-us`), for
     /// gateways that do not read the journal. Default 500 on tier 0; a tier-N relay always fans
     /// out at once (its gateways cannot see the journal).
     #[arg(long, env = "HERALD_VOUCH_MS")]

@@ -20,7 +20,7 @@
 //! subjects (herald-upstream's `journal_direct`), so the fan-out does not have to be fast, only
 //! complete. The coalescer then gathers a partition's changes for `--vouch-ms` (500 ms) and
 //! sends them as one numbered batch: every change is still in the stream, a gap still resyncs,
-//! and the relay and the broker do per partition and half-second what they did per change.
+//! and the relay publishes per partition and half-second where it published per change.
 //! `--vouch-ms 0` fans every change out at once (gateways that do not read the journal); a
 //! tier-N relay always does, as its gateways are on another NATS side with no journal.
 //!
