@@ -971,18 +971,55 @@ fn broadcast(
     Ok(b)
 }
 
+/// Before a storm or a rolling restart: a new target SJID for every holder, their counters
+/// marked, and the connections open now (the number that must come back).
+fn mark_for_disruption(holders: &mut Holders) -> anyhow::Result<(u64, u64)> {
+    let connections = holders.sum(|s| s.open);
+    let sjid = now_us();
+    set_target(holders, sjid)?;
+    holders.all("mark")?;
+    holders.refresh(Duration::from_secs(5))?;
+    Ok((connections, sjid))
+}
+
+/// Waits until `connections` are open again and caught up, or `deadline`, printing progress
+/// every 5 s (seconds counted from `since`); returns (open, caught up) after a last refresh.
+fn await_return(
+    holders: &mut Holders,
+    connections: u64,
+    since: Instant,
+    deadline: Instant,
+) -> anyhow::Result<(u64, u64)> {
+    let mut last_print = Instant::now();
+    loop {
+        holders.pump();
+        let back = holders.sum(|s| s.open);
+        let reached = holders.sum(|s| s.reached);
+        if (back >= connections && reached >= connections) || Instant::now() >= deadline {
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            println!(
+                "  … {:.0} s: {back} back, {reached} caught up, {} HTTP 503",
+                since.elapsed().as_secs_f64(),
+                holders.sum(|s| s.http_503_since_mark)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holders.refresh(Duration::from_secs(10))?;
+    Ok((holders.sum(|s| s.open), holders.sum(|s| s.reached)))
+}
+
 fn storm(
     args: &MillionArgs,
     fleet: &mut Fleet,
     holders: &mut Holders,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Storm> {
-    let connections = holders.sum(|s| s.open);
     let count = fleet.gateways.len();
-    let sjid = now_us();
-    set_target(holders, sjid)?;
-    holders.all("mark")?;
-    holders.refresh(Duration::from_secs(5))?;
+    let (connections, sjid) = mark_for_disruption(holders)?;
     let failed_before = holders.sum(|s| s.failed_attempts);
     let kill_us = now_us();
     let killed = Instant::now();
@@ -998,27 +1035,7 @@ fn storm(
     let restart_seconds = killed.elapsed().as_secs_f64();
     println!("storm: {count} gateways ready again after {restart_seconds:.1} s");
     let deadline = killed + Duration::from_secs(args.deliver_timeout_s);
-    let mut last_print = Instant::now();
-    loop {
-        holders.pump();
-        let back = holders.sum(|s| s.open);
-        let reached = holders.sum(|s| s.reached);
-        if (back >= connections && reached >= connections) || Instant::now() >= deadline {
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(5) {
-            last_print = Instant::now();
-            println!(
-                "  … {:.0} s: {back} back, {reached} caught up, {} HTTP 503",
-                killed.elapsed().as_secs_f64(),
-                holders.sum(|s| s.http_503_since_mark)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    holders.refresh(Duration::from_secs(10))?;
-    let back = holders.sum(|s| s.open);
-    let reached = holders.sum(|s| s.reached);
+    let (back, reached) = await_return(holders, connections, killed, deadline)?;
     let since = |us: u64| (us >= kill_us).then(|| (us - kill_us) as f64 / 1e6);
     std::thread::sleep(Duration::from_secs(1));
     let s = Storm {
@@ -1064,12 +1081,8 @@ fn rolling(
     holders: &mut Holders,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Rolling> {
-    let connections = holders.sum(|s| s.open);
     let count = fleet.gateways.len();
-    let sjid = now_us();
-    set_target(holders, sjid)?;
-    holders.all("mark")?;
-    holders.refresh(Duration::from_secs(5))?;
+    let (connections, sjid) = mark_for_disruption(holders)?;
     let goaways_before = holders.sum(|s| s.goaways);
     let start_us = now_us();
     let started = Instant::now();
@@ -1107,18 +1120,7 @@ fn rolling(
     }
     let restart_seconds = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(args.deliver_timeout_s);
-    loop {
-        holders.pump();
-        let done =
-            holders.sum(|s| s.open) >= connections && holders.sum(|s| s.reached) >= connections;
-        if done || Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    holders.refresh(Duration::from_secs(10))?;
-    let back = holders.sum(|s| s.open);
-    let reached = holders.sum(|s| s.reached);
+    let (back, reached) = await_return(holders, connections, started, deadline)?;
     // The last resubscription or delivery may have come before the last replacement was ready.
     let end_us = start_us + (restart_seconds * 1e6) as u64;
     let at = |us: u64| us.max(end_us).saturating_sub(start_us) as f64 / 1e6;
