@@ -106,21 +106,24 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_COALESCE_US", default_value_t = 0)]
     pub coalesce_us: u64,
     /// Vouching (tier 0): gateways read each change straight from the journal's subjects
-    /// (herald-gateway's default), so the fan-out only has to vouch
-    /// for what they may have lost: a partition's changes are gathered this long, milliseconds,
-    /// and go out in one numbered batch (a gap in it still resyncs). The relay's publish per change
-    /// goes with it. 0: every change at once (`--coalesce-us`), for
-    /// gateways that do not read the journal. Default 500 on tier 0; a tier-N relay always fans
-    /// out at once (its gateways cannot see the journal).
+    /// (herald-gateway's default), so the fan-out only has to vouch for what they may have
+    /// lost: the relay pulls the journal every this many milliseconds (a pull consumer, what
+    /// was stored since the last pull in one reply) and sends each pull's changes as one
+    /// numbered batch per partition (a gap in it still resyncs). The relay's and the broker's
+    /// work per change goes with it. 0: a push consumer, every change at once
+    /// (`--coalesce-us`), for gateways that do not read the journal. Default 500 on tier 0; a
+    /// tier-N relay always fans out at once (its gateways cannot see the journal).
     #[arg(long, env = "HERALD_VOUCH_MS")]
     pub vouch_ms: Option<u64>,
     /// Tier 0: also read the journal's subjects with a plain subscription (the *tap*), so the
     /// latest table, the look-ups and the fan-out have a change before JetStream delivers it,
-    /// also while the consumer is being recreated after a NATS node failed. `false` saves the
-    /// relay and the broker one delivery per change; with vouching gateways that read the
-    /// journal themselves, it only makes look-ups during such a failure a little staler.
-    #[arg(long, env = "HERALD_JOURNAL_TAP", default_value_t = true, action = clap::ArgAction::Set)]
-    pub journal_tap: bool,
+    /// also while the consumer is being recreated after a NATS node failed. Default: on without
+    /// vouching, off with it (the tap would wake the relay for every change, and each tapped
+    /// change goes out at once, as with `--vouch-ms 0`); off, look-ups answered by this relay
+    /// can be up to one pull period stale, which vouching gateways cover (they read the
+    /// journal themselves).
+    #[arg(long, env = "HERALD_JOURNAL_TAP", action = clap::ArgAction::Set)]
+    pub journal_tap: Option<bool>,
     /// How often every partition gets a heartbeat (an empty batch with the last seq), so
     /// gateways notice a new relay or a lost last batch; milliseconds.
     #[arg(long, env = "HERALD_HEARTBEAT_MS", default_value_t = 500)]
@@ -255,16 +258,30 @@ impl ServeArgs {
         Duration::from_millis(self.vouch_ms.unwrap_or(default))
     }
 
+    /// Whether the journal source runs the tap (see `--journal-tap`).
+    #[must_use]
+    pub fn journal_tap(&self) -> bool {
+        self.journal_tap.unwrap_or(self.vouch().is_zero())
+    }
+
+    /// How often a vouching relay pulls the journal (`None`: a push consumer, every change at
+    /// once).
+    #[must_use]
+    pub fn journal_pull(&self) -> Option<Duration> {
+        Some(self.vouch()).filter(|v| !v.is_zero())
+    }
+
     /// The fan-out slice.
     #[must_use]
     pub fn fanout(&self) -> FanoutSettings {
-        let vouch = self.vouch();
         FanoutSettings {
             partitions: self.partitions,
-            coalesce: if vouch.is_zero() {
-                Duration::from_micros(self.coalesce_us)
+            // Vouching: the pull period is the gathering; each pull's changes go out at once
+            // (one batch per partition, as they are queued together).
+            coalesce: if self.journal_pull().is_some() {
+                Duration::ZERO
             } else {
-                vouch
+                Duration::from_micros(self.coalesce_us)
             },
             heartbeat: Duration::from_millis(self.heartbeat_ms),
         }
@@ -286,12 +303,28 @@ mod tests {
         assert!(cli.command.is_none());
         cli.serve.validate().expect("defaults");
         assert_eq!(cli.serve.partitions, 64);
-        assert_eq!(cli.serve.fanout().coalesce, Duration::from_millis(500));
+        // Vouching by default: the journal is pulled every 500 ms, each pull goes out at once,
+        // and the tap is off.
+        assert_eq!(
+            cli.serve.journal_pull(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(cli.serve.fanout().coalesce, Duration::ZERO);
+        assert!(!cli.serve.journal_tap());
+        let tapped = parse(&["--vouch-ms", "200", "--journal-tap", "true"]);
+        assert!(tapped.serve.journal_tap());
+        assert_eq!(
+            tapped.serve.journal_pull(),
+            Some(Duration::from_millis(200))
+        );
         let at_once = parse(&["--vouch-ms", "0", "--coalesce-us", "2000"]);
         assert_eq!(at_once.serve.fanout().coalesce, Duration::from_millis(2));
+        assert_eq!(at_once.serve.journal_pull(), None);
+        assert!(at_once.serve.journal_tap());
         let tier_n = parse(&["--upstream-nats", "nats://up:4222"]);
         tier_n.serve.validate().expect("tier N");
         assert_eq!(tier_n.serve.fanout().coalesce, Duration::ZERO);
+        assert_eq!(tier_n.serve.journal_pull(), None);
         assert_eq!(
             cli.serve.stream.settings().duplicate_window,
             Duration::from_secs(10)

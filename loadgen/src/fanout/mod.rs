@@ -55,6 +55,9 @@ pub(crate) enum PathKind {
     Nats,
     /// Peer: core nats-server's WebSocket listener; publishes to `ns.<n>` subjects.
     NatsWs,
+    /// Peer: nats-ws whose publisher writes to a JetStream stream (Herald's journal settings)
+    /// and waits for the acks: what nats-ws costs with the durable journal Herald keeps.
+    NatsWsJs,
     /// Peer: the Node `ws` server `ops/bench/node-ws-server.js`; publishes by HTTP POST.
     NodeWs,
 }
@@ -65,13 +68,17 @@ impl PathKind {
             PathKind::Standalone => "standalone",
             PathKind::Nats => "nats",
             PathKind::NatsWs => "nats-ws",
+            PathKind::NatsWsJs => "nats-ws-js",
             PathKind::NodeWs => "node-ws",
         }
     }
 
     /// A peer (not Herald).
     fn is_peer(self) -> bool {
-        matches!(self, PathKind::NatsWs | PathKind::NodeWs)
+        matches!(
+            self,
+            PathKind::NatsWs | PathKind::NatsWsJs | PathKind::NodeWs
+        )
     }
 }
 

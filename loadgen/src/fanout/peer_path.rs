@@ -34,6 +34,16 @@ pub(super) fn run_peer_path(
             );
             (server, "nats-server", "nats-ws", description)
         }
+        PathKind::NatsWsJs => {
+            let server = PeerServer::nats_ws_journal(&args.peers, &dir.0)?;
+            let description = format!(
+                "{} with `websocket {{ no_tls: true }}` and JetStream: as nats-ws, but the \
+                 publisher writes to a stream on `ns.>` with Herald's journal settings (file \
+                 storage, one message per subject, Nats-Msg-Id, acks awaited)",
+                server.version
+            );
+            (server, "nats-server", "nats-ws", description)
+        }
         PathKind::NodeWs => {
             let script = node_ws_script(&args.peers)?;
             let server = PeerServer::node_ws(&args.peers.node, &script, &dir.0)?;

@@ -18,6 +18,8 @@ pub(crate) enum Endpoint {
     Http(SocketAddr),
     /// Core NATS subjects `ns.<n>` at this `nats://` URL (the nats-ws peer).
     Subjects(String),
+    /// The same subjects through a JetStream stream at this `nats://` URL (the nats-ws-js peer).
+    Journal(String),
 }
 
 /// How the load generator publishes on one path.
@@ -27,6 +29,8 @@ pub(crate) enum Publish {
     Nats(Box<herald_relay::Publisher>),
     /// `PUB ns.<n>` to core NATS (the nats-ws peer).
     Subjects(crate::peer::publish::NatsPublisher),
+    /// `ns.<n>` through JetStream, acks awaited (the nats-ws-js peer).
+    Journal(crate::peer::publish::JournalPublisher),
 }
 
 impl Publish {
@@ -59,12 +63,16 @@ impl Publish {
             Endpoint::Subjects(url) => {
                 Publish::Subjects(crate::peer::publish::NatsPublisher::connect(url).await?)
             }
+            Endpoint::Journal(url) => {
+                Publish::Journal(crate::peer::publish::JournalPublisher::connect(url).await?)
+            }
         })
     }
 
     pub(crate) async fn publish(&mut self, changes: &[(u64, u64)]) -> anyhow::Result<()> {
         match self {
             Publish::Subjects(publisher) => publisher.publish(changes).await,
+            Publish::Journal(publisher) => publisher.publish(changes).await,
             Publish::Http(http) => tokio::time::timeout(PUBLISH_TIMEOUT, http.publish(changes))
                 .await
                 .map_err(|_| anyhow::anyhow!("POST /v1/publish took over {PUBLISH_TIMEOUT:?}"))?,

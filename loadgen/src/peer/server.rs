@@ -1,7 +1,8 @@
-//! The peer servers as child processes: a private core `nats-server` with a WebSocket listener,
-//! and `node ops/bench/node-ws-server.js`. Both listen on free loopback ports, log to a file in
+//! The peer servers as child processes: a private core `nats-server` with a WebSocket listener
+//! (with JetStream for the nats-ws-js peer), and `node ops/bench/node-ws-server.js`. Both listen on free loopback ports, log to a file in
 //! the caller's temp dir, and are killed (SIGKILL, by pid) and reaped on drop. `restart` kills
-//! one and starts it again on the same ports (neither keeps anything on disk).
+//! one and starts it again on the same ports (only the nats-ws-js peer keeps anything on disk:
+//! its stream, under the caller's temp dir).
 
 use super::Protocol;
 use crate::fanout::publish::Endpoint;
@@ -56,6 +57,8 @@ pub(crate) struct PeerServer {
     pub(crate) publish: String,
     /// What ran, with versions.
     pub(crate) version: String,
+    /// Publishes go through a JetStream stream (the nats-ws-js peer).
+    journal: bool,
     log: PathBuf,
     launch: Launch,
 }
@@ -74,14 +77,34 @@ impl PeerServer {
 
     /// `nats-server` (core NATS, no JetStream) with `websocket { no_tls: true }`.
     pub(crate) fn nats_ws(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::nats_ws_with(bin, dir, false)
+    }
+
+    /// `nats-server` with `websocket { no_tls: true }` and JetStream storing under `dir`: the
+    /// nats-ws-js peer, whose publisher writes to a stream (the durable journal Herald keeps).
+    pub(crate) fn nats_ws_journal(args: &PeerArgs, dir: &Path) -> anyhow::Result<Self> {
+        let bin = crate::natsproc::nats_server_binary(args.nats_server.as_deref())?;
+        Self::nats_ws_with(&bin, dir, true)
+    }
+
+    fn nats_ws_with(bin: &Path, dir: &Path, journal: bool) -> anyhow::Result<Self> {
         let (port, ws_port) = (free_port()?, free_port()?);
         let config = dir.join("nats-ws.conf");
+        let jetstream = if journal {
+            format!(
+                "jetstream {{\n  store_dir: \"{}\"\n}}\n",
+                dir.join("jetstream").display()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
-                "# herald-loadgen peer: core NATS with a plain WebSocket listener\n\
+                "# herald-loadgen peer: NATS with a plain WebSocket listener\n\
                  listen: \"127.0.0.1:{port}\"\n\
-                 websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n"
+                 websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n\
+                 {jetstream}"
             ),
         )?;
         let version = Command::new(bin)
@@ -96,6 +119,7 @@ impl PeerServer {
             ws: SocketAddr::from(([127, 0, 0, 1], ws_port)),
             publish: format!("nats://127.0.0.1:{port}"),
             version,
+            journal,
             log: dir.join("nats-ws.log"),
             launch: Launch::NatsWs {
                 bin: bin.to_owned(),
@@ -116,6 +140,7 @@ impl PeerServer {
             ws: SocketAddr::from(([127, 0, 0, 1], 0)),
             publish: String::new(),
             version: String::new(),
+            journal: false,
             log: dir.join("node-ws.log"),
             launch: Launch::NodeWs {
                 node: node.to_owned(),
@@ -129,6 +154,7 @@ impl PeerServer {
     /// Where its publisher connects.
     pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
         Ok(match self.protocol {
+            Protocol::NatsWs if self.journal => Endpoint::Journal(self.publish.clone()),
             Protocol::NatsWs => Endpoint::Subjects(self.publish.clone()),
             Protocol::NodeWs => Endpoint::Http(self.publish.parse()?),
         })

@@ -26,7 +26,7 @@ use crate::nats::Backoff;
 use crate::source::Intake;
 use crate::source::repair::{Repair, Repairer};
 use crate::stream::{self, StreamError};
-use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, push::OrderedConfig};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
@@ -76,6 +76,8 @@ pub struct JournalSource {
     stream: StreamSettings,
     /// Whether to run the tap (`--journal-tap`).
     tap: bool,
+    /// Pull the journal this often instead of a push consumer (a vouching relay).
+    pull: Option<Duration>,
 }
 
 /// Why one consumer's life ended.
@@ -110,14 +112,22 @@ struct Limits {
 }
 
 impl JournalSource {
-    /// A source reading the journal through `js`, with the tap when `tap`.
+    /// A source reading the journal through `js`, with the tap when `tap`, with a pull every
+    /// `pull` when it is given (else a push consumer).
     #[must_use]
-    pub fn new(js: jetstream::Context, partitions: u64, stream: StreamSettings, tap: bool) -> Self {
+    pub fn new(
+        js: jetstream::Context,
+        partitions: u64,
+        stream: StreamSettings,
+        tap: bool,
+        pull: Option<Duration>,
+    ) -> Self {
         JournalSource {
             js,
             partitions: partitions.max(1),
             stream,
             tap,
+            pull,
         }
     }
 
@@ -159,16 +169,10 @@ impl JournalSource {
         }
     }
 
-    /// Ensures the stream, creates one ordered consumer and reads it until it must be replaced.
-    async fn consume(
+    /// Ensures the stream and returns it, with its info as found.
+    async fn open_stream(
         &self,
-        intake: &mut Intake,
-        limits: &mut Limits,
-        tap: &mut Tap,
-        started: Instant,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<Ended, StreamError> {
+    ) -> Result<(jetstream::stream::Stream, jetstream::stream::Info), StreamError> {
         let api = |e: &dyn std::fmt::Display| StreamError::Api(e.to_string());
         match stream::ensure_stream(&self.js, &self.stream).await? {
             stream::Ensured::Created => tracing::info!(
@@ -185,6 +189,26 @@ impl JournalSource {
             .await
             .map_err(|e| api(&e))?;
         let info = stream.info().await.map_err(|e| api(&e))?.clone();
+        Ok((stream, info))
+    }
+
+    /// Ensures the stream, creates one ordered consumer and reads it until it must be replaced.
+    async fn consume(
+        &self,
+        intake: &mut Intake,
+        limits: &mut Limits,
+        tap: &mut Tap,
+        started: Instant,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<Ended, StreamError> {
+        if let Some(every) = self.pull {
+            return self
+                .consume_pulled(every, intake, limits, tap, started, shutdown, backoff)
+                .await;
+        }
+        let api = |e: &dyn std::fmt::Display| StreamError::Api(e.to_string());
+        let (stream, info) = self.open_stream().await?;
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
@@ -253,6 +277,91 @@ impl JournalSource {
                     }
                     None => return Ok(Ended::Restart("the consumer's message stream ended".into())),
                 },
+                _ = watch.tick() => {
+                    if let Some(ended) = self.check_stream(intake, &mut reader, started).await {
+                        return Ok(ended);
+                    }
+                }
+            }
+        }
+    }
+
+    /// As [`JournalSource::consume`] for a vouching relay: a pull consumer read every `every`
+    /// (and at once again while a pull comes back full), so the broker delivers what was stored
+    /// since the last pull in one reply and the relay wakes per pull, not per change.
+    #[allow(clippy::too_many_arguments)]
+    async fn consume_pulled(
+        &self,
+        every: Duration,
+        intake: &mut Intake,
+        limits: &mut Limits,
+        tap: &mut Tap,
+        started: Instant,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<Ended, StreamError> {
+        let (stream, info) = self.open_stream().await?;
+        intake.freshness().behind();
+        backoff.reset();
+        tracing::info!(
+            messages = info.state.messages,
+            every_ms = every.as_millis() as u64,
+            "journal pulls started"
+        );
+        let mut puller = Puller::new(stream.clone());
+        let mut reader = Reader {
+            stream: info,
+            last_seq: 0,
+            loaded_messages: 0,
+            seq_at_check: 0,
+            stalled_checks: 0,
+        };
+        let mut repairer = Repairer::spawn(self.js.clone());
+        let mut pulls = tokio::time::interval(every);
+        pulls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        watch.tick().await;
+        let mut reconnects = tokio::time::interval(RECONNECT_CHECK_EVERY);
+        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+                Some(message) = herald_upstream::upstream::next_message(&mut tap.subscriber) => {
+                    if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
+                        intake.apply_early(ns, sjid).await;
+                    }
+                }
+                Some((ns, sjid)) = tap.caught_up.recv() => {
+                    intake.apply_early(ns, sjid).await;
+                }
+                _ = reconnects.tick() => {
+                    if tap.reconnected() {
+                        tap.catch_up(&stream, reader.last_seq, self.partitions);
+                    }
+                }
+                _ = pulls.tick() => {
+                    // Until a pull comes back short: then everything stored before it is read.
+                    loop {
+                        let pulled = puller.pull(reader.last_seq).await;
+                        for message in &pulled.messages {
+                            self.handle(message, intake, limits, &mut reader, &mut repairer).await;
+                        }
+                        if pulled.failed {
+                            break;
+                        }
+                        if !pulled.full {
+                            if !intake.is_loaded() {
+                                self.loaded(intake, &reader, started);
+                            }
+                            intake.freshness().caught_up();
+                            break;
+                        }
+                        if shutdown.is_cancelled() {
+                            return Ok(Ended::Shutdown);
+                        }
+                    }
+                }
                 _ = watch.tick() => {
                     if let Some(ended) = self.check_stream(intake, &mut reader, started).await {
                         return Ok(ended);
@@ -585,6 +694,123 @@ pub fn read_journal_message(
     } else {
         JournalEntry::Misrouted { ns, sjid, expected }
     })
+}
+
+/// Most messages one pull asks for. A pull this full is followed by another at once (the load,
+/// or a burst); a paced relay's pull carries a period's changes.
+const PULL_MAX: usize = 10_000;
+/// Longest wait for one pull's reply (the broker answers a no-wait pull at once).
+const PULL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the broker keeps the relay's pull consumer when nobody pulls (a relay that died).
+const PULL_CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
+
+/// A vouching relay's reader: a pull consumer with no acks, started after the last stream
+/// sequence applied, read with no-wait pulls. The consumer sequence of its messages must count
+/// up by one; anything else (a gap, an error, a timeout, a lost consumer) drops the consumer
+/// and the next pull creates one from the last sequence applied, which is what an ordered
+/// consumer does for itself.
+struct Puller {
+    stream: jetstream::stream::Stream,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    /// The consumer sequence the next message must have.
+    next: u64,
+}
+
+/// What one pull read.
+struct Pulled {
+    /// Messages in order, up to the first one out of order.
+    messages: Vec<Message>,
+    /// It returned [`PULL_MAX`] messages: more may be waiting.
+    full: bool,
+    /// The consumer was dropped (see [`Puller`]); the next pull starts a new one.
+    failed: bool,
+}
+
+impl Puller {
+    fn new(stream: jetstream::stream::Stream) -> Self {
+        Puller {
+            stream,
+            consumer: None,
+            next: 1,
+        }
+    }
+
+    /// One no-wait pull of the messages after stream sequence `after`.
+    async fn pull(&mut self, after: u64) -> Pulled {
+        let mut pulled = Pulled {
+            messages: Vec::new(),
+            full: false,
+            failed: false,
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, self.read(after, &mut pulled.messages)).await {
+            Ok(Ok(())) => pulled.full = pulled.messages.len() >= PULL_MAX,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, after, "journal pull failed; the next one starts a new consumer");
+                pulled.failed = true;
+            }
+            Err(_) => {
+                tracing::warn!(after, "journal pull timed out; the next one starts a new consumer");
+                pulled.failed = true;
+            }
+        }
+        if pulled.failed {
+            metrics::counter!("herald_relay_journal_pull_restarts_total").increment(1);
+            self.consumer = None;
+        }
+        pulled
+    }
+
+    async fn read(&mut self, after: u64, into: &mut Vec<Message>) -> Result<(), String> {
+        if self.consumer.is_none() {
+            let deliver_policy = if after == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                }
+            };
+            let consumer = self
+                .stream
+                .create_consumer(jetstream::consumer::pull::Config {
+                    deliver_policy,
+                    ack_policy: AckPolicy::None,
+                    inactive_threshold: PULL_CONSUMER_INACTIVE,
+                    memory_storage: true,
+                    num_replicas: 1,
+                    description: Some("herald-relay journal puller".into()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating the pull consumer: {e}"))?;
+            self.consumer = Some(consumer);
+            self.next = 1;
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let mut batch = consumer
+            .fetch()
+            .max_messages(PULL_MAX)
+            .messages()
+            .await
+            .map_err(|e| format!("pulling: {e}"))?;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| format!("pulling: {e}"))?;
+            let seq = message
+                .info()
+                .map_err(|e| format!("a pulled message without its sequences: {e}"))?
+                .consumer_sequence;
+            if seq != self.next {
+                return Err(format!(
+                    "consumer sequence {seq} where {} was next (messages lost on the way)",
+                    self.next
+                ));
+            }
+            self.next += 1;
+            into.push(message);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
