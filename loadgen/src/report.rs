@@ -226,13 +226,17 @@ fn name_of(kind: &str) -> String {
         "standalone" | "herald" => "Herald standalone".into(),
         "nats" => "Herald via NATS (nats-server -js + relay + gateway)".into(),
         "nats-ws" => "nats-server WebSocket".into(),
+        "nats-ws-js" => "nats-server WebSocket, publishes to a JetStream journal".into(),
         "node-ws" => "Node ws".into(),
         other => other.to_owned(),
     }
 }
 
 fn is_peer(path: &Value) -> bool {
-    matches!(path["path"].as_str(), Some("nats-ws" | "node-ws"))
+    matches!(
+        path["path"].as_str(),
+        Some("nats-ws" | "nats-ws-js" | "node-ws")
+    )
 }
 
 fn is_herald(path: &Value) -> bool {
@@ -271,8 +275,9 @@ fn render(
         Some("standalone") => 0,
         Some("nats") => 1,
         Some("nats-ws") => 2,
-        Some("node-ws") => 3,
-        _ => 4,
+        Some("nats-ws-js") => 3,
+        Some("node-ws") => 4,
+        _ => 5,
     });
     let paths = &paths;
     let mut md = String::new();

@@ -8,6 +8,8 @@
 #   standalone  herald-gateway with its embedded journal
 #   nats        herald-gateway --nats behind nats-server -js and herald-relay
 #   nats-ws     nats-server's WebSocket listener (core NATS; clients speak the NATS text protocol)
+#   nats-ws-js  the same, with the publisher writing to a JetStream stream with the settings of
+#               Herald's journal (what nats-ws costs with the durable journal Herald keeps)
 #   node-ws     ops/bench/node-ws-server.js (Node `ws`)
 # with `herald-loadgen fanout`; then the reconnect storm (`herald-loadgen storm`: every client
 # dropped at once, changes published meanwhile; who catches up, who misses the last change) against
@@ -20,7 +22,7 @@
 #   --rate N           HERALD_BENCH_RATE        paced publishes per second     (1000)
 #   --seconds N        HERALD_BENCH_SECONDS     measured seconds of the paced phase (10)
 #   --burst N          HERALD_BENCH_BURST       changes in the burst; 0: none  (100000)
-#   --paths LIST       HERALD_BENCH_PATHS       which systems                  (standalone,nats,nats-ws,node-ws)
+#   --paths LIST       HERALD_BENCH_PATHS       which systems                  (standalone,nats,nats-ws,nats-ws-js,node-ws)
 #   --time-limit S     HERALD_BENCH_TIME_LIMIT  stop the fan-out measuring after S seconds (900)
 #   --storm-conns N    HERALD_BENCH_STORM_CONNS clients of each reconnect storm (--conns)
 #   --storm-drop KIND  HERALD_BENCH_STORM_DROP  restart (SIGKILL the server, start it again) or cut
@@ -37,7 +39,7 @@
 #   --note TEXT        HERALD_BENCH_NOTE        a sentence for the report (why this run, its size)
 #
 # The JSON reports (fanout.json, storm-<system>.json) and logs go to
-# target/bench/compare-<UTC time>/ (git-ignored). The default size takes about 12 minutes on the
+# target/bench/compare-<UTC time>/ (git-ignored). The default size takes about 13 minutes on the
 # 2-core development machine once the release binaries are built (the storms about 2 of them).
 # What it installs when missing: nats-server 2.15 (via ops/test.sh --install-only) and the Node
 # dependencies of ops/bench (npm ci). It needs cargo, node 18+ and npm. Every process it starts
@@ -54,7 +56,7 @@ NAMESPACES="${HERALD_BENCH_NAMESPACES:-1000}"
 RATE="${HERALD_BENCH_RATE:-1000}"
 SECONDS_PACED="${HERALD_BENCH_SECONDS:-10}"
 BURST="${HERALD_BENCH_BURST:-100000}"
-PATHS="${HERALD_BENCH_PATHS:-standalone,nats,nats-ws,node-ws}"
+PATHS="${HERALD_BENCH_PATHS:-standalone,nats,nats-ws,nats-ws-js,node-ws}"
 TIME_LIMIT="${HERALD_BENCH_TIME_LIMIT:-900}"
 OUT="${HERALD_BENCH_OUT:-BENCHMARKS.md}"
 NOTE="${HERALD_BENCH_NOTE:-}"

@@ -305,10 +305,7 @@ mod tests {
         assert_eq!(cli.serve.partitions, 64);
         // Vouching by default: the journal is pulled every 500 ms, each pull goes out at once,
         // and the tap is off.
-        assert_eq!(
-            cli.serve.journal_pull(),
-            Some(Duration::from_millis(500))
-        );
+        assert_eq!(cli.serve.journal_pull(), Some(Duration::from_millis(500)));
         assert_eq!(cli.serve.fanout().coalesce, Duration::ZERO);
         assert!(!cli.serve.journal_tap());
         let tapped = parse(&["--vouch-ms", "200", "--journal-tap", "true"]);

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  metaserver ── Publisher ──► JetStream HERALD_JOURNAL   herald.journal.<p>.<ns> = SJID (8 B BE)
-//!                                   │ one unfiltered ordered push consumer: load, then tail
+//!                                   │ vouching: a no-wait pull every --vouch-ms; else one
+//!                                   │ unfiltered ordered push consumer: load, then tail
 //!                                   ▼
 //!                 Source ──► Intake: LatestTable.merge (max) ── raised, after the load ──┐
 //!                                   │                                                     ▼
@@ -18,9 +19,11 @@
 //!
 //! **Vouching** (tier 0, the default): gateways read each change straight from the journal's
 //! subjects (herald-upstream's `journal_direct`), so the fan-out does not have to be fast, only
-//! complete. The coalescer then gathers a partition's changes for `--vouch-ms` (500 ms) and
-//! sends them as one numbered batch: every change is still in the stream, a gap still resyncs,
-//! and the relay publishes per partition and half-second where it published per change.
+//! complete. The relay then pulls the journal every `--vouch-ms` (500 ms) and sends each
+//! pull's changes at once, one numbered batch per partition: every change is still in the
+//! stream, a gap still resyncs, and neither the relay nor the broker does anything per change
+//! (the broker writes a period's messages to the relay in one reply, the relay publishes per
+//! partition and half-second).
 //! `--vouch-ms 0` fans every change out at once (gateways that do not read the journal); a
 //! tier-N relay always does, as its gateways are on another NATS side with no journal.
 //!

@@ -7,6 +7,7 @@
 //!                                                                                            │ WebSocket
 //!                                       `receive` child processes (≤ per-process connections each) ◄┘
 //!  nats-ws:     loadgen ──PUB ns.<n> (async-nats)──► nats-server ──NATS over WebSocket──► `peer-receive` children
+//!  nats-ws-js:  loadgen ──JetStream publish, acks awaited──► nats-server -js (stream on ns.>) ──► as nats-ws
 //!  node-ws:     loadgen ──POST /v1/publish──► node ops/bench/node-ws-server.js ──JSON over WebSocket──► `peer-receive`
 //! ```
 //!
@@ -28,7 +29,7 @@
 //! - `receiver`: the `receive` child processes and the line protocol to them.
 //! - `report`: the JSON report and the nats ÷ standalone comparison.
 //! - `print`: the tables printed after each path.
-//! - `peer_path`: one peer path (nats-ws, node-ws): its server, receivers and phases.
+//! - `peer_path`: one peer path (nats-ws, nats-ws-js, node-ws): its server, receivers and phases.
 
 mod bench;
 mod path;

@@ -64,7 +64,9 @@ pub(super) fn run_path(
     ];
     let mut servers: Vec<(String, u32)> = Vec::new();
     let (nats, relay, description) = match kind {
-        PathKind::NatsWs | PathKind::NatsWsJs | PathKind::NodeWs => anyhow::bail!("{} is a peer path", kind.name()),
+        PathKind::NatsWs | PathKind::NatsWsJs | PathKind::NodeWs => {
+            anyhow::bail!("{} is a peer path", kind.name())
+        }
         PathKind::Standalone => {
             gateway_args.push("--data-dir".into());
             gateway_args.push(dir.0.join("data").display().to_string());

@@ -1,5 +1,5 @@
-//! One peer path (nats-ws, node-ws): the peer server, `peer-receive` children with the same
-//! connections and namespaces as Herald's paths, and the same paced and burst phases.
+//! One peer path (nats-ws, nats-ws-js, node-ws): the peer server, `peer-receive` children with
+//! the same connections and namespaces as Herald's paths, and the same paced and burst phases.
 
 use super::bench::Bench;
 use super::path::{

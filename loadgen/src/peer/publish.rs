@@ -62,7 +62,9 @@ impl JournalPublisher {
             };
             let config = async_nats::jetstream::stream::Config {
                 name: PEER_JOURNAL.to_owned(),
-                description: Some("herald-loadgen nats-ws-js peer: Herald's journal settings".into()),
+                description: Some(
+                    "herald-loadgen nats-ws-js peer: Herald's journal settings".into(),
+                ),
                 subjects: vec!["ns.>".to_owned()],
                 ..herald_relay::stream::stream_config(&settings)
             };
@@ -107,7 +109,10 @@ impl JournalPublisher {
 
 /// An ack that says the message was stored in the peer's stream.
 fn check_ack(
-    ack: Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>,
+    ack: Result<
+        async_nats::jetstream::publish::PublishAck,
+        async_nats::jetstream::context::PublishError,
+    >,
 ) -> anyhow::Result<()> {
     let ack = ack?;
     anyhow::ensure!(

@@ -1,5 +1,9 @@
 //! The journal source: one unfiltered ordered push consumer on `HERALD_JOURNAL` loads the
 //! compacted journal (one message per namespace) into the latest table, then keeps tailing.
+//! A vouching relay reads it with no-wait pulls of a pull consumer instead, one per
+//! `--vouch-ms` (and more at once while they come back full: the load), so the broker hands it
+//! a period's changes in one reply ([`Puller`]; its own gap check stands in for the ordered
+//! consumer's).
 //!
 //! Loading is done when the consumer has caught up: a message says `pending == 0`, or the
 //! stream had nothing to deliver, or (fallback, checked every few seconds) the stream's last
@@ -749,7 +753,10 @@ impl Puller {
                 pulled.failed = true;
             }
             Err(_) => {
-                tracing::warn!(after, "journal pull timed out; the next one starts a new consumer");
+                tracing::warn!(
+                    after,
+                    "journal pull timed out; the next one starts a new consumer"
+                );
                 pulled.failed = true;
             }
         }
