@@ -106,13 +106,15 @@ pub(super) fn run_path(
                 Some(nats),
                 Some(relay),
                 format!(
-                    "nats-server -js + herald-relay {} + herald-gateway --nats{}; herald_relay::Publisher to JetStream",
+                    "nats-server -js + herald-relay{} + herald-gateway --nats{}; \
+                     herald_relay::Publisher to JetStream (unless told otherwise: gateways read \
+                     the journal's subjects, the relay vouches with a journal pull every 500 ms)",
                     relay_args[..2]
                         .iter()
+                        .filter(|_| args.coalesce_us > 0)
                         .chain(&args.relay_arg)
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                        .map(|a| format!(" {a}"))
+                        .collect::<String>(),
                     args.gateway_arg
                         .iter()
                         .map(|a| format!(" {a}"))
