@@ -13,11 +13,13 @@ fn main() -> anyhow::Result<()> {
         Some(_) => "text".to_owned(),
     };
     init_logging(&log_format);
-    // One thread: the relay's work is a chain of small steps per message (NATS read, merge,
-    // coalesce, publish), and handing them between threads cost more than running them (the
-    // fan-out benchmark, paced: relay CPU per change about 15% lower); the latest table answers
-    // look-ups in microseconds, so one core keeps up with the journal.
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two threads. One was cheaper per change while the relay handled every change itself (the
+    // paced fan-out benchmark: ~15% less relay CPU), but a vouching relay pulls the journal
+    // and has no per-change work left, while a reconnect storm's look-ups need both cores: in
+    // the 1M storm a one-thread relay fell behind on look-ups, its heartbeats came late, every
+    // gateway's relay-silence watchdog reconnected and resynced, and that load kept it behind.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
