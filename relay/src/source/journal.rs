@@ -107,6 +107,19 @@ struct Reader {
     stalled_checks: u32,
 }
 
+impl Reader {
+    /// Nothing applied yet from the stream `stream`.
+    fn new(stream: jetstream::stream::Info) -> Self {
+        Reader {
+            stream,
+            last_seq: 0,
+            loaded_messages: 0,
+            seq_at_check: 0,
+            stalled_checks: 0,
+        }
+    }
+}
+
 /// Log limiters per kind of bad message.
 #[derive(Default)]
 struct Limits {
@@ -144,7 +157,7 @@ impl JournalSource {
         let mut backoff = Backoff::new();
         let mut limits = Limits::default();
         let started = Instant::now();
-        let mut tap = Tap::new(&self.js, self.tap).await;
+        let mut tap = Tap::new(&self.js, self.tap, self.partitions).await;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -231,13 +244,7 @@ impl JournalSource {
             to_deliver,
             "journal consumer started"
         );
-        let mut reader = Reader {
-            stream: info,
-            last_seq: 0,
-            loaded_messages: 0,
-            seq_at_check: 0,
-            stalled_checks: 0,
-        };
+        let mut reader = Reader::new(info);
         if to_deliver == 0 {
             self.loaded(intake, &reader, started);
             intake.freshness().caught_up();
@@ -245,23 +252,13 @@ impl JournalSource {
         let mut repairer = Repairer::spawn(self.js.clone());
         let mut watch = tokio::time::interval(WATCH_EVERY);
         watch.tick().await;
-        let mut reconnects = tokio::time::interval(RECONNECT_CHECK_EVERY);
-        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(Ended::Shutdown),
-                Some(message) = herald_upstream::upstream::next_message(&mut tap.subscriber) => {
-                    if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
+                early = tap.next_early(&stream, reader.last_seq) => {
+                    if let Some((ns, sjid)) = early {
                         intake.apply_early(ns, sjid).await;
-                    }
-                }
-                Some((ns, sjid)) = tap.caught_up.recv() => {
-                    intake.apply_early(ns, sjid).await;
-                }
-                _ = reconnects.tick() => {
-                    if tap.reconnected() {
-                        tap.catch_up(&stream, reader.last_seq, self.partitions);
                     }
                 }
                 next = messages.next() => match next {
@@ -313,35 +310,19 @@ impl JournalSource {
             "journal pulls started"
         );
         let mut puller = Puller::new(stream.clone());
-        let mut reader = Reader {
-            stream: info,
-            last_seq: 0,
-            loaded_messages: 0,
-            seq_at_check: 0,
-            stalled_checks: 0,
-        };
+        let mut reader = Reader::new(info);
         let mut repairer = Repairer::spawn(self.js.clone());
         let mut pulls = tokio::time::interval(every);
         pulls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch = tokio::time::interval(WATCH_EVERY);
         watch.tick().await;
-        let mut reconnects = tokio::time::interval(RECONNECT_CHECK_EVERY);
-        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(Ended::Shutdown),
-                Some(message) = herald_upstream::upstream::next_message(&mut tap.subscriber) => {
-                    if let Some((ns, sjid)) = self.tapped(&message.subject, &message.payload) {
+                early = tap.next_early(&stream, reader.last_seq) => {
+                    if let Some((ns, sjid)) = early {
                         intake.apply_early(ns, sjid).await;
-                    }
-                }
-                Some((ns, sjid)) = tap.caught_up.recv() => {
-                    intake.apply_early(ns, sjid).await;
-                }
-                _ = reconnects.tick() => {
-                    if tap.reconnected() {
-                        tap.catch_up(&stream, reader.last_seq, self.partitions);
                     }
                 }
                 _ = pulls.tick() => {
@@ -448,18 +429,6 @@ impl JournalSource {
         pending
     }
 
-    /// A message seen by the tap or the catch-up: applied only when well formed (the consumer
-    /// delivers the same message and counts what is wrong with it).
-    fn tapped(&self, subject: &str, body: &[u8]) -> Option<(u64, u64)> {
-        match read_journal_message(subject, body, self.partitions) {
-            Ok(JournalEntry::Change { ns, sjid } | JournalEntry::Misrouted { ns, sjid, .. }) => {
-                metrics::counter!("herald_relay_journal_tapped_total").increment(1);
-                Some((ns, sjid))
-            }
-            Err(_) => None,
-        }
-    }
-
     fn loaded(&self, intake: &mut Intake, reader: &Reader, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
         intake.metrics().load_seconds.set(secs);
@@ -538,24 +507,33 @@ struct Tap {
     caught_up_tx: mpsc::Sender<(u64, u64)>,
     /// The running catch-up, replaced by the next reconnect's.
     task: Option<tokio::task::JoinHandle<()>>,
+    /// When to look at the connection counter ([`RECONNECT_CHECK_EVERY`]).
+    reconnects: tokio::time::Interval,
+    /// `p = ns % partitions`, to read journal subjects.
+    partitions: u64,
 }
 
 impl Tap {
-    async fn new(js: &jetstream::Context, enabled: bool) -> Self {
+    async fn new(js: &jetstream::Context, enabled: bool, partitions: u64) -> Self {
         let client = js.client();
-        let subscriber = match client.subscribe(crate::stream::JOURNAL_SUBJECTS).await {
-            _ if !enabled => None,
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "journal tap not subscribed: changes wait for the consumer");
-                None
+        let subscriber = if enabled {
+            match client.subscribe(crate::stream::JOURNAL_SUBJECTS).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal tap not subscribed: changes wait for the consumer");
+                    None
+                }
             }
+        } else {
+            None
         };
         let statistics = client.statistics();
         let connects = statistics
             .connects
             .load(std::sync::atomic::Ordering::Relaxed);
         let (caught_up_tx, caught_up) = mpsc::channel(1024);
+        let mut reconnects = tokio::time::interval(RECONNECT_CHECK_EVERY);
+        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Tap {
             subscriber,
             statistics,
@@ -563,6 +541,31 @@ impl Tap {
             caught_up,
             caught_up_tx,
             task: None,
+            reconnects,
+            partitions,
+        }
+    }
+
+    /// The next change seen before the journal reader has it (a tapped publish or one read by
+    /// a catch-up), or `None` when a reconnect was noticed instead (a catch-up from `last_seq`
+    /// of `stream` is then started). Cancel-safe: every step is.
+    async fn next_early(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        last_seq: u64,
+    ) -> Option<(u64, u64)> {
+        tokio::select! {
+            biased;
+            Some(message) = herald_upstream::upstream::next_message(&mut self.subscriber) => {
+                tapped(&message.subject, &message.payload, self.partitions)
+            }
+            Some(change) = self.caught_up.recv() => Some(change),
+            _ = self.reconnects.tick() => {
+                if self.reconnected() {
+                    self.catch_up(stream, last_seq, self.partitions);
+                }
+                None
+            }
         }
     }
 
@@ -602,6 +605,18 @@ impl Tap {
                 "journal catch-up after a reconnect done"
             );
         }));
+    }
+}
+
+/// A message seen by the tap: applied only when well formed (the journal reader delivers the
+/// same message and counts what is wrong with it).
+fn tapped(subject: &str, body: &[u8], partitions: u64) -> Option<(u64, u64)> {
+    match read_journal_message(subject, body, partitions) {
+        Ok(JournalEntry::Change { ns, sjid } | JournalEntry::Misrouted { ns, sjid, .. }) => {
+            metrics::counter!("herald_relay_journal_tapped_total").increment(1);
+            Some((ns, sjid))
+        }
+        Err(_) => None,
     }
 }
 
