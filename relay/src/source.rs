@@ -7,6 +7,7 @@
 //! resync, `mark_loaded` once loaded (journal) or subscribed (upstream).
 
 pub mod journal;
+pub mod pull;
 pub mod repair;
 pub mod upstream;
 

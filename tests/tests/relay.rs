@@ -472,6 +472,54 @@ async fn a_deleted_stream_is_recreated_and_read_again() {
     assert_eq!(relay.get("/readyz").await.status, 200);
 }
 
+/// A vouching relay reads the journal with pulls of its own pull consumer. When that consumer is
+/// lost (deleted here; a NATS node failure does the same), the next pull starts a new one after
+/// the last sequence applied, and the changes published meanwhile still go out.
+#[tokio::test]
+async fn a_pulling_relay_replaces_a_lost_pull_consumer() {
+    let nats = NatsServer::start();
+    let relay = RelayProcess::start(
+        &nats.url(),
+        RelayOptions::new()
+            .arg("--partitions", PARTITIONS)
+            .arg("--vouch-ms", 100),
+    )
+    .await;
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let publisher = publisher(&nats).await;
+    publisher.publish(&[(1, 10)]).await.expect("publish");
+    until_latest(&client, 1, 10).await;
+
+    let stream = js.get_stream(JOURNAL_STREAM).await.expect("journal stream");
+    let names: Vec<String> = {
+        use futures_util::StreamExt;
+        stream
+            .consumer_names()
+            .filter_map(|n| async move { n.ok() })
+            .collect()
+            .await
+    };
+    assert_eq!(names.len(), 1, "one pull consumer: {names:?}");
+    stream.delete_consumer(&names[0]).await.expect("delete");
+
+    let mut watch = FanoutWatcher::subscribe(&client, "herald.fanout.1").await;
+    publisher
+        .publish(&[(1, 11), (5, 3)])
+        .await
+        .expect("publish");
+    watch.until(relay.epoch(), 1, 11, WAIT).await;
+    until_latest(&client, 5, 3).await;
+    assert!(
+        relay
+            .metric("herald_relay_journal_pull_restarts_total")
+            .await
+            >= 1.0,
+        "{}",
+        relay.log_tail(30)
+    );
+}
+
 /// Load speed of the journal (DESIGN.md measured ~4 s for 1M namespaces). A benchmark, not a
 /// test: `cargo build --release -p herald-relay && cargo test --release -p herald-e2e --test relay
 /// -- --ignored --nocapture` (HERALD_LOAD_NAMESPACES to change the count).
