@@ -49,15 +49,32 @@ async fn a_hung_nats_server_is_left_within_the_relay_silence() {
 
     let mut delays = Vec::new();
     for round in 0..ROUNDS {
-        // The node the gateway is connected to now.
-        let ports = tcp_peer_ports(gw.pid());
-        let node = (1..3)
-            .find(|&i| ports.contains(&cluster.node(i).port()))
-            .unwrap_or_else(|| {
-                panic!("round {round}: gateway not connected to n1 or n2: {ports:?}")
-            });
+        // The node the gateway is connected to now: the only one of n1 and n2 it has a socket
+        // to (just after a switch, the socket to the node it left can linger for a moment).
+        let node_ports = [cluster.node(1).port(), cluster.node(2).port()];
+        let gw_pid = gw.pid();
+        let node = herald_e2e::eventually(
+            Duration::from_secs(5),
+            &format!("round {round}: the gateway connected to exactly one of n1, n2"),
+            || async move {
+                let ports = tcp_peer_ports(gw_pid);
+                let on: Vec<usize> = (1..3)
+                    .filter(|&i| ports.contains(&node_ports[i - 1]))
+                    .collect();
+                (on.len() == 1).then(|| on[0])
+            },
+        )
+        .await;
         let pid = cluster.node(node).pid();
         signal(pid, Signal::SIGSTOP);
+        // SIGSTOP takes effect as each thread next enters the kernel: publishing before then can
+        // still be routed through the node (seen: a change delivered 1 ms after the signal).
+        herald_e2e::eventually(
+            Duration::from_secs(5),
+            &format!("round {round}: n{node} stopped"),
+            || async move { all_threads_stopped(pid).then_some(()) },
+        )
+        .await;
         sjid += 1;
         let published = Instant::now();
         publisher.publish(&[(ns, sjid)]).await.expect("publish");
@@ -88,6 +105,21 @@ async fn a_hung_nats_server_is_left_within_the_relay_silence() {
         switches >= ROUNDS as f64,
         "{switches} watchdog switches for {ROUNDS} hung servers"
     );
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .is_some_and(|state| state == 'T')
+        })
+    })
 }
 
 /// Creates the journal stream (R1) until JetStream places it on n0 (placement is random among
