@@ -246,8 +246,7 @@ impl JournalSource {
         );
         let mut reader = Reader::new(info);
         if to_deliver == 0 {
-            self.loaded(intake, &reader, started);
-            intake.freshness().caught_up();
+            self.caught_up(intake, &reader, started);
         }
         let mut repairer = Repairer::spawn(self.js.clone());
         let mut watch = tokio::time::interval(WATCH_EVERY);
@@ -265,10 +264,7 @@ impl JournalSource {
                     Some(Ok(message)) => {
                         let pending = self.handle(&message, intake, limits, &mut reader, &mut repairer).await;
                         if pending == Some(0) {
-                            if !intake.is_loaded() {
-                                self.loaded(intake, &reader, started);
-                            }
-                            intake.freshness().caught_up();
+                            self.caught_up(intake, &reader, started);
                         }
                     }
                     Some(Err(e)) => {
@@ -336,10 +332,7 @@ impl JournalSource {
                             break;
                         }
                         if !pulled.full {
-                            if !intake.is_loaded() {
-                                self.loaded(intake, &reader, started);
-                            }
-                            intake.freshness().caught_up();
+                            self.caught_up(intake, &reader, started);
                             break;
                         }
                         if shutdown.is_cancelled() {
@@ -429,6 +422,15 @@ impl JournalSource {
         pending
     }
 
+    /// The reader has everything the stream held a moment ago: the load is done (the first
+    /// time) and look-ups may be answered.
+    fn caught_up(&self, intake: &mut Intake, reader: &Reader, started: Instant) {
+        if !intake.is_loaded() {
+            self.loaded(intake, reader, started);
+        }
+        intake.freshness().caught_up();
+    }
+
     fn loaded(&self, intake: &mut Intake, reader: &Reader, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
         intake.metrics().load_seconds.set(secs);
@@ -471,10 +473,7 @@ impl JournalSource {
             )));
         }
         if info.state.messages == 0 || info.state.last_sequence <= reader.last_seq {
-            if !intake.is_loaded() {
-                self.loaded(intake, reader, started);
-            }
-            intake.freshness().caught_up();
+            self.caught_up(intake, reader, started);
         }
         let behind = info.state.last_sequence > reader.last_seq;
         if behind && reader.last_seq == reader.seq_at_check {
