@@ -36,7 +36,7 @@
 //! - [`stream`]: the journal stream (server checks, idempotent creation).
 //! - [`publisher`]: [`Publisher`], the metaserver's way into the journal.
 //! - [`source`]: [`Source`] and its [`Intake`]; [`source::journal`]: the tier-0 journal reader
-//!   ([`source::pull`]: its pulls when vouching);
+//!   ([`source::pull`]: its pulls when vouching; [`source::tap`]: its tap and reconnect catch-up);
 //!   [`source::repair`]: writes the latest back over a late lower SJID in the journal.
 //! - The in-memory latest table is `herald_core::latest::LatestTable`.
 //! - [`coalesce`]: the sans-IO coalescer and batch numbering; [`fanout`]: the publisher task.

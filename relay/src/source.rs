@@ -9,6 +9,7 @@
 pub mod journal;
 pub mod pull;
 pub mod repair;
+pub mod tap;
 pub mod upstream;
 
 use crate::freshness::Freshness;

@@ -2,8 +2,8 @@
 //! compacted journal (one message per namespace) into the latest table, then keeps tailing.
 //! A vouching relay reads it with no-wait pulls of a pull consumer instead, one per
 //! `--vouch-ms` (and more at once while they come back full: the load), so the broker hands it
-//! a period's changes in one reply ([`super::pull::Puller`]; its own gap check stands in for
-//! the ordered consumer's).
+//! a period's changes in one reply ([`super::pull`]; its own gap check stands in for the
+//! ordered consumer's).
 //!
 //! Loading is done when the consumer has caught up: a message says `pending == 0`, or the
 //! stream had nothing to deliver, or (fallback, checked every few seconds) the stream's last
@@ -13,8 +13,8 @@
 //! A change that comes late (lower than the table's) is written back over (see [`super::repair`]).
 //!
 //! Beside the consumer, a plain NATS subscription on the journal's subjects (the *tap*) sees each
-//! publish as it happens, so a change reaches the table without waiting for JetStream to deliver
-//! it. That matters when a NATS node dies: the ordered consumer then needs the JetStream meta
+//! publish as it happens ([`super::tap`]), so a change reaches the table without waiting for
+//! JetStream to deliver it. That matters when a NATS node dies: the ordered consumer then needs the JetStream meta
 //! leader to recreate itself, which can take seconds (an election), while core NATS reroutes in
 //! milliseconds. What the tap misses while the relay's own connection is down is read back after
 //! each reconnect by a *catch-up*: direct gets from the last journal sequence applied, answered
@@ -29,15 +29,14 @@ use crate::metrics::LogLimiter;
 use crate::nats::Backoff;
 use crate::source::Intake;
 use crate::source::repair::{Repair, Repairer};
+use crate::source::tap::Tap;
 use crate::stream::{self, StreamError};
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
 use herald_core::latest::Merged;
 use herald_proto::fanout::{JOURNAL_STREAM, parse_journal_body, parse_journal_subject, partition};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often the stream is looked at (does it still exist, is it the same one, have we
@@ -49,25 +48,6 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// test `cluster_node_killed`); a fresh consumer is quicker, and re-reading the journal is
 /// harmless (merge is max: only what was missed is fanned out).
 const STALLED_CHECKS: u32 = 2;
-/// How often the relay's NATS connection counter is read, to notice a reconnect (an atomic load).
-const RECONNECT_CHECK_EVERY: Duration = Duration::from_millis(50);
-/// When catch-up passes run after a reconnect. More than one: the replica that answers first may
-/// not hold the newest messages yet, and the reconnect may race a leader election.
-/// The later passes cover a lost stream leader: replicas answer direct gets again once a new
-/// leader is elected, which can be sooner than the consumer recovers.
-const CATCH_UP_PASSES: [Duration; 6] = [
-    Duration::ZERO,
-    Duration::from_millis(250),
-    Duration::from_millis(750),
-    Duration::from_millis(1500),
-    Duration::from_millis(2500),
-    Duration::from_millis(4000),
-];
-/// Longest wait for one direct get.
-const DIRECT_GET_TIMEOUT: Duration = Duration::from_millis(500);
-/// Most messages one catch-up pass reads (the journal keeps one message per namespace, so a
-/// pass starting far behind would otherwise read the whole table; the consumer covers that).
-const CATCH_UP_MAX_MESSAGES: usize = 50_000;
 
 /// Reads `HERALD_JOURNAL`.
 #[derive(Debug)]
@@ -490,181 +470,6 @@ impl JournalSource {
             )));
         }
         None
-    }
-}
-
-/// The tap (a core NATS subscription on the journal's subjects) and the reconnect catch-up.
-struct Tap {
-    /// `None` when the subscription could not be made (the consumer alone then delivers).
-    subscriber: Option<async_nats::Subscriber>,
-    /// The client's connection counter, to notice a reconnect.
-    statistics: std::sync::Arc<async_nats::Statistics>,
-    /// Connections seen so far.
-    connects: u64,
-    /// Changes read by catch-up passes.
-    caught_up: mpsc::Receiver<(u64, u64)>,
-    caught_up_tx: mpsc::Sender<(u64, u64)>,
-    /// The running catch-up, replaced by the next reconnect's.
-    task: Option<tokio::task::JoinHandle<()>>,
-    /// When to look at the connection counter ([`RECONNECT_CHECK_EVERY`]).
-    reconnects: tokio::time::Interval,
-    /// `p = ns % partitions`, to read journal subjects.
-    partitions: u64,
-}
-
-impl Tap {
-    async fn new(js: &jetstream::Context, enabled: bool, partitions: u64) -> Self {
-        let client = js.client();
-        let subscriber = if enabled {
-            match client.subscribe(crate::stream::JOURNAL_SUBJECTS).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "journal tap not subscribed: changes wait for the consumer");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let statistics = client.statistics();
-        let connects = statistics
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let (caught_up_tx, caught_up) = mpsc::channel(1024);
-        let mut reconnects = tokio::time::interval(RECONNECT_CHECK_EVERY);
-        reconnects.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Tap {
-            subscriber,
-            statistics,
-            connects,
-            caught_up,
-            caught_up_tx,
-            task: None,
-            reconnects,
-            partitions,
-        }
-    }
-
-    /// The next change seen before the journal reader has it (a tapped publish or one read by
-    /// a catch-up), or `None` when a reconnect was noticed instead (a catch-up from `last_seq`
-    /// of `stream` is then started). Cancel-safe: every step is.
-    async fn next_early(
-        &mut self,
-        stream: &jetstream::stream::Stream,
-        last_seq: u64,
-    ) -> Option<(u64, u64)> {
-        tokio::select! {
-            biased;
-            Some(message) = herald_upstream::upstream::next_message(&mut self.subscriber) => {
-                tapped(&message.subject, &message.payload, self.partitions)
-            }
-            Some(change) = self.caught_up.recv() => Some(change),
-            _ = self.reconnects.tick() => {
-                if self.reconnected() {
-                    self.catch_up(stream, last_seq, self.partitions);
-                }
-                None
-            }
-        }
-    }
-
-    /// True once per reconnect of the relay's NATS connection.
-    fn reconnected(&mut self) -> bool {
-        let now = self
-            .statistics
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let changed = now != self.connects;
-        self.connects = now;
-        changed
-    }
-
-    /// Reads the journal forward from `after` (the last sequence the consumer applied) in a few
-    /// passes, sending what it finds to [`Tap::caught_up`]. Replaces a catch-up still running.
-    fn catch_up(&mut self, stream: &jetstream::stream::Stream, after: u64, partitions: u64) {
-        metrics::counter!("herald_relay_catch_ups_total").increment(1);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-        let stream = stream.clone();
-        let tx = self.caught_up_tx.clone();
-        self.task = Some(tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let mut next = after + 1;
-            let mut read = 0usize;
-            for at in CATCH_UP_PASSES {
-                tokio::time::sleep_until(started + at).await;
-                let (reached, n) = catch_up_pass(&stream, next, partitions, &tx).await;
-                next = next.max(reached);
-                read += n;
-            }
-            tracing::info!(
-                from = after + 1,
-                read,
-                "journal catch-up after a reconnect done"
-            );
-        }));
-    }
-}
-
-/// A message seen by the tap: applied only when well formed (the journal reader delivers the
-/// same message and counts what is wrong with it).
-fn tapped(subject: &str, body: &[u8], partitions: u64) -> Option<(u64, u64)> {
-    match read_journal_message(subject, body, partitions) {
-        Ok(JournalEntry::Change { ns, sjid } | JournalEntry::Misrouted { ns, sjid, .. }) => {
-            metrics::counter!("herald_relay_journal_tapped_total").increment(1);
-            Some((ns, sjid))
-        }
-        Err(_) => None,
-    }
-}
-
-/// One catch-up pass: direct gets of the next journal message at or after `from`, until none is
-/// left, one fails, or [`CATCH_UP_MAX_MESSAGES`]. Returns the sequence to start the next pass
-/// from and how many messages it read.
-async fn catch_up_pass(
-    stream: &jetstream::stream::Stream,
-    from: u64,
-    partitions: u64,
-    tx: &mpsc::Sender<(u64, u64)>,
-) -> (u64, usize) {
-    let mut next = from;
-    let mut read = 0;
-    while read < CATCH_UP_MAX_MESSAGES {
-        let got = tokio::time::timeout(
-            DIRECT_GET_TIMEOUT,
-            stream.direct_get_next_for_subject(crate::stream::JOURNAL_SUBJECTS, Some(next)),
-        )
-        .await;
-        let message = match got {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) if matches!(e.kind(), DirectGetErrorKind::NotFound) => break,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "journal catch-up: direct get failed; next pass retries");
-                break;
-            }
-            Err(_) => {
-                tracing::debug!("journal catch-up: direct get timed out; next pass retries");
-                break;
-            }
-        };
-        next = message.sequence + 1;
-        read += 1;
-        if let Ok(JournalEntry::Change { ns, sjid } | JournalEntry::Misrouted { ns, sjid, .. }) =
-            read_journal_message(message.subject.as_str(), &message.payload, partitions)
-            && tx.send((ns, sjid)).await.is_err()
-        {
-            break;
-        }
-    }
-    (next, read)
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }
 
