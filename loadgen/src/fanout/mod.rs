@@ -147,6 +147,10 @@ pub(crate) struct FanoutArgs {
     /// Where the peers' programs (and nats-server for the nats path) are.
     #[command(flatten)]
     peers: crate::peer::server::PeerArgs,
+    /// The nats-ws-js peer's journal: Herald's settings (`herald`), or those minus one part, to
+    /// measure what each part costs nats-server.
+    #[arg(long, value_enum, default_value_t)]
+    peer_journal: crate::peer::publish::PeerJournal,
     /// Extra arguments for the gateway (both Herald paths).
     #[arg(long, allow_hyphen_values = true)]
     gateway_arg: Vec<String>,

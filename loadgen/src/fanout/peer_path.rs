@@ -35,12 +35,12 @@ pub(super) fn run_peer_path(
             (server, "nats-server", "nats-ws", description)
         }
         PathKind::NatsWsJs => {
-            let server = PeerServer::nats_ws_journal(&args.peers, &dir.0)?;
+            let server = PeerServer::nats_ws_journal(&args.peers, &dir.0, args.peer_journal)?;
             let description = format!(
                 "{} with `websocket {{ no_tls: true }}` and JetStream: as nats-ws, but the \
-                 publisher writes to a stream on `ns.>` with Herald's journal settings (file \
-                 storage, one message per subject, Nats-Msg-Id, acks awaited)",
-                server.version
+                 publisher writes to a stream on `ns.>` with Herald's journal settings ({})",
+                server.version,
+                args.peer_journal.describe()
             );
             (server, "nats-server", "nats-ws", description)
         }

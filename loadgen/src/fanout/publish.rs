@@ -18,8 +18,9 @@ pub(crate) enum Endpoint {
     Http(SocketAddr),
     /// Core NATS subjects `ns.<n>` at this `nats://` URL (the nats-ws peer).
     Subjects(String),
-    /// The same subjects through a JetStream stream at this `nats://` URL (the nats-ws-js peer).
-    Journal(String),
+    /// The same subjects through a JetStream stream at this `nats://` URL (the nats-ws-js peer),
+    /// with these journal settings.
+    Journal(String, crate::peer::publish::PeerJournal),
 }
 
 /// How the load generator publishes on one path.
@@ -63,9 +64,9 @@ impl Publish {
             Endpoint::Subjects(url) => {
                 Publish::Subjects(crate::peer::publish::NatsPublisher::connect(url).await?)
             }
-            Endpoint::Journal(url) => {
-                Publish::Journal(crate::peer::publish::JournalPublisher::connect(url).await?)
-            }
+            Endpoint::Journal(url, variant) => Publish::Journal(
+                crate::peer::publish::JournalPublisher::connect(url, *variant).await?,
+            ),
         })
     }
 

@@ -5,6 +5,7 @@
 //! its stream, under the caller's temp dir).
 
 use super::Protocol;
+use super::publish::PeerJournal;
 use crate::fanout::publish::Endpoint;
 use crate::natsproc::{accepts_nats, free_port, tail};
 use std::net::{SocketAddr, TcpStream};
@@ -58,7 +59,8 @@ pub(crate) struct PeerServer {
     /// What ran, with versions.
     pub(crate) version: String,
     /// Publishes go through a JetStream stream (the nats-ws-js peer).
-    journal: bool,
+    /// The journal settings of the nats-ws-js peer's stream; `None` for the other peers.
+    journal: Option<PeerJournal>,
     log: PathBuf,
     launch: Launch,
 }
@@ -77,20 +79,24 @@ impl PeerServer {
 
     /// `nats-server` (core NATS, no JetStream) with `websocket { no_tls: true }`.
     pub(crate) fn nats_ws(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        Self::nats_ws_with(bin, dir, false)
+        Self::nats_ws_with(bin, dir, None)
     }
 
     /// `nats-server` with `websocket { no_tls: true }` and JetStream storing under `dir`: the
     /// nats-ws-js peer, whose publisher writes to a stream (the durable journal Herald keeps).
-    pub(crate) fn nats_ws_journal(args: &PeerArgs, dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn nats_ws_journal(
+        args: &PeerArgs,
+        dir: &Path,
+        journal: PeerJournal,
+    ) -> anyhow::Result<Self> {
         let bin = crate::natsproc::nats_server_binary(args.nats_server.as_deref())?;
-        Self::nats_ws_with(&bin, dir, true)
+        Self::nats_ws_with(&bin, dir, Some(journal))
     }
 
-    fn nats_ws_with(bin: &Path, dir: &Path, journal: bool) -> anyhow::Result<Self> {
+    fn nats_ws_with(bin: &Path, dir: &Path, journal: Option<PeerJournal>) -> anyhow::Result<Self> {
         let (port, ws_port) = (free_port()?, free_port()?);
         let config = dir.join("nats-ws.conf");
-        let jetstream = if journal {
+        let jetstream = if journal.is_some() {
             format!(
                 "jetstream {{\n  store_dir: \"{}\"\n}}\n",
                 dir.join("jetstream").display()
@@ -140,7 +146,7 @@ impl PeerServer {
             ws: SocketAddr::from(([127, 0, 0, 1], 0)),
             publish: String::new(),
             version: String::new(),
-            journal: false,
+            journal: None,
             log: dir.join("node-ws.log"),
             launch: Launch::NodeWs {
                 node: node.to_owned(),
@@ -154,8 +160,10 @@ impl PeerServer {
     /// Where its publisher connects.
     pub(crate) fn endpoint(&self) -> anyhow::Result<Endpoint> {
         Ok(match self.protocol {
-            Protocol::NatsWs if self.journal => Endpoint::Journal(self.publish.clone()),
-            Protocol::NatsWs => Endpoint::Subjects(self.publish.clone()),
+            Protocol::NatsWs => match self.journal {
+                Some(journal) => Endpoint::Journal(self.publish.clone(), journal),
+                None => Endpoint::Subjects(self.publish.clone()),
+            },
             Protocol::NodeWs => Endpoint::Http(self.publish.parse()?),
         })
     }
