@@ -2,7 +2,7 @@
 //! their line protocol (see [`super::clients`]), and their summed progress.
 
 use super::StormArgs;
-use super::clients::StormProgress;
+use super::state::StormProgress;
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;

@@ -40,6 +40,7 @@ mod children;
 pub(crate) mod clients;
 mod peer_client;
 mod server;
+mod state;
 
 use children::{Children, wait_until};
 use server::{Server, ServerMemory, start_server};
@@ -50,9 +51,9 @@ use crate::peer::Protocol;
 use crate::peer::server::PeerArgs;
 use crate::progress::Bars;
 use crate::receive::{decode_histogram, new_histogram, now_us};
-use clients::StormReport;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use state::StormReport;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -17,7 +17,7 @@
 //! resubscribed. A client whose namespace's last change came while it was away stays behind for
 //! good: `storm` counts it as *missing*.
 
-use super::clients::{Happening, State};
+use super::state::{Happening, State};
 use crate::peer::Protocol;
 use crate::peer::conn::{open, read_changes};
 use herald_client::Backoff;
