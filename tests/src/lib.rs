@@ -46,6 +46,7 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod relay;
 pub mod tail;
 pub mod ws;
 
